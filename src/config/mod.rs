@@ -1,0 +1,211 @@
+//! The validated configuration: what the TOML file says, checked once at start-up so
+//! that nothing on the request path ever has to wonder whether a value makes sense.
+//!
+//! Loading is two steps. [`parse`] walks the spanned TOML tree, resolves `${VAR}`
+//! references, applies the contract's defaults and collects *every* problem it finds
+//! (each with a `file:line:col` or a key path) instead of stopping at the first one.
+//! The result is the plain data below, which the rest of the gateway consumes.
+
+mod parse;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use parse::parse;
+
+/// The response-size limit the platform puts on event functions (6 MB).
+pub const EVENT_RESPONSE_LIMIT: u64 = 6 * 1024 * 1024;
+
+/// A whole, validated configuration file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (used in messages and to resolve relative paths).
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub platform: PlatformConfig,
+    pub credentials: Credentials,
+    pub functions: Vec<FunctionConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Invocations and HTTP triggers. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Health and metrics. Default `127.0.0.1:9090`.
+    pub admin_listen: SocketAddr,
+    /// Request body limit. Default 6 MiB.
+    pub max_body_bytes: u64,
+    /// Worker threads. Default: the number of CPUs.
+    pub workers: usize,
+    /// How long SIGTERM waits for in-flight work. Default 30 s.
+    pub shutdown_grace: Duration,
+    /// One log line per invocation. Default false.
+    pub access_log: bool,
+    /// Pooled upstream connections idle this long are closed by the gateway before the
+    /// instance's own keep-alive timer can race a request on them. Default 1 s.
+    /// (Not in the contract's sample; an extension the core-gateway issue asks for.)
+    pub upstream_idle_timeout: Duration,
+}
+
+/// `[platform]`: identity stamped into `X-Scf-*` headers.
+#[derive(Debug, Clone)]
+pub struct PlatformConfig {
+    pub region: String,
+    pub appid: String,
+    pub uin: String,
+}
+
+/// `[credentials]`: temporary credentials stamped as `X-Scf-Secret-*`. Each is optional;
+/// only those configured are stamped.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub secret_id: Option<Secret>,
+    pub secret_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+}
+
+/// A value that must never be printed: its `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    /// The real value, for the one place that needs it: stamping the header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// `type = "event" | "http"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FunctionKind {
+    /// Invoked through `POST /v1/functions/{name}/invocations`; the instance gets
+    /// `POST /event-invoke`.
+    Event,
+    /// A web function, reached through `[[routes]]` with the original request.
+    Http,
+}
+
+/// One `[[functions]]` entry.
+#[derive(Debug, Clone)]
+pub struct FunctionConfig {
+    pub name: String,
+    pub namespace: String,
+    pub version: String,
+    pub kind: FunctionKind,
+    pub memory_mb: u32,
+    pub timeout: Duration,
+    pub instance_concurrency: u32,
+    pub queue_depth: u32,
+    pub queue_timeout: Duration,
+    pub source: InstanceSource,
+}
+
+/// Where a function's instances come from. A pool receives instances from a source;
+/// a static list is one source, launched instances will be another.
+#[derive(Debug, Clone)]
+pub enum InstanceSource {
+    /// `instances = [...]`: already running somewhere (sidecar mode).
+    Static(Vec<StaticInstance>),
+}
+
+/// One address of a static pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticInstance {
+    /// As written in the file (`127.0.0.1:9001`, `fn-a:9000`): used for `Host` and logs.
+    pub authority: String,
+    /// Resolved once at load time.
+    pub addr: SocketAddr,
+}
+
+/// One `[[routes]]` entry, already resolved to a function.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// `None` for `*`, else the exact host, lower-cased, without a port.
+    pub host: Option<String>,
+    /// Starts with `/`, no trailing `/` unless it is exactly `/`.
+    pub path_prefix: String,
+    /// Index into [`Config::functions`]; always a `type = "http"` function.
+    pub function: usize,
+    pub strip_prefix: bool,
+}
+
+impl Config {
+    /// Reads and validates a file, with `${VAR}` resolved from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            file: path.to_path_buf(),
+            errors: vec![ConfigError {
+                location: Location::None,
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        parse(&text, path, &|name| std::env::var(name).ok())
+    }
+}
+
+/// Where a problem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// 1-based line and column.
+    Position { line: usize, col: usize },
+    /// A key path such as `functions[1].timeout` (array indices start at 0).
+    KeyPath(String),
+    /// The file as a whole (it could not be read).
+    None,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub location: Location,
+    pub message: String,
+}
+
+/// Every problem found in one file. `Display` prints one `error: ...` line per problem,
+/// exactly as the contract words it.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            match &e.location {
+                Location::Position { line, col } => {
+                    write!(f, "error: {file}:{line}:{col}: {}", e.message)?
+                }
+                Location::KeyPath(path) => write!(f, "error: {file}: {path}: {}", e.message)?,
+                Location::None => write!(f, "error: {file}: {}", e.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}

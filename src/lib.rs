@@ -1,2 +1,31 @@
 //! scf-gateway: an invocation gateway for SCF-style image functions.
+//!
+//! A request crosses these modules in order (the path itself is written out in
+//! [`invoke`]):
+//!
+//! | stage | module |
+//! |---|---|
+//! | accept (HTTP/1.1, h2c), graceful shutdown | [`server`] |
+//! | route to a function | [`routing`] |
+//! | admit: body limit | [`invoke`], [`body`] |
+//! | strip and stamp `X-Scf-*` | [`headers`] |
+//! | queue, slots, balancing, warm connections | [`pool`] |
+//! | forward, deadline, stream the response | [`invoke`], [`body`] |
+//! | map failures to the contract's errors | [`error`] |
+//! | record | [`metrics`], [`admin`] |
+//!
+//! [`config`] turns the TOML file into the validated data all of this runs on.
+
+pub mod admin;
+pub mod body;
 pub mod config;
+pub mod error;
+pub mod headers;
+pub mod invoke;
+pub mod metrics;
+pub mod pool;
+pub mod routing;
+pub mod server;
+
+pub use config::Config;
+pub use server::{run, RunningGateway};

@@ -1,0 +1,45 @@
+//! The admin listener: liveness, readiness and Prometheus metrics, kept off the
+//! invocation listener so scrapes and probes never compete with traffic.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Request, Response, StatusCode};
+
+use crate::body::GatewayBody;
+use crate::metrics::Registry;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub registry: Registry,
+    /// True once the listeners are up, false again while shutting down.
+    pub ready: Arc<AtomicBool>,
+}
+
+pub fn handle<B>(state: &AdminState, req: Request<B>) -> Response<GatewayBody> {
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/metrics" => {
+            let mut response = Response::new(GatewayBody::full(Bytes::from(state.registry.render())));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::full(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}

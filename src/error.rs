@@ -1,0 +1,215 @@
+//! Typed errors, one enum per stage of the request path, and the one place where they
+//! become the contract's error table (HTTP status, SCF error code, message, outcome).
+//!
+//! Stages raise their own error type; `invoke` converts them into [`GatewayError`] and
+//! [`GatewayError::into_response`] renders the JSON body every client sees.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{Response, StatusCode};
+use serde::Serialize;
+
+use crate::body::GatewayBody;
+use crate::headers::REQUEST_ID;
+use crate::metrics::Outcome;
+
+/// The request could not be matched to a function.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("Function [{name}] not found in namespace [{namespace}]")]
+    FunctionNotFound { name: String, namespace: String },
+    #[error(
+        "Function [{name}] in namespace [{namespace}] is a web function (type \"http\"): \
+         call it through its route"
+    )]
+    WebFunction { name: String, namespace: String },
+    #[error("No route for host [{host}] and path [{path}]")]
+    NoRoute { host: String, path: String },
+}
+
+/// The request body broke `server.max_body_bytes`.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("The request body exceeds the limit of {limit} bytes (server.max_body_bytes)")]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
+
+/// No slot could be had for the invocation.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    #[error(
+        "Function [{function}] reached its concurrency limit ({slots} = {instances} instance(s) x \
+         instance_concurrency {per_instance}) and its queue of {queue_depth} is full"
+    )]
+    QueueFull {
+        function: String,
+        slots: u64,
+        instances: usize,
+        per_instance: u32,
+        queue_depth: usize,
+        retry_after_secs: u64,
+    },
+    #[error(
+        "Function [{function}] reached its concurrency limit ({slots} = {instances} instance(s) x \
+         instance_concurrency {per_instance}) and no slot became free within {waited_ms}ms"
+    )]
+    QueueTimeout {
+        function: String,
+        slots: u64,
+        instances: usize,
+        per_instance: u32,
+        waited_ms: u128,
+        retry_after_secs: u64,
+    },
+    #[error("No instance of function [{function}] is reachable: {reason}")]
+    NoInstance { function: String, reason: String },
+}
+
+/// The instance failed the invocation after it was handed over.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("Invoking task timed out after {seconds} seconds")]
+    Timeout { seconds: String },
+    #[error("The instance at {instance} {what}")]
+    InstanceFailed { instance: String, what: String },
+    #[error("The size of response exceeds the upper limit (6MB)")]
+    ResponseTooLarge,
+}
+
+/// Everything the gateway itself answers with an error body.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
+    BodyTooLarge(#[from] BodyTooLarge),
+    #[error(transparent)]
+    Admit(#[from] AdmitError),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorBody<'a> {
+    error_code: u16,
+    error_message: &'a str,
+    request_id: &'a str,
+    status_code: u16,
+}
+
+impl GatewayError {
+    /// The contract's error table: HTTP status and SCF error code.
+    pub fn status_and_code(&self) -> (StatusCode, u16) {
+        match self {
+            GatewayError::Route(_) => (StatusCode::NOT_FOUND, 435),
+            GatewayError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 406),
+            GatewayError::Admit(AdmitError::QueueFull { .. })
+            | GatewayError::Admit(AdmitError::QueueTimeout { .. }) => {
+                (StatusCode::TOO_MANY_REQUESTS, 432)
+            }
+            GatewayError::Admit(AdmitError::NoInstance { .. }) => (StatusCode::BAD_GATEWAY, 405),
+            GatewayError::Forward(ForwardError::Timeout { .. }) => {
+                (StatusCode::GATEWAY_TIMEOUT, 433)
+            }
+            GatewayError::Forward(ForwardError::InstanceFailed { .. }) => {
+                (StatusCode::BAD_GATEWAY, 405)
+            }
+            GatewayError::Forward(ForwardError::ResponseTooLarge) => {
+                (StatusCode::BAD_GATEWAY, 407)
+            }
+        }
+    }
+
+    /// How the invocation ended, for `scf_gateway_invocations_total{outcome}`.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            GatewayError::Route(_) => Outcome::NotFound,
+            GatewayError::BodyTooLarge(_) => Outcome::BodyTooLarge,
+            GatewayError::Admit(AdmitError::NoInstance { .. }) => Outcome::InstanceError,
+            GatewayError::Admit(_) => Outcome::Throttled,
+            GatewayError::Forward(ForwardError::Timeout { .. }) => Outcome::Timeout,
+            GatewayError::Forward(ForwardError::InstanceFailed { .. }) => Outcome::InstanceError,
+            GatewayError::Forward(ForwardError::ResponseTooLarge) => Outcome::ResponseTooLarge,
+        }
+    }
+
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            GatewayError::Admit(AdmitError::QueueFull {
+                retry_after_secs, ..
+            })
+            | GatewayError::Admit(AdmitError::QueueTimeout {
+                retry_after_secs, ..
+            }) => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+
+    /// The JSON error response, with `X-Scf-Request-Id` (and `Retry-After` for 432).
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<GatewayBody> {
+        let (status, code) = self.status_and_code();
+        let message = self.to_string();
+        let body = ErrorBody {
+            error_code: code,
+            error_message: &message,
+            request_id: request_id.to_str().unwrap_or_default(),
+            status_code: code,
+        };
+        // Serializing a struct of strings and integers cannot fail.
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let mut response = Response::new(GatewayBody::full(Bytes::from(json)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(REQUEST_ID, request_id.clone());
+        if let Some(secs) = self.retry_after_secs() {
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// `3s` -> `3`, `500ms` -> `0.5`, `1250ms` -> `1.25`: the N of the timeout message.
+pub fn seconds_text(timeout: std::time::Duration) -> String {
+    let millis = timeout.as_millis();
+    let (whole, frac) = (millis / 1000, millis % 1000);
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let frac = format!("{frac:03}");
+    format!("{whole}.{}", frac.trim_end_matches('0'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timeout_seconds_are_written_as_configured() {
+        assert_eq!(seconds_text(Duration::from_secs(3)), "3");
+        assert_eq!(seconds_text(Duration::from_millis(500)), "0.5");
+        assert_eq!(seconds_text(Duration::from_millis(1250)), "1.25");
+        assert_eq!(seconds_text(Duration::from_millis(20)), "0.02");
+    }
+
+    #[test]
+    fn error_table_matches_the_contract() {
+        let timeout = GatewayError::from(ForwardError::Timeout {
+            seconds: "0.5".into(),
+        });
+        assert_eq!(timeout.status_and_code(), (StatusCode::GATEWAY_TIMEOUT, 433));
+        assert_eq!(timeout.to_string(), "Invoking task timed out after 0.5 seconds");
+        let too_big = GatewayError::from(ForwardError::ResponseTooLarge);
+        assert_eq!(too_big.status_and_code(), (StatusCode::BAD_GATEWAY, 407));
+        let missing = GatewayError::from(RouteError::FunctionNotFound {
+            name: "hello".into(),
+            namespace: "default".into(),
+        });
+        assert_eq!(
+            missing.to_string(),
+            "Function [hello] not found in namespace [default]"
+        );
+    }
+}

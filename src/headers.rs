@@ -1,0 +1,317 @@
+//! What crosses the gateway in headers: the client's `X-Scf-*` and hop-by-hop headers
+//! are stripped, the platform's `X-Scf-*` set is stamped, and the function's answer is
+//! cleaned of credentials before it reaches the client.
+//!
+//! Everything that does not change per invocation (names, and per function the memory,
+//! timeout, identity and credential values) is built once into a [`Stamp`]; the hot
+//! path only moves headers from one map to another and adds the request id.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
+
+use crate::config::{Config, FunctionConfig};
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-scf-request-id");
+pub const MEMORY: HeaderName = HeaderName::from_static("x-scf-memory");
+pub const TIMEOUT: HeaderName = HeaderName::from_static("x-scf-timeout");
+pub const VERSION: HeaderName = HeaderName::from_static("x-scf-version");
+pub const NAME: HeaderName = HeaderName::from_static("x-scf-name");
+pub const NAMESPACE: HeaderName = HeaderName::from_static("x-scf-namespace");
+pub const REGION: HeaderName = HeaderName::from_static("x-scf-region");
+pub const APPID: HeaderName = HeaderName::from_static("x-scf-appid");
+pub const UIN: HeaderName = HeaderName::from_static("x-scf-uin");
+pub const SECRET_ID: HeaderName = HeaderName::from_static("x-scf-secret-id");
+pub const SECRET_KEY: HeaderName = HeaderName::from_static("x-scf-secret-key");
+pub const SESSION_TOKEN: HeaderName = HeaderName::from_static("x-scf-session-token");
+pub const INVOCATION_TYPE: HeaderName = HeaderName::from_static("x-scf-invocation-type");
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const HTTP: HeaderValue = HeaderValue::from_static("http");
+
+/// Headers that describe one hop, never the message (RFC 9110 7.6.1), plus the
+/// non-standard `proxy-connection` that old clients still send.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The per-function headers every request to an instance carries, prebuilt.
+#[derive(Debug, Clone)]
+pub struct Stamp {
+    fixed: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Stamp {
+    /// Builds the fixed part of the stamp for one function. Values that are not valid
+    /// header values (a newline in a name, say) cannot come from a validated config,
+    /// but are left out rather than trusted.
+    pub fn new(config: &Config, function: &FunctionConfig) -> Stamp {
+        let mut fixed = Vec::with_capacity(11);
+        let mut push = |name: HeaderName, value: &str, sensitive: bool| {
+            if let Ok(mut value) = HeaderValue::from_str(value) {
+                value.set_sensitive(sensitive);
+                fixed.push((name, value));
+            }
+        };
+        push(MEMORY, &function.memory_mb.to_string(), false);
+        push(TIMEOUT, &function.timeout.as_millis().to_string(), false);
+        push(VERSION, &function.version, false);
+        push(NAME, &function.name, false);
+        push(NAMESPACE, &function.namespace, false);
+        push(REGION, &config.platform.region, false);
+        push(APPID, &config.platform.appid, false);
+        push(UIN, &config.platform.uin, false);
+        let credentials = &config.credentials;
+        for (name, secret) in [
+            (SECRET_ID, &credentials.secret_id),
+            (SECRET_KEY, &credentials.secret_key),
+            (SESSION_TOKEN, &credentials.session_token),
+        ] {
+            if let Some(secret) = secret {
+                push(name, secret.expose(), true);
+            }
+        }
+        Stamp { fixed }
+    }
+
+    /// Adds the function's headers and the invocation's request id.
+    pub fn apply(&self, headers: &mut HeaderMap, request_id: &HeaderValue) {
+        headers.insert(REQUEST_ID, request_id.clone());
+        for (name, value) in &self.fixed {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+
+    /// How many headers [`Stamp::apply`] adds.
+    pub fn len(&self) -> usize {
+        self.fixed.len() + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// The part after `x-scf-` / `x_scf_` (names in a `HeaderMap` are already lower case).
+fn scf_suffix(name: &str) -> Option<&str> {
+    let b = name.as_bytes();
+    let sep = |c: u8| c == b'-' || c == b'_';
+    (b.len() > 6 && b[0] == b'x' && sep(b[1]) && &b[2..5] == b"scf" && sep(b[5]))
+        .then(|| &name[6..])
+}
+
+fn is_scf(name: &str) -> bool {
+    scf_suffix(name).is_some()
+}
+
+/// `X-Scf-*` headers a function must not pass to the client: credentials, and its own
+/// request id (the gateway's replaces it). `-` and `_` are the same here.
+fn is_scf_private(name: &str) -> bool {
+    scf_suffix(name).is_some_and(|rest| {
+        let rest = rest.replace('_', "-");
+        rest.starts_with("secret-") || rest == "session-token" || rest == "request-id"
+    })
+}
+
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name)
+}
+
+/// The header names a `Connection` header lists (they are hop-by-hop too).
+fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Moves the headers of a client request that may travel on to an instance into a new
+/// map with room for the stamp: no `X-Scf-*`, no hop-by-hop, nothing named in
+/// `Connection`, and no `Host` (each caller decides what `Host` the instance sees).
+pub fn strip_request(mut headers: HeaderMap, extra: usize) -> HeaderMap {
+    let listed = connection_tokens(&headers);
+    let mut out = HeaderMap::with_capacity(headers.len() + extra);
+    // `drain` yields a name only for the first value of each header.
+    let mut current: Option<HeaderName> = None;
+    for (name, value) in headers.drain() {
+        match name {
+            Some(name) => {
+                let n = name.as_str();
+                let drop = is_scf(n) || is_hop_by_hop(n) || name == HOST || listed.iter().any(|t| t == n);
+                if drop {
+                    current = None;
+                } else {
+                    out.append(&name, value);
+                    current = Some(name);
+                }
+            }
+            None => {
+                if let Some(name) = &current {
+                    out.append(name, value);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Cleans a function's response headers for the client: hop-by-hop headers go, the
+/// credentials the function might echo never leave, and the gateway's request id
+/// replaces whatever the function sent.
+pub fn strip_response(headers: &mut HeaderMap, request_id: &HeaderValue) {
+    let listed = connection_tokens(headers);
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    for name in &listed {
+        headers.remove(name.as_str());
+    }
+    if headers.keys().any(|n| is_scf_private(n.as_str())) {
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| is_scf_private(n.as_str()))
+            .cloned()
+            .collect();
+        for name in doomed {
+            headers.remove(name);
+        }
+    }
+    headers.insert(REQUEST_ID, request_id.clone());
+}
+
+/// `X-Forwarded-For/-Proto/-Host` for a web request: the client's address is appended
+/// to any chain it brought, the original host is recorded.
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
+    let ip = client.to_string();
+    let chain = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(chain) = HeaderValue::from_str(&chain) {
+        headers.insert(X_FORWARDED_FOR, chain);
+    }
+    headers.insert(X_FORWARDED_PROTO, HTTP);
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+}
+
+/// A fresh UUID v4 request id as a header value.
+pub fn new_request_id() -> HeaderValue {
+    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_ne_bytes()).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = id.hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_scf_in_every_spelling_and_hop_by_hop() {
+        let h = map(&[
+            ("X-Scf-Request-Id", "forged"),
+            ("x_scf_uin", "1"),
+            ("X_SCF_SECRET_KEY", "k"),
+            ("Connection", "keep-alive, X-Custom"),
+            ("x-custom", "gone"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("host", "example.com"),
+            ("content-type", "application/json"),
+            ("accept", "a"),
+            ("accept", "b"),
+            ("x-scfnot", "kept"),
+        ]);
+        let out = strip_request(h, 0);
+        let names: Vec<&str> = out.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, vec!["content-type", "accept", "x-scfnot"]);
+        let accepts: Vec<_> = out.get_all("accept").iter().collect();
+        assert_eq!(accepts, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn connection_can_name_an_scf_header_without_leaking_anything() {
+        let h = map(&[("connection", "X-Scf-Name"), ("x-scf-name", "evil")]);
+        let mut out = strip_request(h, 0);
+        assert!(out.is_empty());
+        let id = new_request_id();
+        let config = crate::config::parse(
+            "[[functions]]\nname = \"f\"\ninstances = [\"127.0.0.1:1\"]\n",
+            std::path::Path::new("t.toml"),
+            &|_| None,
+        );
+        if let Ok(config) = config {
+            let stamp = Stamp::new(&config, &config.functions[0]);
+            stamp.apply(&mut out, &id);
+            assert_eq!(out.get(NAME).unwrap(), "f");
+            assert_eq!(out.len(), stamp.len());
+        }
+    }
+
+    #[test]
+    fn response_never_carries_credentials_and_gets_our_request_id() {
+        let mut h = map(&[
+            ("x-scf-secret-key", "k"),
+            ("X-Scf-Secret-Id", "i"),
+            ("x-scf-session-token", "t"),
+            ("x-scf-request-id", "theirs"),
+            ("x-scf-custom", "kept"),
+            ("connection", "close"),
+            ("content-length", "2"),
+        ]);
+        let ours = HeaderValue::from_static("ours");
+        strip_response(&mut h, &ours);
+        assert_eq!(h.get(REQUEST_ID).unwrap(), "ours");
+        assert!(h.get("x-scf-secret-key").is_none());
+        assert!(h.get("x-scf-secret-id").is_none());
+        assert!(h.get("x-scf-session-token").is_none());
+        assert!(h.get("connection").is_none());
+        assert_eq!(h.get("x-scf-custom").unwrap(), "kept");
+        assert_eq!(h.get("content-length").unwrap(), "2");
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        let id = new_request_id();
+        let parsed = uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap();
+        assert_eq!(parsed.get_version_num(), 4);
+        assert_ne!(new_request_id(), id);
+    }
+
+    #[test]
+    fn forwarded_appends_to_the_chain() {
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
+        let host = HeaderValue::from_static("example.com");
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), Some(&host));
+        assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1, 127.0.0.1");
+        assert_eq!(h.get(X_FORWARDED_PROTO).unwrap(), "http");
+        assert_eq!(h.get(X_FORWARDED_HOST).unwrap(), "example.com");
+    }
+}

@@ -1,0 +1,470 @@
+//! The request path, stage by stage, in one place:
+//!
+//! ```text
+//! accept (server) -> route -> admit (body limit) -> stamp -> queue/pick instance
+//!   -> forward (deadline starts) -> respond (stream) -> record (when the body ends)
+//! ```
+//!
+//! Each stage raises its own error type; they meet here as [`GatewayError`], which is
+//! rendered in one place (`error.rs`). Nothing on this path buffers a body.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderValue, CONTENT_LENGTH, EXPECT, HOST};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::body::{self, GatewayBody, InvocationBody, Lease, LimitedBody, UpstreamBody};
+use crate::config::{Config, FunctionConfig, FunctionKind, EVENT_RESPONSE_LIMIT};
+use crate::error::{seconds_text, BodyTooLarge, ForwardError, GatewayError};
+use crate::headers::{self, Stamp};
+use crate::metrics::{FunctionMetrics, Outcome, Registry};
+use crate::pool::{Instance, Pool, PooledConn, Slot};
+use crate::routing::{Router, Target};
+
+/// Where event invocations go on an instance.
+const EVENT_INVOKE: &str = "/event-invoke";
+/// How long a refused body may take to drain before the answer is sent anyway.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// One function, ready to serve: its pool, its prebuilt headers, its metrics.
+pub struct Function {
+    pub name: String,
+    pub namespace: String,
+    pub kind: FunctionKind,
+    timeout: Duration,
+    timeout_text: String,
+    response_limit: u64,
+    stamp: Stamp,
+    pool: Arc<Pool>,
+    metrics: FunctionMetrics,
+}
+
+impl Function {
+    fn new(config: &Config, f: &FunctionConfig, registry: &Registry) -> Function {
+        let metrics = registry.function(&f.name, &f.namespace);
+        Function {
+            name: f.name.clone(),
+            namespace: f.namespace.clone(),
+            kind: f.kind,
+            timeout: f.timeout,
+            timeout_text: seconds_text(f.timeout),
+            response_limit: match f.kind {
+                FunctionKind::Event => EVENT_RESPONSE_LIMIT,
+                FunctionKind::Http => u64::MAX,
+            },
+            stamp: Stamp::new(config, f),
+            pool: Pool::new(f, config.server.upstream_idle_timeout, metrics.clone()),
+            metrics,
+        }
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    pub fn timeout_error(&self) -> ForwardError {
+        ForwardError::Timeout {
+            seconds: self.timeout_text.clone(),
+        }
+    }
+}
+
+/// Counts an invocation from the moment it is routed until it ends, whichever way it
+/// ends: dropped unfinished, it records the client as gone.
+pub struct Accounting {
+    function: Option<Arc<Function>>,
+    started: Instant,
+    request_id: HeaderValue,
+    access_log: bool,
+}
+
+impl Accounting {
+    fn start(function: Arc<Function>, request_id: &HeaderValue, access_log: bool) -> Self {
+        function.metrics.inflight.increment(1.0);
+        Accounting {
+            function: Some(function),
+            started: Instant::now(),
+            request_id: request_id.clone(),
+            access_log,
+        }
+    }
+
+    /// The function's timeout error (`None` once the invocation has ended).
+    pub fn timeout_error(&self) -> Option<ForwardError> {
+        self.function.as_deref().map(Function::timeout_error)
+    }
+
+    pub fn finish(mut self, outcome: Outcome) {
+        self.record(outcome);
+    }
+
+    fn record(&mut self, outcome: Outcome) {
+        let Some(function) = self.function.take() else {
+            return;
+        };
+        let elapsed = self.started.elapsed();
+        function.metrics.inflight.decrement(1.0);
+        function.metrics.record(outcome, elapsed);
+        if self.access_log {
+            tracing::info!(
+                target: "access",
+                request_id = self.request_id.to_str().unwrap_or_default(),
+                function = %function.name,
+                namespace = %function.namespace,
+                outcome = outcome.as_str(),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                "invocation"
+            );
+        }
+    }
+}
+
+impl Drop for Accounting {
+    fn drop(&mut self) {
+        self.record(Outcome::ClientClosed);
+    }
+}
+
+/// The gateway's request handling state, shared by every connection.
+pub struct Gateway {
+    router: Router,
+    functions: Box<[Arc<Function>]>,
+    /// Requests that matched no function.
+    unmatched: FunctionMetrics,
+    max_body_bytes: u64,
+    access_log: bool,
+    registry: Registry,
+}
+
+impl Gateway {
+    /// Builds the gateway from a validated config. Pools are not started yet.
+    pub fn new(config: &Config) -> Gateway {
+        let registry = Registry::new();
+        let functions = config
+            .functions
+            .iter()
+            .map(|f| Arc::new(Function::new(config, f, &registry)))
+            .collect();
+        Gateway {
+            router: Router::new(config),
+            functions,
+            unmatched: registry.function("-", "-"),
+            max_body_bytes: config.server.max_body_bytes,
+            access_log: config.server.access_log,
+            registry,
+        }
+    }
+
+    pub fn functions(&self) -> &[Arc<Function>] {
+        &self.functions
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Serves one request from `client`. Never fails: errors become the contract's
+    /// error responses, each with its `X-Scf-Request-Id`.
+    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<GatewayBody> {
+        let request_id = headers::new_request_id();
+
+        // Route.
+        let host = req
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        let routed = self
+            .router
+            .route(req.method(), req.uri().path(), req.uri().query(), host);
+        let target = match routed {
+            Ok(target) => target,
+            Err(e) => {
+                self.unmatched.record(Outcome::NotFound, Duration::ZERO);
+                return GatewayError::from(e).into_response(&request_id);
+            }
+        };
+        let function = match target {
+            Target::Invoke { function } | Target::Web { function, .. } => &self.functions[function],
+        };
+        let accounting = Accounting::start(function.clone(), &request_id, self.access_log);
+
+        let exchange = match self.forward(function, req, target, client, &request_id).await {
+            Ok(exchange) => exchange,
+            Err(e) => {
+                accounting.finish(e.outcome());
+                return e.into_response(&request_id);
+            }
+        };
+
+        // Respond: stream the answer back; the invocation ends with its body.
+        let (mut parts, incoming) = exchange.response.into_parts();
+        if content_length(&parts.headers).is_some_and(|l| l > function.response_limit) {
+            let e = GatewayError::from(ForwardError::ResponseTooLarge);
+            accounting.finish(e.outcome());
+            return e.into_response(&request_id);
+        }
+        headers::strip_response(&mut parts.headers, &request_id);
+        let lease = Lease {
+            slot: exchange.slot,
+            conn: exchange.conn,
+            accounting,
+        };
+        let body = InvocationBody::new(incoming, exchange.deadline, function.response_limit, lease);
+        Response::from_parts(parts, GatewayBody::Invocation(body))
+    }
+
+    /// Admit, stamp, queue, pick and forward: everything up to the response head.
+    async fn forward(
+        &self,
+        function: &Function,
+        req: Request<Incoming>,
+        target: Target,
+        client: SocketAddr,
+        request_id: &HeaderValue,
+    ) -> Result<Exchange, GatewayError> {
+        let (parts, body) = req.into_parts();
+
+        // Admit: a body announced too large is refused before any instance is touched.
+        if let Some(len) = content_length(&parts.headers) {
+            if len > self.max_body_bytes {
+                // With `Expect: 100-continue` the client has not sent the body yet and
+                // will not; otherwise read it away so the client can read the answer.
+                if !parts.headers.contains_key(EXPECT) {
+                    let _ = tokio::time::timeout(DRAIN_TIME, body::discard(body)).await;
+                }
+                return Err(BodyTooLarge {
+                    limit: self.max_body_bytes,
+                }
+                .into());
+            }
+        }
+
+        // Stamp: the request as the instance will see it, minus `Host` for events.
+        let original_host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let mut headers = headers::strip_request(parts.headers, function.stamp.len() + 4);
+        function.stamp.apply(&mut headers, request_id);
+        let (method, uri) = match target {
+            Target::Invoke { .. } => (Method::POST, Uri::from_static(EVENT_INVOKE)),
+            Target::Web { strip, .. } => {
+                if let Some(host) = &original_host {
+                    headers.insert(HOST, host.clone());
+                }
+                headers::add_forwarded(&mut headers, client.ip(), original_host.as_ref());
+                (parts.method, web_uri(&parts.uri, strip))
+            }
+        };
+        let mut upstream = Request::new(UpstreamBody::Client(LimitedBody::new(
+            body,
+            self.max_body_bytes,
+        )));
+        *upstream.method_mut() = method;
+        *upstream.uri_mut() = uri;
+        *upstream.version_mut() = Version::HTTP_11;
+        *upstream.headers_mut() = headers;
+
+        // Queue and pick an instance, then forward. An instance that refuses the
+        // connection got nothing, so the invocation moves on to another one.
+        let pool = function.pool();
+        let mut attempts = pool.instances().len() + 1;
+        loop {
+            attempts -= 1;
+            let slot = pool.acquire().await?;
+            if function.kind == FunctionKind::Event {
+                upstream
+                    .headers_mut()
+                    .insert(HOST, slot.instance().host().clone());
+            }
+            // The timeout runs from the hand-over to the end of the response body.
+            let mut deadline = Box::pin(tokio::time::sleep(function.timeout));
+            let instance = slot.instance().clone();
+            let sent = tokio::select! {
+                biased;
+                r = send_to(&instance, upstream, pool) => r,
+                _ = deadline.as_mut() => return Err(function.timeout_error().into()),
+            };
+            match sent {
+                Ok((response, conn)) => {
+                    return Ok(Exchange {
+                        response,
+                        slot,
+                        conn,
+                        deadline,
+                    })
+                }
+                Err(Failure::Refused(req)) => {
+                    pool.mark_down(slot.index());
+                    if attempts == 0 {
+                        return Err(ForwardError::InstanceFailed {
+                            instance: instance.addr().to_string(),
+                            what: "refused the connection".into(),
+                        }
+                        .into());
+                    }
+                    upstream = req;
+                }
+                Err(Failure::Failed(e)) => return Err(classify(&instance, e)),
+            }
+        }
+    }
+}
+
+/// An invocation whose response head has arrived.
+struct Exchange {
+    response: Response<Incoming>,
+    slot: Slot,
+    conn: PooledConn,
+    deadline: Pin<Box<Sleep>>,
+}
+
+/// Why forwarding failed.
+enum Failure {
+    /// Nothing reached the instance: the request comes back to be tried elsewhere.
+    Refused(Request<UpstreamBody>),
+    /// The request was (at least partly) sent: it must not be sent again.
+    Failed(hyper::Error),
+}
+
+/// Sends the request on a warm connection, or a new one. A pooled connection that
+/// turns out to be closed before any byte was written is replaced by a fresh one once;
+/// once a byte went out, the request is never sent again.
+async fn send_to(
+    instance: &Instance,
+    req: Request<UpstreamBody>,
+    pool: &Pool,
+) -> Result<(Response<Incoming>, PooledConn), Failure> {
+    let metrics = pool.metrics();
+    let (mut conn, reused) = match instance.checkout(pool.idle_timeout()) {
+        Some(conn) => (conn, true),
+        None => match instance.connect().await {
+            Ok(conn) => (conn, false),
+            Err(_) => return Err(Failure::Refused(req)),
+        },
+    };
+    metrics.connection(reused);
+    let req = match send(&mut conn, req).await {
+        Ok(response) => return Ok((response, conn)),
+        Err(Unsent::No(e)) => return Err(Failure::Failed(e)),
+        Err(Unsent::Yes(req)) if reused => req,
+        Err(Unsent::Yes(req)) => return Err(Failure::Refused(req)),
+    };
+    drop(conn);
+    let mut fresh = match instance.connect().await {
+        Ok(conn) => conn,
+        Err(_) => return Err(Failure::Refused(req)),
+    };
+    metrics.connection(false);
+    match send(&mut fresh, req).await {
+        Ok(response) => Ok((response, fresh)),
+        Err(Unsent::No(e)) => Err(Failure::Failed(e)),
+        Err(Unsent::Yes(req)) => Err(Failure::Refused(req)),
+    }
+}
+
+enum Unsent {
+    /// The connection failed before the request was written; here it is back.
+    Yes(Request<UpstreamBody>),
+    No(hyper::Error),
+}
+
+async fn send(conn: &mut PooledConn, req: Request<UpstreamBody>) -> Result<Response<Incoming>, Unsent> {
+    if conn.sender.ready().await.is_err() {
+        return Err(Unsent::Yes(req));
+    }
+    conn.sender.try_send_request(req).await.map_err(|mut e| match e.take_message() {
+        Some(req) => Unsent::Yes(req),
+        None => Unsent::No(e.into_error()),
+    })
+}
+
+/// What a failed exchange means for the client.
+fn classify(instance: &Instance, e: hyper::Error) -> GatewayError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        if let Some(too_large) = err.downcast_ref::<BodyTooLarge>() {
+            return (*too_large).into();
+        }
+        source = err.source();
+    }
+    let what = if e.is_incomplete_message() {
+        "closed the connection before answering (crashed or reset)".to_owned()
+    } else if e.is_parse() {
+        format!("sent an invalid HTTP response: {e}")
+    } else {
+        match io_kind(&e) {
+            Some(std::io::ErrorKind::ConnectionReset) => "reset the connection".to_owned(),
+            Some(std::io::ErrorKind::BrokenPipe) => {
+                "closed the connection while the request was being sent".to_owned()
+            }
+            _ => format!("failed the invocation: {e}"),
+        }
+    };
+    ForwardError::InstanceFailed {
+        instance: instance.addr().to_string(),
+        what,
+    }
+    .into()
+}
+
+fn io_kind(e: &hyper::Error) -> Option<std::io::ErrorKind> {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        source = err.source();
+    }
+    None
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The request target a web function sees: the original path and query, minus the
+/// route's prefix when it strips one.
+fn web_uri(uri: &Uri, strip: usize) -> Uri {
+    let Some(pq) = uri.path_and_query() else {
+        return Uri::from_static("/");
+    };
+    if strip == 0 {
+        return Uri::from(pq.clone());
+    }
+    let rest = pq.path().get(strip..).unwrap_or("");
+    let path = if rest.is_empty() { "/" } else { rest };
+    let text = match pq.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    PathAndQuery::try_from(text)
+        .map(Uri::from)
+        .unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn web_uri_strips_on_request() {
+        let uri: Uri = "/web/a/b?x=1".parse().unwrap();
+        assert_eq!(web_uri(&uri, 0), "/web/a/b?x=1");
+        assert_eq!(web_uri(&uri, 4), "/a/b?x=1");
+        let uri: Uri = "/web?x=1".parse().unwrap();
+        assert_eq!(web_uri(&uri, 4), "/?x=1");
+    }
+}

@@ -1,0 +1,195 @@
+//! Warm keep-alive HTTP/1.1 connections to one instance, and the keeper task that keeps
+//! them warm and probes a refusing instance back into rotation.
+//!
+//! Connections are opened before the first invocation (one per slot, up to a cap) and
+//! reopened in the background when the instance closes them. A pooled connection idle
+//! for `upstream_idle_timeout` is never handed out and is closed by the keeper, so the
+//! gateway, not the instance's keep-alive timer, decides when an idle connection ends:
+//! a request never races the instance closing it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::{lock, Pool};
+use crate::body::UpstreamBody;
+
+/// How long a connection attempt may take before the instance counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Backoff between probes of an instance that refused connections.
+const PROBE_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub type UpstreamSender = http1::SendRequest<UpstreamBody>;
+
+/// One running instance of a function, as the pool sees it.
+pub struct Instance {
+    addr: SocketAddr,
+    /// `Host` for event invocations: the address as configured.
+    host: HeaderValue,
+    idle: Mutex<Vec<PooledConn>>,
+    /// Open connections, idle or busy.
+    live: Arc<AtomicUsize>,
+    /// Wakes the keeper when a connection closes.
+    closed: Arc<Notify>,
+}
+
+/// A keep-alive connection. Dropping it closes the connection; returning it with
+/// [`Instance::checkin`] keeps it for the next invocation.
+pub struct PooledConn {
+    pub sender: UpstreamSender,
+    driver: AbortHandle,
+    idle_since: Instant,
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl Instance {
+    pub fn new(addr: SocketAddr, authority: &str) -> Instance {
+        Instance {
+            addr,
+            host: HeaderValue::from_str(authority)
+                .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+            idle: Mutex::new(Vec::new()),
+            live: Arc::new(AtomicUsize::new(0)),
+            closed: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// Open connections, idle or busy.
+    pub fn live_connections(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// The most recently used idle connection that is still open and not idle too long.
+    pub fn checkout(&self, idle_timeout: Duration) -> Option<PooledConn> {
+        let now = Instant::now();
+        let mut idle = lock(&self.idle);
+        while let Some(conn) = idle.pop() {
+            if conn.sender.is_ready() && now.duration_since(conn.idle_since) < idle_timeout {
+                return Some(conn);
+            }
+            // Closed by the instance, or too old to trust: drop (closes it).
+        }
+        None
+    }
+
+    /// Keeps a connection whose last exchange completed cleanly.
+    pub fn checkin(&self, mut conn: PooledConn) {
+        if conn.sender.is_closed() {
+            return;
+        }
+        conn.idle_since = Instant::now();
+        lock(&self.idle).push(conn);
+    }
+
+    /// Opens a new keep-alive connection (TCP_NODELAY, HTTP/1.1).
+    pub async fn connect(&self) -> io::Result<PooledConn> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake::<_, UpstreamBody>(TokioIo::new(stream))
+            .await
+            .map_err(io::Error::other)?;
+        self.live.fetch_add(1, Ordering::Relaxed);
+        let gone = LiveGuard {
+            live: self.live.clone(),
+            closed: self.closed.clone(),
+        };
+        let driver = tokio::spawn(async move {
+            let _gone = gone;
+            // Errors here surface on the request that was using the connection.
+            let _ = conn.await;
+        });
+        Ok(PooledConn {
+            sender,
+            driver: driver.abort_handle(),
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Closes idle connections older than the limit; returns how many remain.
+    fn evict_idle(&self, idle_timeout: Duration) -> usize {
+        let now = Instant::now();
+        let mut idle = lock(&self.idle);
+        idle.retain(|c| c.sender.is_ready() && now.duration_since(c.idle_since) < idle_timeout);
+        idle.len()
+    }
+
+    pub(super) fn clear_idle(&self) {
+        lock(&self.idle).clear();
+    }
+}
+
+/// Counts a connection as gone and wakes the keeper, however its driver task ends
+/// (closed by the instance, or aborted by the gateway).
+struct LiveGuard {
+    live: Arc<AtomicUsize>,
+    closed: Arc<Notify>,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        self.closed.notify_one();
+    }
+}
+
+/// The keeper of one instance: tops up warm connections while the instance is up, and
+/// probes it with backoff while it is down.
+pub(super) async fn keep(pool: Arc<Pool>, index: usize) {
+    let instance = pool.instances[index].clone();
+    let idle_timeout = pool.idle_timeout;
+    let tick = (idle_timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut backoff = PROBE_BACKOFF_MIN;
+    loop {
+        if pool.is_up(index) {
+            backoff = PROBE_BACKOFF_MIN;
+            instance.evict_idle(idle_timeout);
+            while instance.live_connections() < pool.warm_target {
+                match instance.connect().await {
+                    Ok(conn) => instance.checkin(conn),
+                    Err(_) => {
+                        pool.mark_down(index);
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = instance.closed.notified() => {}
+                _ = tokio::time::sleep(tick) => {}
+            }
+        } else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(PROBE_BACKOFF_MAX);
+            if let Ok(conn) = instance.connect().await {
+                instance.checkin(conn);
+                pool.mark_up(index);
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Listeners and lifecycle: HTTP/1.1 and HTTP/2 (h2c with prior knowledge) on
+//! `server.listen`, the admin listener, and the graceful shutdown that lets in-flight
+//! invocations finish within `shutdown_grace`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin;
+use crate::body::GatewayBody;
+use crate::config::Config;
+use crate::invoke::Gateway;
+
+/// How often histogram samples are folded into buckets when nobody scrapes.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// A started gateway: its listeners are bound and serving.
+pub struct RunningGateway {
+    listen_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    gateway: Arc<Gateway>,
+    ready: Arc<AtomicBool>,
+    grace: Duration,
+    stop_invocations: watch::Sender<bool>,
+    stop_admin: watch::Sender<bool>,
+    invocations: JoinHandle<()>,
+    admin: JoinHandle<()>,
+    upkeep: JoinHandle<()>,
+}
+
+impl RunningGateway {
+    /// Binds the listeners, starts the pools and serves. Must run inside a Tokio runtime.
+    pub async fn start(config: &Config) -> io::Result<RunningGateway> {
+        let listener = bind(config.server.listen).await?;
+        let admin_listener = bind(config.server.admin_listen).await?;
+        let listen_addr = listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+
+        let gateway = Arc::new(Gateway::new(config));
+        for function in gateway.functions() {
+            function.pool().start();
+        }
+        let ready = Arc::new(AtomicBool::new(false));
+        let grace = config.server.shutdown_grace;
+
+        let (stop_invocations, stop) = watch::channel(false);
+        let gw = gateway.clone();
+        let invocations = tokio::spawn(serve(listener, stop, grace, move |req, peer| {
+            let gw = gw.clone();
+            async move { gw.handle(req, peer).await }
+        }));
+
+        let (stop_admin, stop) = watch::channel(false);
+        let state = admin::AdminState {
+            registry: gateway.registry().clone(),
+            ready: ready.clone(),
+        };
+        let admin = tokio::spawn(serve(admin_listener, stop, grace, move |req, _| {
+            let state = state.clone();
+            async move { admin::handle(&state, req) }
+        }));
+
+        let registry = gateway.registry().clone();
+        let upkeep = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(METRICS_UPKEEP);
+            loop {
+                tick.tick().await;
+                registry.run_upkeep();
+            }
+        });
+
+        ready.store(true, Ordering::Release);
+        tracing::info!(%listen_addr, %admin_addr, functions = config.functions.len(), "scf-gateway ready");
+        Ok(RunningGateway {
+            listen_addr,
+            admin_addr,
+            gateway,
+            ready,
+            grace,
+            stop_invocations,
+            stop_admin,
+            invocations,
+            admin,
+            upkeep,
+        })
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// Stops accepting, lets in-flight invocations finish within `shutdown_grace`
+    /// (`/readyz` answers 503 meanwhile), then stops the admin listener and the pools.
+    pub async fn shutdown(self) {
+        self.ready.store(false, Ordering::Release);
+        let _ = self.stop_invocations.send(true);
+        let _ = self.invocations.await;
+        let _ = self.stop_admin.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.admin).await;
+        self.upkeep.abort();
+        for function in self.gateway.functions() {
+            function.pool().close();
+        }
+        tracing::info!(grace = ?self.grace, "scf-gateway stopped");
+    }
+}
+
+async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+/// Accepts connections until told to stop, then drains them for at most `grace`.
+async fn serve<F, Fut>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<GatewayBody>> + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    // Small request/response exchanges must not wait for Nagle.
+                    let _ = stream.set_nodelay(true);
+                    let handler = handler.clone();
+                    let service = service_fn(move |req| {
+                        let response = handler(req, peer);
+                        async move { Ok::<_, Infallible>(response.await) }
+                    });
+                    let conn = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        // A client that goes away mid-request is not the gateway's error.
+                        let _ = conn.await;
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    let open = graceful.count();
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(
+            connections = open,
+            ?grace,
+            "shutdown grace expired with invocations still in flight"
+        );
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, then shuts down gracefully.
+pub fn run(config: Config) -> io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.workers)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let running = RunningGateway::start(&config).await?;
+        wait_for_signal().await?;
+        tracing::info!("signal received; draining in-flight invocations");
+        running.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use scf_gateway::config::{Config, FunctionKind, InstanceSource};
 
 #[derive(Parser)]
-#[command(name = "scf-gateway", version, about = "Invocation gateway for SCF image functions")]
+#[command(
+    name = "scf-gateway",
+    version,
+    about = "Invocation gateway for SCF image functions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -101,7 +105,11 @@ fn print_summary(config: &Config) {
             r.path_prefix,
             f.namespace,
             f.name,
-            if r.strip_prefix { " (strip prefix)" } else { "" }
+            if r.strip_prefix {
+                " (strip prefix)"
+            } else {
+                ""
+            }
         );
     }
 }

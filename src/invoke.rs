@@ -329,6 +329,8 @@ struct Exchange {
 }
 
 /// Why forwarding failed.
+// The request travels back by value: boxing it would allocate on every retry.
+#[allow(clippy::large_enum_variant)]
 enum Failure {
     /// Nothing reached the instance: the request comes back to be tried elsewhere.
     Refused(Request<UpstreamBody>),
@@ -372,6 +374,7 @@ async fn send_to(
     }
 }
 
+#[allow(clippy::large_enum_variant)]
 enum Unsent {
     /// The connection failed before the request was written; here it is back.
     Yes(Request<UpstreamBody>),

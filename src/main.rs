@@ -64,11 +64,29 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
-            let _ = log_format;
-            let _ = config;
-            eprintln!("error: run is not built yet");
-            ExitCode::FAILURE
+            init_logging(log_format);
+            match scf_gateway::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "scf-gateway failed");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
+    }
+}
+
+/// JSON lines on stdout by default; `RUST_LOG` refines the level (default `info`).
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
     }
 }
 

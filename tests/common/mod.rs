@@ -1,0 +1,342 @@
+//! Test support: fake function instances on `127.0.0.1:0`, a gateway started in
+//! process from TOML text, and a small HTTP client.
+//!
+//! A fake instance's behaviour is chosen per request by headers, so one instance can
+//! serve a whole test: `x-test-sleep-ms`, `x-test-crash: before-headers|after-headers`,
+//! `x-test-status`. It records what it received so tests can assert on it.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use scf_gateway::config::{parse, Config};
+use scf_gateway::RunningGateway;
+use tokio::net::{TcpListener, TcpStream};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One request as the instance saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body_len: usize,
+}
+
+#[derive(Default)]
+pub struct Record {
+    pub seen: Mutex<Vec<Seen>>,
+    pub inflight: AtomicUsize,
+    pub max_inflight: AtomicUsize,
+    pub connections: AtomicUsize,
+    /// Request body bytes received so far, across requests.
+    pub bytes_received: AtomicUsize,
+    /// Notified when request body bytes arrive.
+    pub got_bytes: tokio::sync::Notify,
+}
+
+impl Record {
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A fake function instance serving until the test ends.
+pub struct FakeInstance {
+    pub addr: SocketAddr,
+    pub record: Arc<Record>,
+}
+
+impl FakeInstance {
+    pub async fn start() -> FakeInstance {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let record = Arc::new(Record::default());
+        let rec = record.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let _ = stream.set_nodelay(true);
+                rec.connections.fetch_add(1, Ordering::SeqCst);
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(rec.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeInstance { addr, record }
+    }
+}
+
+type FakeBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+fn full(data: impl Into<Bytes>) -> FakeBody {
+    Full::new(data.into()).map_err(|e| match e {}).boxed()
+}
+
+async fn handle(record: Arc<Record>, req: Request<Incoming>) -> Result<Response<FakeBody>, BoxError> {
+    let now = record.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+    record.max_inflight.fetch_max(now, Ordering::SeqCst);
+    let result = respond(&record, req).await;
+    record.inflight.fetch_sub(1, Ordering::SeqCst);
+    result
+}
+
+async fn respond(record: &Record, req: Request<Incoming>) -> Result<Response<FakeBody>, BoxError> {
+    let (parts, mut body) = req.into_parts();
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mut body_len = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            body_len += data.len();
+            record.bytes_received.fetch_add(data.len(), Ordering::SeqCst);
+            record.got_bytes.notify_waiters();
+        }
+    }
+    record.seen.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        path: parts.uri.to_string(),
+        headers: parts.headers.clone(),
+        body_len,
+    });
+    if let Some(ms) = header("x-test-sleep-ms").and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    match header("x-test-crash").as_deref() {
+        Some("before-headers") => return Err("crash before headers".into()),
+        Some("after-headers") => {
+            let body = CrashBody {
+                sent: false,
+                pause: Box::pin(tokio::time::sleep(Duration::from_millis(30))),
+            };
+            return Ok(Response::new(body.boxed()));
+        }
+        _ => {}
+    }
+    let status = header("x-test-status")
+        .and_then(|v| v.parse().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let chunked = header("x-test-chunked").is_some();
+    let body = match header("x-test-response-bytes").and_then(|v| v.parse().ok()) {
+        Some(len) => SizedBody::new(len, chunked).boxed(),
+        None => full(format!("{{\"ok\":true,\"body_len\":{body_len}}}")),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert("content-type", "application/json".parse().unwrap());
+    h.insert("x-scf-secret-key", "leaked-by-function".parse().unwrap());
+    h.insert("x-scf-request-id", "the-functions-own-id".parse().unwrap());
+    Ok(response)
+}
+
+/// `len` bytes in 64 KiB frames, with an exact size (so `Content-Length`) unless chunked.
+pub struct SizedBody {
+    left: u64,
+    exact: bool,
+}
+
+static CHUNK: [u8; 65536] = [b'x'; 65536];
+
+impl SizedBody {
+    pub fn new(len: u64, chunked: bool) -> Self {
+        SizedBody {
+            left: len,
+            exact: !chunked,
+        }
+    }
+}
+
+impl http_body::Body for SizedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.left.min(CHUNK.len() as u64);
+        self.left -= n;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..n as usize])))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        if self.exact {
+            http_body::SizeHint::with_exact(self.left)
+        } else {
+            http_body::SizeHint::default()
+        }
+    }
+}
+
+/// A response body that sends one chunk, then fails: the instance dies mid-response.
+struct CrashBody {
+    sent: bool,
+    pause: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for CrashBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.sent {
+            self.sent = true;
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"{\"partial\":")))));
+        }
+        match self.pause.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => Poll::Ready(Some(Err("crash after headers".into()))),
+        }
+    }
+}
+
+/// Parses a config from TOML text, `${VAR}` resolved from the given pairs.
+pub fn config(text: &str) -> Config {
+    match parse(text, Path::new("test.toml"), &|_| None) {
+        Ok(c) => c,
+        Err(e) => panic!("test config is invalid:\n{e}"),
+    }
+}
+
+/// A gateway listening on ephemeral ports with the given functions and routes (TOML).
+pub async fn gateway(functions: &str) -> RunningGateway {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         upstream_idle_timeout = \"5s\"\n\
+         [credentials]\nsecret_id = \"AKIDtest\"\nsecret_key = \"secret-key-value\"\n\
+         session_token = \"session-token-value\"\n{functions}"
+    );
+    RunningGateway::start(&config(&text)).await.unwrap()
+}
+
+/// A `[[functions]]` entry for an event function over the given instances.
+pub fn event_function(name: &str, instances: &[SocketAddr], extra: &str) -> String {
+    let list: Vec<String> = instances.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[[functions]]\nname = \"{name}\"\ninstances = [{}]\n{extra}\n",
+        list.join(", ")
+    )
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn error_code(&self) -> i64 {
+        self.json()["errorCode"].as_i64().unwrap_or(-1)
+    }
+
+    pub fn request_id(&self) -> &str {
+        self.headers
+            .get("x-scf-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// Sends one request on a new connection and reads the whole answer.
+pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<Answer, BoxError> {
+    let stream = TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let response = sender.send_request(req).await?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// `POST /v1/functions/{name}/invocations` with extra headers.
+pub async fn invoke(addr: SocketAddr, name: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+    let mut req = Request::post(format!("/v1/functions/{name}/invocations"))
+        .header("host", "gateway.test")
+        .header("content-type", "application/json");
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    send(addr, req).await.unwrap()
+}
+
+/// Fetches a path from the admin listener.
+pub async fn admin_get(addr: SocketAddr, path: &str) -> Answer {
+    let req = Request::get(path)
+        .header("host", "admin")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send(addr, req).await.unwrap()
+}
+
+/// The value of one Prometheus series in a `/metrics` text, if present.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+/// An address on which nothing listens (connections are refused).
+pub async fn refusing_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}
+
+/// Counts requests by path, for balance tests.
+pub fn by_instance(records: &[&Record]) -> Vec<usize> {
+    records.iter().map(|r| r.count()).collect()
+}
+
+pub fn header_map(seen: &Seen) -> HashMap<String, String> {
+    seen.headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect()
+}

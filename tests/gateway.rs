@@ -1,0 +1,454 @@
+//! The core invocation path against real in-process instances on loopback.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_headers_are_stamped_and_no_forgery_reaches_the_instance() {
+    let instance = FakeInstance::start().await;
+    let gw = gateway(&event_function(
+        "hello",
+        &[instance.addr],
+        "memory_mb = 256\ntimeout = \"2500ms\"\nversion = \"7\"\nnamespace = \"prod\"",
+    ))
+    .await;
+    let answer = invoke(
+        gw.listen_addr(),
+        "hello",
+        &[
+            ("X-Scf-Request-Id", "forged-id"),
+            ("x-scf-secret-key", "stolen"),
+            ("X_Scf_Uin", "666"),
+            ("Connection", "X-Scf-Name"),
+            ("X-Scf-Name", "evil"),
+            ("X-Custom", "kept"),
+        ],
+        "{\"a\":1}",
+    )
+    .await;
+    // Namespace is not default: this must be 404 without the query.
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.error_code(), 435);
+    assert_eq!(instance.record.count(), 0);
+
+    let req = Request::post("/v1/functions/hello/invocations?namespace=prod&qualifier=7")
+        .header("host", "gateway.test")
+        .header("X-Scf-Request-Id", "forged-id")
+        .header("x-scf-secret-key", "stolen")
+        .header("X_Scf_Uin", "666")
+        .header("Connection", "X-Scf-Name")
+        .header("X-Scf-Name", "evil")
+        .header("X-Custom", "kept")
+        .body(Full::new(Bytes::from_static(b"{\"a\":1}")))
+        .unwrap();
+    let answer = send(gw.listen_addr(), req).await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    let seen = instance.record.seen();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.method, "POST");
+    assert_eq!(s.path, "/event-invoke");
+    assert_eq!(s.body_len, 7);
+    let h = header_map(s);
+    let id = answer.request_id().to_owned();
+    let uuid = uuid::Uuid::parse_str(&id).expect("request id is a UUID");
+    assert_eq!(uuid.get_version_num(), 4);
+    let expected = [
+        ("x-scf-request-id", id.as_str()),
+        ("x-scf-memory", "256"),
+        ("x-scf-timeout", "2500"),
+        ("x-scf-version", "7"),
+        ("x-scf-name", "hello"),
+        ("x-scf-namespace", "prod"),
+        ("x-scf-region", "ap-guangzhou"),
+        ("x-scf-appid", "1250000000"),
+        ("x-scf-uin", "100000000001"),
+        ("x-scf-secret-id", "AKIDtest"),
+        ("x-scf-secret-key", "secret-key-value"),
+        ("x-scf-session-token", "session-token-value"),
+    ];
+    for (name, value) in expected {
+        assert_eq!(h.get(name).map(String::as_str), Some(value), "{name}");
+    }
+    let scf: Vec<&String> = h.keys().filter(|k| k.starts_with("x-scf") || k.starts_with("x_scf")).collect();
+    assert_eq!(scf.len(), 12, "exactly the twelve stamped headers: {scf:?}");
+    assert!(h.get("x-scf-trigger-src").is_none());
+    assert_eq!(h.get("x-custom").map(String::as_str), Some("kept"));
+    assert!(!h.contains_key("connection"));
+    assert_eq!(h.get("host").map(String::as_str), Some(instance.addr.to_string().as_str()));
+    // The function's own id and echoed credentials never reach the client.
+    assert_eq!(answer.headers.get_all("x-scf-request-id").iter().count(), 1);
+    assert!(answer.headers.get("x-scf-secret-key").is_none());
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_invocations_get_a_thousand_distinct_uuids() {
+    let instance = FakeInstance::start().await;
+    let gw = gateway(&event_function("hello", &[instance.addr], "instance_concurrency = 16")).await;
+    let addr = gw.listen_addr();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..50 {
+                ids.push(invoke(addr, "hello", &[], "{}").await.request_id().to_owned());
+            }
+            ids
+        }));
+    }
+    let mut returned = HashSet::new();
+    for t in tasks {
+        returned.extend(t.await.unwrap());
+    }
+    let seen: HashSet<String> = instance
+        .record
+        .seen()
+        .iter()
+        .map(|s| header_map(s)["x-scf-request-id"].clone())
+        .collect();
+    assert_eq!(returned.len(), 1000);
+    assert_eq!(seen, returned);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_equal_instances_share_two_thousand_invocations_evenly() {
+    let a = FakeInstance::start().await;
+    let b = FakeInstance::start().await;
+    let gw = gateway(&event_function("hello", &[a.addr, b.addr], "instance_concurrency = 4")).await;
+    let addr = gw.listen_addr();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..500 {
+                assert_eq!(invoke(addr, "hello", &[], "{}").await.status, StatusCode::OK);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let counts = by_instance(&[&a.record, &b.record]);
+    assert_eq!(counts.iter().sum::<usize>(), 2000);
+    for c in &counts {
+        assert!((800..=1200).contains(c), "50% ± 10% each: {counts:?}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_with_one_slot_never_sees_two_invocations_at_once() {
+    let instance = FakeInstance::start().await;
+    let gw = gateway(&event_function(
+        "hello",
+        &[instance.addr],
+        "instance_concurrency = 1\nqueue_timeout = \"20s\"",
+    ))
+    .await;
+    let addr = gw.listen_addr();
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            tokio::spawn(async move { invoke(addr, "hello", &[("x-test-sleep-ms", "5")], "{}").await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(instance.record.count(), 40);
+    assert_eq!(instance.record.max_inflight.load(std::sync::atomic::Ordering::SeqCst), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_three_instances_refusing_connections_costs_no_invocation() {
+    let a = FakeInstance::start().await;
+    let b = FakeInstance::start().await;
+    let dead = refusing_addr().await;
+    let gw = gateway(&event_function("hello", &[a.addr, dead, b.addr], "instance_concurrency = 2")).await;
+    let addr = gw.listen_addr();
+    for _ in 0..300 {
+        let answer = invoke(addr, "hello", &[], "{}").await;
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    }
+    let counts = by_instance(&[&a.record, &b.record]);
+    assert_eq!(counts.iter().sum::<usize>(), 300);
+    assert!(counts.iter().all(|c| *c > 50), "both live instances serve: {counts:?}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_instance_refuses_the_answer_is_502_405() {
+    let dead = refusing_addr().await;
+    let gw = gateway(&event_function("hello", &[dead], "")).await;
+    for _ in 0..3 {
+        let answer = invoke(gw.listen_addr(), "hello", &[], "{}").await;
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(answer.error_code(), 405);
+        assert!(!answer.request_id().is_empty());
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_432_with_retry_after() {
+    let instance = FakeInstance::start().await;
+    let gw = gateway(&event_function(
+        "hello",
+        &[instance.addr],
+        "instance_concurrency = 1\nqueue_depth = 1\nqueue_timeout = \"5s\"",
+    ))
+    .await;
+    let addr = gw.listen_addr();
+    let busy = tokio::spawn(async move { invoke(addr, "hello", &[("x-test-sleep-ms", "800")], "{}").await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let queued = tokio::spawn(async move { invoke(addr, "hello", &[], "{}").await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let refused = invoke(addr, "hello", &[], "{}").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.error_code(), 432);
+    assert_eq!(refused.headers.get("retry-after").unwrap(), "5");
+    let message = refused.json()["errorMessage"].as_str().unwrap_or("").to_owned();
+    assert!(message.contains("hello") && message.contains("instance_concurrency 1"), "{message}");
+    assert_eq!(busy.await.unwrap().status, StatusCode::OK);
+    assert_eq!(queued.await.unwrap().status, StatusCode::OK);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_wait_past_queue_timeout_answers_429_432() {
+    let instance = FakeInstance::start().await;
+    let gw = gateway(&event_function(
+        "hello",
+        &[instance.addr],
+        "instance_concurrency = 1\nqueue_timeout = \"200ms\"",
+    ))
+    .await;
+    let addr = gw.listen_addr();
+    let busy = tokio::spawn(async move { invoke(addr, "hello", &[("x-test-sleep-ms", "1000")], "{}").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let expired = invoke(addr, "hello", &[], "{}").await;
+    let waited = started.elapsed();
+    assert_eq!(expired.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(expired.error_code(), 432);
+    assert_eq!(expired.headers.get("retry-after").unwrap(), "1");
+    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_millis(800), "{waited:?}");
+    assert_eq!(busy.await.unwrap().status, StatusCode::OK);
+    // The expired waiter left no trace: the slot serves the next invocation at once.
+    assert_eq!(invoke(addr, "hello", &[], "{}").await.status, StatusCode::OK);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_sleeping_past_its_timeout_gets_504_433_and_the_instance_serves_again() {
+    let instance = FakeInstance::start().await;
+    let gw = gateway(&event_function(
+        "hello",
+        &[instance.addr],
+        "timeout = \"500ms\"\ninstance_concurrency = 1",
+    ))
+    .await;
+    let addr = gw.listen_addr();
+    let started = Instant::now();
+    let answer = invoke(addr, "hello", &[("x-test-sleep-ms", "3000")], "{}").await;
+    let took = started.elapsed();
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(answer.error_code(), 433);
+    assert_eq!(
+        answer.json()["errorMessage"],
+        "Invoking task timed out after 0.5 seconds"
+    );
+    assert_eq!(answer.json()["requestId"], answer.request_id());
+    assert!(took >= Duration::from_millis(500), "not before the limit: {took:?}");
+    assert!(took < Duration::from_millis(900), "well before a second: {took:?}");
+    // The slot was freed at once; the next invocation on the same instance succeeds.
+    let started = Instant::now();
+    let next = invoke(addr, "hello", &[], "{}").await;
+    assert_eq!(next.status, StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_millis(400));
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_crashing_mid_request_gives_502_405() {
+    let instance = FakeInstance::start().await;
+    let gw = gateway(&event_function("hello", &[instance.addr], "")).await;
+    let answer = invoke(gw.listen_addr(), "hello", &[("x-test-crash", "before-headers")], "{}").await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(answer.error_code(), 405);
+    let message = answer.json()["errorMessage"].as_str().unwrap_or("").to_owned();
+    assert!(message.contains(&instance.addr.to_string()), "{message}");
+
+    // Once the response has started, a crash can only cut the stream.
+    let req = Request::post("/v1/functions/hello/invocations")
+        .header("host", "gw")
+        .header("x-test-crash", "after-headers")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let stream = tokio::net::TcpStream::connect(gw.listen_addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.into_body().collect().await.is_err(), "the stream is cut");
+
+    // And the function keeps serving.
+    assert_eq!(invoke(gw.listen_addr(), "hello", &[], "{}").await.status, StatusCode::OK);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_responses_over_6mb_are_refused_or_cut() {
+    let instance = FakeInstance::start().await;
+    let gw = gateway(&event_function("hello", &[instance.addr], "")).await;
+    let addr = gw.listen_addr();
+    let seven_mb = (7 * 1024 * 1024).to_string();
+    let answer = invoke(addr, "hello", &[("x-test-response-bytes", &seven_mb)], "{}").await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(answer.error_code(), 407);
+    assert_eq!(
+        answer.json()["errorMessage"],
+        "The size of response exceeds the upper limit (6MB)"
+    );
+
+    let req = Request::post("/v1/functions/hello/invocations")
+        .header("host", "gw")
+        .header("x-test-response-bytes", &seven_mb)
+        .header("x-test-chunked", "1")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut got = 0usize;
+    let mut cut = false;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => got += f.data_ref().map_or(0, |d| d.len()),
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    assert!(cut, "a chunked response past 6 MB is cut");
+    assert!(got <= 6 * 1024 * 1024, "{got}");
+    // Just under the limit passes whole.
+    let six_mb = (6 * 1024 * 1024).to_string();
+    let answer = invoke(addr, "hello", &[("x-test-response-bytes", &six_mb)], "{}").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body.len(), 6 * 1024 * 1024);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_functions_get_the_original_request_with_forwarding_headers() {
+    let instance = FakeInstance::start().await;
+    let functions = format!(
+        "[[functions]]\nname = \"web\"\ntype = \"http\"\ninstances = [\"{}\"]\n\
+         [[functions]]\nname = \"api\"\ntype = \"http\"\ninstances = [\"{}\"]\n\
+         [[routes]]\npath_prefix = \"/web\"\nfunction = \"web\"\nstrip_prefix = true\n\
+         [[routes]]\nhost = \"api.example.com\"\npath_prefix = \"/\"\nfunction = \"default/api\"\n",
+        instance.addr, instance.addr
+    );
+    let gw = gateway(&functions).await;
+    let addr = gw.listen_addr();
+    let req = Request::put("/web/items/1?x=1&y=2")
+        .header("host", "shop.example.com:8080")
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("x-scf-name", "forged")
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    let answer = send(addr, req).await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    let seen = instance.record.seen();
+    let s = &seen[0];
+    assert_eq!(s.method, "PUT");
+    assert_eq!(s.path, "/items/1?x=1&y=2");
+    assert_eq!(s.body_len, 7);
+    let h = header_map(s);
+    assert_eq!(h["host"], "shop.example.com:8080");
+    assert_eq!(h["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "shop.example.com:8080");
+    assert_eq!(h["x-scf-name"], "web");
+    assert_eq!(h["x-scf-request-id"], answer.request_id());
+
+    let req = Request::get("/anything").header("host", "API.example.com").body(Full::new(Bytes::new())).unwrap();
+    assert_eq!(send(addr, req).await.unwrap().status, StatusCode::OK);
+    assert_eq!(header_map(&instance.record.seen()[1])["x-scf-name"], "api");
+
+    for path in ["/website", "/nothing"] {
+        let req = Request::get(path).header("host", "shop.example.com").body(Full::new(Bytes::new())).unwrap();
+        let answer = send(addr, req).await.unwrap();
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+        assert_eq!(answer.error_code(), 435);
+        let message = answer.json()["errorMessage"].as_str().unwrap_or("").to_owned();
+        assert!(message.contains("shop.example.com") && message.contains(path), "{message}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge_clients_are_served() {
+    let instance = FakeInstance::start().await;
+    let gw = gateway(&event_function("hello", &[instance.addr], "instance_concurrency = 4")).await;
+    let stream = tokio::net::TcpStream::connect(gw.listen_addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = Request::post(format!("http://{}/v1/functions/hello/invocations", gw.listen_addr()))
+            .body(Full::new(Bytes::from_static(b"{\"h2\":true}")))
+            .unwrap();
+        let response = sender.send_request(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().contains_key("x-scf-request-id"));
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.starts_with(b"{\"ok\":true"));
+    }
+    assert_eq!(instance.record.seen()[0].body_len, 11);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics_are_served_on_the_admin_listener() {
+    let instance = FakeInstance::start().await;
+    let gw = gateway(&event_function("hello", &[instance.addr], "")).await;
+    assert_eq!(admin_get(gw.admin_addr(), "/healthz").await.status, StatusCode::OK);
+    assert_eq!(admin_get(gw.admin_addr(), "/readyz").await.status, StatusCode::OK);
+    for _ in 0..3 {
+        invoke(gw.listen_addr(), "hello", &[], "{}").await;
+    }
+    invoke(gw.listen_addr(), "nope", &[], "{}").await;
+    gw.gateway().registry().run_upkeep();
+    let text = String::from_utf8(admin_get(gw.admin_addr(), "/metrics").await.body.to_vec()).unwrap();
+    let ok = "scf_gateway_invocations_total{function=\"hello\",namespace=\"default\",outcome=\"success\"}";
+    assert_eq!(metric(&text, ok), Some(3.0), "{text}");
+    let missing = "scf_gateway_invocations_total{function=\"-\",namespace=\"-\",outcome=\"not_found\"}";
+    assert_eq!(metric(&text, missing), Some(1.0));
+    assert_eq!(metric(&text, "scf_gateway_inflight{function=\"hello\"}"), Some(0.0));
+    assert_eq!(metric(&text, "scf_gateway_queue_depth{function=\"hello\"}"), Some(0.0));
+    assert_eq!(
+        metric(&text, "scf_gateway_invocation_duration_seconds_count{function=\"hello\"}"),
+        Some(3.0)
+    );
+    let reused = metric(&text, "scf_gateway_upstream_connections_total{function=\"hello\",reused=\"true\"}");
+    let new = metric(&text, "scf_gateway_upstream_connections_total{function=\"hello\",reused=\"false\"}");
+    assert_eq!(reused.unwrap_or(0.0) + new.unwrap_or(0.0), 3.0);
+    assert!(reused.unwrap_or(0.0) >= 2.0, "warm connections are reused: {text}");
+    gw.shutdown().await;
+}

@@ -84,11 +84,13 @@ impl Instance {
     }
 
     /// The most recently used idle connection that is still open and not idle too long.
+    /// A connection checked in a moment ago may not have signalled readiness yet; the
+    /// sender waits for that (`send` in `invoke`), so only closed ones are skipped here.
     pub fn checkout(&self, idle_timeout: Duration) -> Option<PooledConn> {
         let now = Instant::now();
         let mut idle = lock(&self.idle);
         while let Some(conn) = idle.pop() {
-            if conn.sender.is_ready() && now.duration_since(conn.idle_since) < idle_timeout {
+            if !conn.sender.is_closed() && now.duration_since(conn.idle_since) < idle_timeout {
                 return Some(conn);
             }
             // Closed by the instance, or too old to trust: drop (closes it).
@@ -136,7 +138,7 @@ impl Instance {
     fn evict_idle(&self, idle_timeout: Duration) -> usize {
         let now = Instant::now();
         let mut idle = lock(&self.idle);
-        idle.retain(|c| c.sender.is_ready() && now.duration_since(c.idle_since) < idle_timeout);
+        idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.idle_since) < idle_timeout);
         idle.len()
     }
 

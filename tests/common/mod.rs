@@ -340,3 +340,195 @@ pub fn header_map(seen: &Seen) -> HashMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
         .collect()
 }
+
+/// A request body fed from a channel: chunked unless a length is given, and sent as
+/// the test decides, so a test can tell streaming from buffering.
+pub struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    exact: Option<u64>,
+}
+
+impl ChannelBody {
+    pub fn new(exact: Option<u64>) -> (tokio::sync::mpsc::Sender<Bytes>, ChannelBody) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        (tx, ChannelBody { rx, exact })
+    }
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx).map(|d| d.map(|d| Ok(Frame::data(d))))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self.exact {
+            Some(n) => http_body::SizeHint::with_exact(n),
+            None => http_body::SizeHint::default(),
+        }
+    }
+}
+
+/// Sends a request with a streamed body; returns the answer once fully read.
+pub async fn send_streaming(
+    addr: SocketAddr,
+    req: Request<ChannelBody>,
+) -> Result<Answer, BoxError> {
+    let stream = TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let response = sender.send_request(req).await?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// An HTTP/1.1 instance written by hand so it can do what real servers do to idle
+/// keep-alive connections: close them after `idle` without a word. It records the
+/// body of every request it answered.
+pub struct IdleClosingInstance {
+    pub addr: SocketAddr,
+    pub answered: Arc<Mutex<Vec<String>>>,
+}
+
+impl IdleClosingInstance {
+    pub async fn start(idle: Duration) -> IdleClosingInstance {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        let record = answered.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut reader = BufReader::new(stream);
+                    loop {
+                        // Idle: nothing arrives within the keep-alive timeout -> close.
+                        match tokio::time::timeout(idle, reader.fill_buf()).await {
+                            Ok(Ok(buf)) if !buf.is_empty() => {}
+                            _ => return,
+                        }
+                        let mut length = 0usize;
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let line = line.trim_end();
+                            if line.is_empty() {
+                                break;
+                            }
+                            if let Some((name, value)) = line.split_once(':') {
+                                if name.eq_ignore_ascii_case("content-length") {
+                                    length = value.trim().parse().unwrap_or(0);
+                                }
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if reader.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        record.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                        let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if reader.get_mut().write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        IdleClosingInstance { addr, answered }
+    }
+}
+
+/// The gateway binary, started on a config file, its ports read from its ready line.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: std::path::PathBuf,
+}
+
+impl GatewayProcess {
+    pub fn start(name: &str, server: &str, functions: &str) -> GatewayProcess {
+        use std::io::{BufRead, BufReader};
+        let dir = std::env::temp_dir().join(format!("scf-gw-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+                 workers = 2\nshutdown_grace = \"10s\"\n{server}\n{functions}"
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_scf-gateway"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = loop {
+            let line = lines.next().expect("gateway exited before it was ready").unwrap();
+            if line.contains("scf-gateway ready") {
+                break serde_json::from_str::<serde_json::Value>(&line).unwrap();
+            }
+        };
+        // Keep draining stdout so the gateway never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let addr = |k: &str| ready[k].as_str().unwrap().parse().unwrap();
+        GatewayProcess {
+            listen: addr("listen_addr"),
+            admin: addr("admin_addr"),
+            child,
+            dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A field of /proc/<pid>/status in kB (`VmRSS`, `VmHWM`).
+    pub fn status_kb(&self, field: &str) -> u64 {
+        let text = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(field).and_then(|r| r.trim_start_matches(':').split_whitespace().next()?.parse().ok()))
+            .unwrap_or(0)
+    }
+
+    /// Resets the peak RSS counter so VmHWM measures from now on.
+    pub fn reset_peak(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -24,7 +24,8 @@ pub fn handle<B>(state: &AdminState, req: Request<B>) -> Response<GatewayBody> {
         "/readyz" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/metrics" => {
-            let mut response = Response::new(GatewayBody::full(Bytes::from(state.registry.render())));
+            let mut response =
+                Response::new(GatewayBody::full(Bytes::from(state.registry.render())));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -38,8 +39,9 @@ pub fn handle<B>(state: &AdminState, req: Request<B>) -> Response<GatewayBody> {
 fn text(status: StatusCode, body: &'static str) -> Response<GatewayBody> {
     let mut response = Response::new(GatewayBody::full(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }

@@ -115,9 +115,7 @@ impl GatewayError {
             GatewayError::Forward(ForwardError::InstanceFailed { .. }) => {
                 (StatusCode::BAD_GATEWAY, 405)
             }
-            GatewayError::Forward(ForwardError::ResponseTooLarge) => {
-                (StatusCode::BAD_GATEWAY, 407)
-            }
+            GatewayError::Forward(ForwardError::ResponseTooLarge) => (StatusCode::BAD_GATEWAY, 407),
         }
     }
 
@@ -199,8 +197,14 @@ mod tests {
         let timeout = GatewayError::from(ForwardError::Timeout {
             seconds: "0.5".into(),
         });
-        assert_eq!(timeout.status_and_code(), (StatusCode::GATEWAY_TIMEOUT, 433));
-        assert_eq!(timeout.to_string(), "Invoking task timed out after 0.5 seconds");
+        assert_eq!(
+            timeout.status_and_code(),
+            (StatusCode::GATEWAY_TIMEOUT, 433)
+        );
+        assert_eq!(
+            timeout.to_string(),
+            "Invoking task timed out after 0.5 seconds"
+        );
         let too_big = GatewayError::from(ForwardError::ResponseTooLarge);
         assert_eq!(too_big.status_and_code(), (StatusCode::BAD_GATEWAY, 407));
         let missing = GatewayError::from(RouteError::FunctionNotFound {

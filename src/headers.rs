@@ -151,7 +151,8 @@ pub fn strip_request(mut headers: HeaderMap, extra: usize) -> HeaderMap {
         match name {
             Some(name) => {
                 let n = name.as_str();
-                let drop = is_scf(n) || is_hop_by_hop(n) || name == HOST || listed.iter().any(|t| t == n);
+                let drop =
+                    is_scf(n) || is_hop_by_hop(n) || name == HOST || listed.iter().any(|t| t == n);
                 if drop {
                     current = None;
                 } else {
@@ -215,7 +216,9 @@ pub fn new_request_id() -> HeaderValue {
     let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_ne_bytes()).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let text = id.hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static(
+        "00000000-0000-4000-8000-000000000000",
+    ))
 }
 
 #[cfg(test)]

@@ -171,7 +171,11 @@ impl Gateway {
 
     /// Serves one request from `client`. Never fails: errors become the contract's
     /// error responses, each with its `X-Scf-Request-Id`.
-    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<GatewayBody> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<GatewayBody> {
         let request_id = headers::new_request_id();
 
         // Route.
@@ -195,7 +199,10 @@ impl Gateway {
         };
         let accounting = Accounting::start(function.clone(), &request_id, self.access_log);
 
-        let exchange = match self.forward(function, req, target, client, &request_id).await {
+        let exchange = match self
+            .forward(function, req, target, client, &request_id)
+            .await
+        {
             Ok(exchange) => exchange,
             Err(e) => {
                 accounting.finish(e.outcome());
@@ -381,14 +388,20 @@ enum Unsent {
     No(hyper::Error),
 }
 
-async fn send(conn: &mut PooledConn, req: Request<UpstreamBody>) -> Result<Response<Incoming>, Unsent> {
+async fn send(
+    conn: &mut PooledConn,
+    req: Request<UpstreamBody>,
+) -> Result<Response<Incoming>, Unsent> {
     if conn.sender.ready().await.is_err() {
         return Err(Unsent::Yes(req));
     }
-    conn.sender.try_send_request(req).await.map_err(|mut e| match e.take_message() {
-        Some(req) => Unsent::Yes(req),
-        None => Unsent::No(e.into_error()),
-    })
+    conn.sender
+        .try_send_request(req)
+        .await
+        .map_err(|mut e| match e.take_message() {
+            Some(req) => Unsent::Yes(req),
+            None => Unsent::No(e.into_error()),
+        })
 }
 
 /// What a failed exchange means for the client.

@@ -21,6 +21,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod headers;
+pub mod instance;
 pub mod invoke;
 pub mod metrics;
 pub mod pool;

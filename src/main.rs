@@ -85,7 +85,11 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stdout);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
         LogFormat::Text => builder.with_ansi(false).init(),
     }
 }
@@ -102,16 +106,24 @@ fn print_summary(config: &Config) {
             FunctionKind::Event => "event",
             FunctionKind::Http => "http",
         };
-        let InstanceSource::Static(instances) = &f.source;
+        let pool = match &f.source {
+            InstanceSource::Static(instances) => format!(
+                "{} static instance(s) x {} slot(s)",
+                instances.len(),
+                f.instance_concurrency
+            ),
+            InstanceSource::Launch(l) => format!(
+                "launched `{}`, {}..{} instance(s) x {} slot(s){}",
+                l.command,
+                l.min_instances,
+                l.max_instances,
+                f.instance_concurrency,
+                l.port.map(|p| format!(", port {p}")).unwrap_or_default()
+            ),
+        };
         println!(
-            "  {}/{} ({kind}, version {}, {} MB, timeout {:?}, {} static instance(s) x {} slot(s))",
-            f.namespace,
-            f.name,
-            f.version,
-            f.memory_mb,
-            f.timeout,
-            instances.len(),
-            f.instance_concurrency
+            "  {}/{} ({kind}, version {}, {} MB, timeout {:?}, {pool})",
+            f.namespace, f.name, f.version, f.memory_mb, f.timeout
         );
     }
     println!("routes: {}", config.routes.len());

@@ -196,8 +196,15 @@ mod tests {
         assert!(text.contains(
             "scf_gateway_invocations_total{function=\"hello\",namespace=\"default\",outcome=\"success\"} 1"
         ), "{text}");
-        assert!(text.contains("scf_gateway_invocation_duration_seconds_bucket{function=\"hello\",le=\"0.005\"} 1"), "{text}");
-        assert!(text.contains("scf_gateway_upstream_connections_total{function=\"hello\",reused=\"true\"} 1"));
+        assert!(
+            text.contains(
+                "scf_gateway_invocation_duration_seconds_bucket{function=\"hello\",le=\"0.005\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "scf_gateway_upstream_connections_total{function=\"hello\",reused=\"true\"} 1"
+        ));
         assert!(text.contains("scf_gateway_inflight{function=\"hello\"} 1"));
         assert!(text.contains("scf_gateway_queue_depth{function=\"hello\"} 0"));
     }

@@ -251,19 +251,35 @@ mod tests {
         let r = router("");
         let post = Method::POST;
         let path = "/v1/functions/hello/invocations";
-        assert_eq!(r.route(&post, path, None, None).unwrap(), Target::Invoke { function: 0 });
+        assert_eq!(
+            r.route(&post, path, None, None).unwrap(),
+            Target::Invoke { function: 0 }
+        );
         assert_eq!(
             r.route(&post, path, Some("namespace=prod"), None).unwrap(),
             Target::Invoke { function: 1 }
         );
         assert!(r.route(&post, path, Some("qualifier=2"), None).is_ok());
-        assert!(r.route(&post, path, Some("qualifier=%24LATEST"), None).is_ok());
+        assert!(r
+            .route(&post, path, Some("qualifier=%24LATEST"), None)
+            .is_ok());
         let err = r.route(&post, path, Some("qualifier=3"), None).unwrap_err();
-        assert_eq!(err.to_string(), "Function [hello] not found in namespace [default]");
+        assert_eq!(
+            err.to_string(),
+            "Function [hello] not found in namespace [default]"
+        );
         let err = r
-            .route(&post, "/v1/functions/nope/invocations", Some("namespace=x"), None)
+            .route(
+                &post,
+                "/v1/functions/nope/invocations",
+                Some("namespace=x"),
+                None,
+            )
             .unwrap_err();
-        assert_eq!(err.to_string(), "Function [nope] not found in namespace [x]");
+        assert_eq!(
+            err.to_string(),
+            "Function [nope] not found in namespace [x]"
+        );
         assert!(matches!(
             r.route(&post, "/v1/functions/web/invocations", None, None),
             Err(RouteError::WebFunction { .. })
@@ -280,24 +296,40 @@ mod tests {
         let get = Method::GET;
         assert_eq!(
             r.route(&get, "/web", None, Some("x")).unwrap(),
-            Target::Web { function: 2, strip: 4 }
+            Target::Web {
+                function: 2,
+                strip: 4
+            }
         );
         assert_eq!(
             r.route(&get, "/web/a/b", None, None).unwrap(),
-            Target::Web { function: 2, strip: 4 }
+            Target::Web {
+                function: 2,
+                strip: 4
+            }
         );
         assert_eq!(
             r.route(&get, "/web/api/x", None, None).unwrap(),
-            Target::Web { function: 3, strip: 0 }
+            Target::Web {
+                function: 3,
+                strip: 0
+            }
         );
         assert!(r.route(&get, "/website", None, None).is_err());
         assert_eq!(
-            r.route(&get, "/anything", None, Some("API.example.com:8080")).unwrap(),
-            Target::Web { function: 3, strip: 0 }
+            r.route(&get, "/anything", None, Some("API.example.com:8080"))
+                .unwrap(),
+            Target::Web {
+                function: 3,
+                strip: 0
+            }
         );
         // An exact host without a matching prefix falls back to the wildcard routes.
         let err = r.route(&get, "/nothing", None, Some("other")).unwrap_err();
-        assert_eq!(err.to_string(), "No route for host [other] and path [/nothing]");
+        assert_eq!(
+            err.to_string(),
+            "No route for host [other] and path [/nothing]"
+        );
     }
 
     #[test]

@@ -178,7 +178,10 @@ async fn serve<F, Fut>(
     }
     drop(listener);
     let open = graceful.count();
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             connections = open,
             ?grace,

@@ -78,12 +78,18 @@ async fn all_headers_are_stamped_and_no_forgery_reaches_the_instance() {
     for (name, value) in expected {
         assert_eq!(h.get(name).map(String::as_str), Some(value), "{name}");
     }
-    let scf: Vec<&String> = h.keys().filter(|k| k.starts_with("x-scf") || k.starts_with("x_scf")).collect();
+    let scf: Vec<&String> = h
+        .keys()
+        .filter(|k| k.starts_with("x-scf") || k.starts_with("x_scf"))
+        .collect();
     assert_eq!(scf.len(), 12, "exactly the twelve stamped headers: {scf:?}");
-    assert!(h.get("x-scf-trigger-src").is_none());
+    assert!(!h.contains_key("x-scf-trigger-src"));
     assert_eq!(h.get("x-custom").map(String::as_str), Some("kept"));
     assert!(!h.contains_key("connection"));
-    assert_eq!(h.get("host").map(String::as_str), Some(instance.addr.to_string().as_str()));
+    assert_eq!(
+        h.get("host").map(String::as_str),
+        Some(instance.addr.to_string().as_str())
+    );
     // The function's own id and echoed credentials never reach the client.
     assert_eq!(answer.headers.get_all("x-scf-request-id").iter().count(), 1);
     assert!(answer.headers.get("x-scf-secret-key").is_none());
@@ -93,14 +99,24 @@ async fn all_headers_are_stamped_and_no_forgery_reaches_the_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_invocations_get_a_thousand_distinct_uuids() {
     let instance = FakeInstance::start().await;
-    let gw = gateway(&event_function("hello", &[instance.addr], "instance_concurrency = 16")).await;
+    let gw = gateway(&event_function(
+        "hello",
+        &[instance.addr],
+        "instance_concurrency = 16",
+    ))
+    .await;
     let addr = gw.listen_addr();
     let mut tasks = Vec::new();
     for _ in 0..20 {
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             for _ in 0..50 {
-                ids.push(invoke(addr, "hello", &[], "{}").await.request_id().to_owned());
+                ids.push(
+                    invoke(addr, "hello", &[], "{}")
+                        .await
+                        .request_id()
+                        .to_owned(),
+                );
             }
             ids
         }));
@@ -124,13 +140,21 @@ async fn a_thousand_invocations_get_a_thousand_distinct_uuids() {
 async fn two_equal_instances_share_two_thousand_invocations_evenly() {
     let a = FakeInstance::start().await;
     let b = FakeInstance::start().await;
-    let gw = gateway(&event_function("hello", &[a.addr, b.addr], "instance_concurrency = 4")).await;
+    let gw = gateway(&event_function(
+        "hello",
+        &[a.addr, b.addr],
+        "instance_concurrency = 4",
+    ))
+    .await;
     let addr = gw.listen_addr();
     let mut tasks = Vec::new();
     for _ in 0..4 {
         tasks.push(tokio::spawn(async move {
             for _ in 0..500 {
-                assert_eq!(invoke(addr, "hello", &[], "{}").await.status, StatusCode::OK);
+                assert_eq!(
+                    invoke(addr, "hello", &[], "{}").await.status,
+                    StatusCode::OK
+                );
             }
         }));
     }
@@ -157,14 +181,22 @@ async fn an_instance_with_one_slot_never_sees_two_invocations_at_once() {
     let addr = gw.listen_addr();
     let tasks: Vec<_> = (0..40)
         .map(|_| {
-            tokio::spawn(async move { invoke(addr, "hello", &[("x-test-sleep-ms", "5")], "{}").await })
+            tokio::spawn(
+                async move { invoke(addr, "hello", &[("x-test-sleep-ms", "5")], "{}").await },
+            )
         })
         .collect();
     for t in tasks {
         assert_eq!(t.await.unwrap().status, StatusCode::OK);
     }
     assert_eq!(instance.record.count(), 40);
-    assert_eq!(instance.record.max_inflight.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        instance
+            .record
+            .max_inflight
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
     gw.shutdown().await;
 }
 
@@ -173,7 +205,12 @@ async fn one_of_three_instances_refusing_connections_costs_no_invocation() {
     let a = FakeInstance::start().await;
     let b = FakeInstance::start().await;
     let dead = refusing_addr().await;
-    let gw = gateway(&event_function("hello", &[a.addr, dead, b.addr], "instance_concurrency = 2")).await;
+    let gw = gateway(&event_function(
+        "hello",
+        &[a.addr, dead, b.addr],
+        "instance_concurrency = 2",
+    ))
+    .await;
     let addr = gw.listen_addr();
     for _ in 0..300 {
         let answer = invoke(addr, "hello", &[], "{}").await;
@@ -181,7 +218,10 @@ async fn one_of_three_instances_refusing_connections_costs_no_invocation() {
     }
     let counts = by_instance(&[&a.record, &b.record]);
     assert_eq!(counts.iter().sum::<usize>(), 300);
-    assert!(counts.iter().all(|c| *c > 50), "both live instances serve: {counts:?}");
+    assert!(
+        counts.iter().all(|c| *c > 50),
+        "both live instances serve: {counts:?}"
+    );
     gw.shutdown().await;
 }
 
@@ -208,7 +248,10 @@ async fn a_full_queue_answers_429_432_with_retry_after() {
     ))
     .await;
     let addr = gw.listen_addr();
-    let busy = tokio::spawn(async move { invoke(addr, "hello", &[("x-test-sleep-ms", "800")], "{}").await });
+    let busy =
+        tokio::spawn(
+            async move { invoke(addr, "hello", &[("x-test-sleep-ms", "800")], "{}").await },
+        );
     tokio::time::sleep(Duration::from_millis(150)).await;
     let queued = tokio::spawn(async move { invoke(addr, "hello", &[], "{}").await });
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -216,8 +259,14 @@ async fn a_full_queue_answers_429_432_with_retry_after() {
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.error_code(), 432);
     assert_eq!(refused.headers.get("retry-after").unwrap(), "5");
-    let message = refused.json()["errorMessage"].as_str().unwrap_or("").to_owned();
-    assert!(message.contains("hello") && message.contains("instance_concurrency 1"), "{message}");
+    let message = refused.json()["errorMessage"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        message.contains("hello") && message.contains("instance_concurrency 1"),
+        "{message}"
+    );
     assert_eq!(busy.await.unwrap().status, StatusCode::OK);
     assert_eq!(queued.await.unwrap().status, StatusCode::OK);
     gw.shutdown().await;
@@ -233,7 +282,10 @@ async fn a_queue_wait_past_queue_timeout_answers_429_432() {
     ))
     .await;
     let addr = gw.listen_addr();
-    let busy = tokio::spawn(async move { invoke(addr, "hello", &[("x-test-sleep-ms", "1000")], "{}").await });
+    let busy =
+        tokio::spawn(
+            async move { invoke(addr, "hello", &[("x-test-sleep-ms", "1000")], "{}").await },
+        );
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
     let expired = invoke(addr, "hello", &[], "{}").await;
@@ -241,10 +293,16 @@ async fn a_queue_wait_past_queue_timeout_answers_429_432() {
     assert_eq!(expired.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(expired.error_code(), 432);
     assert_eq!(expired.headers.get("retry-after").unwrap(), "1");
-    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_millis(800), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_millis(800),
+        "{waited:?}"
+    );
     assert_eq!(busy.await.unwrap().status, StatusCode::OK);
     // The expired waiter left no trace: the slot serves the next invocation at once.
-    assert_eq!(invoke(addr, "hello", &[], "{}").await.status, StatusCode::OK);
+    assert_eq!(
+        invoke(addr, "hello", &[], "{}").await.status,
+        StatusCode::OK
+    );
     gw.shutdown().await;
 }
 
@@ -268,8 +326,14 @@ async fn a_function_sleeping_past_its_timeout_gets_504_433_and_the_instance_serv
         "Invoking task timed out after 0.5 seconds"
     );
     assert_eq!(answer.json()["requestId"], answer.request_id());
-    assert!(took >= Duration::from_millis(500), "not before the limit: {took:?}");
-    assert!(took < Duration::from_millis(900), "well before a second: {took:?}");
+    assert!(
+        took >= Duration::from_millis(500),
+        "not before the limit: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(900),
+        "well before a second: {took:?}"
+    );
     // The slot was freed at once; the next invocation on the same instance succeeds.
     let started = Instant::now();
     let next = invoke(addr, "hello", &[], "{}").await;
@@ -282,10 +346,19 @@ async fn a_function_sleeping_past_its_timeout_gets_504_433_and_the_instance_serv
 async fn an_instance_crashing_mid_request_gives_502_405() {
     let instance = FakeInstance::start().await;
     let gw = gateway(&event_function("hello", &[instance.addr], "")).await;
-    let answer = invoke(gw.listen_addr(), "hello", &[("x-test-crash", "before-headers")], "{}").await;
+    let answer = invoke(
+        gw.listen_addr(),
+        "hello",
+        &[("x-test-crash", "before-headers")],
+        "{}",
+    )
+    .await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
     assert_eq!(answer.error_code(), 405);
-    let message = answer.json()["errorMessage"].as_str().unwrap_or("").to_owned();
+    let message = answer.json()["errorMessage"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     assert!(message.contains(&instance.addr.to_string()), "{message}");
 
     // Once the response has started, a crash can only cut the stream.
@@ -294,15 +367,25 @@ async fn an_instance_crashing_mid_request_gives_502_405() {
         .header("x-test-crash", "after-headers")
         .body(Full::new(Bytes::from_static(b"{}")))
         .unwrap();
-    let stream = tokio::net::TcpStream::connect(gw.listen_addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(gw.listen_addr())
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let response = sender.send_request(req).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(response.into_body().collect().await.is_err(), "the stream is cut");
+    assert!(
+        response.into_body().collect().await.is_err(),
+        "the stream is cut"
+    );
 
     // And the function keeps serving.
-    assert_eq!(invoke(gw.listen_addr(), "hello", &[], "{}").await.status, StatusCode::OK);
+    assert_eq!(
+        invoke(gw.listen_addr(), "hello", &[], "{}").await.status,
+        StatusCode::OK
+    );
     gw.shutdown().await;
 }
 
@@ -327,7 +410,9 @@ async fn event_responses_over_6mb_are_refused_or_cut() {
         .body(Full::new(Bytes::from_static(b"{}")))
         .unwrap();
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let response = sender.send_request(req).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -386,17 +471,29 @@ async fn web_functions_get_the_original_request_with_forwarding_headers() {
     assert_eq!(h["x-scf-name"], "web");
     assert_eq!(h["x-scf-request-id"], answer.request_id());
 
-    let req = Request::get("/anything").header("host", "API.example.com").body(Full::new(Bytes::new())).unwrap();
+    let req = Request::get("/anything")
+        .header("host", "API.example.com")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     assert_eq!(send(addr, req).await.unwrap().status, StatusCode::OK);
     assert_eq!(header_map(&instance.record.seen()[1])["x-scf-name"], "api");
 
     for path in ["/website", "/nothing"] {
-        let req = Request::get(path).header("host", "shop.example.com").body(Full::new(Bytes::new())).unwrap();
+        let req = Request::get(path)
+            .header("host", "shop.example.com")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
         let answer = send(addr, req).await.unwrap();
         assert_eq!(answer.status, StatusCode::NOT_FOUND);
         assert_eq!(answer.error_code(), 435);
-        let message = answer.json()["errorMessage"].as_str().unwrap_or("").to_owned();
-        assert!(message.contains("shop.example.com") && message.contains(path), "{message}");
+        let message = answer.json()["errorMessage"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        assert!(
+            message.contains("shop.example.com") && message.contains(path),
+            "{message}"
+        );
     }
     gw.shutdown().await;
 }
@@ -404,16 +501,27 @@ async fn web_functions_get_the_original_request_with_forwarding_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_prior_knowledge_clients_are_served() {
     let instance = FakeInstance::start().await;
-    let gw = gateway(&event_function("hello", &[instance.addr], "instance_concurrency = 4")).await;
-    let stream = tokio::net::TcpStream::connect(gw.listen_addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+    let gw = gateway(&event_function(
+        "hello",
+        &[instance.addr],
+        "instance_concurrency = 4",
+    ))
+    .await;
+    let stream = tokio::net::TcpStream::connect(gw.listen_addr())
         .await
         .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     for _ in 0..3 {
-        let req = Request::post(format!("http://{}/v1/functions/hello/invocations", gw.listen_addr()))
-            .body(Full::new(Bytes::from_static(b"{\"h2\":true}")))
-            .unwrap();
+        let req = Request::post(format!(
+            "http://{}/v1/functions/hello/invocations",
+            gw.listen_addr()
+        ))
+        .body(Full::new(Bytes::from_static(b"{\"h2\":true}")))
+        .unwrap();
         let response = sender.send_request(req).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert!(response.headers().contains_key("x-scf-request-id"));
@@ -428,27 +536,53 @@ async fn http2_prior_knowledge_clients_are_served() {
 async fn health_readiness_and_metrics_are_served_on_the_admin_listener() {
     let instance = FakeInstance::start().await;
     let gw = gateway(&event_function("hello", &[instance.addr], "")).await;
-    assert_eq!(admin_get(gw.admin_addr(), "/healthz").await.status, StatusCode::OK);
-    assert_eq!(admin_get(gw.admin_addr(), "/readyz").await.status, StatusCode::OK);
+    assert_eq!(
+        admin_get(gw.admin_addr(), "/healthz").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        admin_get(gw.admin_addr(), "/readyz").await.status,
+        StatusCode::OK
+    );
     for _ in 0..3 {
         invoke(gw.listen_addr(), "hello", &[], "{}").await;
     }
     invoke(gw.listen_addr(), "nope", &[], "{}").await;
     gw.gateway().registry().run_upkeep();
-    let text = String::from_utf8(admin_get(gw.admin_addr(), "/metrics").await.body.to_vec()).unwrap();
+    let text =
+        String::from_utf8(admin_get(gw.admin_addr(), "/metrics").await.body.to_vec()).unwrap();
     let ok = "scf_gateway_invocations_total{function=\"hello\",namespace=\"default\",outcome=\"success\"}";
     assert_eq!(metric(&text, ok), Some(3.0), "{text}");
-    let missing = "scf_gateway_invocations_total{function=\"-\",namespace=\"-\",outcome=\"not_found\"}";
+    let missing =
+        "scf_gateway_invocations_total{function=\"-\",namespace=\"-\",outcome=\"not_found\"}";
     assert_eq!(metric(&text, missing), Some(1.0));
-    assert_eq!(metric(&text, "scf_gateway_inflight{function=\"hello\"}"), Some(0.0));
-    assert_eq!(metric(&text, "scf_gateway_queue_depth{function=\"hello\"}"), Some(0.0));
     assert_eq!(
-        metric(&text, "scf_gateway_invocation_duration_seconds_count{function=\"hello\"}"),
+        metric(&text, "scf_gateway_inflight{function=\"hello\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, "scf_gateway_queue_depth{function=\"hello\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "scf_gateway_invocation_duration_seconds_count{function=\"hello\"}"
+        ),
         Some(3.0)
     );
-    let reused = metric(&text, "scf_gateway_upstream_connections_total{function=\"hello\",reused=\"true\"}");
-    let new = metric(&text, "scf_gateway_upstream_connections_total{function=\"hello\",reused=\"false\"}");
+    let reused = metric(
+        &text,
+        "scf_gateway_upstream_connections_total{function=\"hello\",reused=\"true\"}",
+    );
+    let new = metric(
+        &text,
+        "scf_gateway_upstream_connections_total{function=\"hello\",reused=\"false\"}",
+    );
     assert_eq!(reused.unwrap_or(0.0) + new.unwrap_or(0.0), 3.0);
-    assert!(reused.unwrap_or(0.0) >= 2.0, "warm connections are reused: {text}");
+    assert!(
+        reused.unwrap_or(0.0) >= 2.0,
+        "warm connections are reused: {text}"
+    );
     gw.shutdown().await;
 }

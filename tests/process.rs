@@ -21,7 +21,10 @@ async fn a_64mb_body_streams_through_without_growing_the_gateway() {
         &event_function("hello", &[instance.addr], "timeout = \"60s\""),
     );
     // Warm up so connection pools and buffers exist before measuring.
-    assert_eq!(invoke(gw.listen, "hello", &[], "{}").await.status, StatusCode::OK);
+    assert_eq!(
+        invoke(gw.listen, "hello", &[], "{}").await.status,
+        StatusCode::OK
+    );
     gw.reset_peak();
     let before = gw.status_kb("VmHWM");
 
@@ -49,7 +52,10 @@ async fn a_64mb_body_streams_through_without_growing_the_gateway() {
     assert_eq!(instance.record.seen()[1].body_len, TOTAL);
     let grown_kb = gw.status_kb("VmHWM").saturating_sub(before);
     eprintln!("gateway peak RSS: {before} kB before, grew by {grown_kb} kB for 64 MB");
-    assert!(grown_kb < 8 * 1024, "the gateway's peak RSS grew by {grown_kb} kB for a 64 MB body");
+    assert!(
+        grown_kb < 8 * 1024,
+        "the gateway's peak RSS grew by {grown_kb} kB for a 64 MB body"
+    );
 }
 
 /// SIGTERM with slow invocations in flight: they complete, then the process exits 0.
@@ -63,10 +69,20 @@ async fn sigterm_lets_in_flight_invocations_finish_then_exits_0() {
     );
     let listen = gw.listen;
     let slow: Vec<_> = (0..3)
-        .map(|_| tokio::spawn(async move { invoke(listen, "hello", &[("x-test-sleep-ms", "1000")], "{}").await }))
+        .map(|_| {
+            tokio::spawn(async move {
+                invoke(listen, "hello", &[("x-test-sleep-ms", "1000")], "{}").await
+            })
+        })
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(instance.record.inflight.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(
+        instance
+            .record
+            .inflight
+            .load(std::sync::atomic::Ordering::SeqCst),
+        3
+    );
     let signalled = Instant::now();
     gw.signal("TERM");
     // Readiness turns off while draining.
@@ -75,9 +91,16 @@ async fn sigterm_lets_in_flight_invocations_finish_then_exits_0() {
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     for task in slow {
         let answer = task.await.unwrap();
-        assert_eq!(answer.status, StatusCode::OK, "in-flight invocation completed");
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "in-flight invocation completed"
+        );
     }
-    let status = tokio::task::spawn_blocking(move || gw.child.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || gw.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.code(), Some(0));
     assert!(signalled.elapsed() < Duration::from_secs(5));
 }

@@ -120,12 +120,37 @@ pub struct FunctionConfig {
     pub source: InstanceSource,
 }
 
-/// Where a function's instances come from. A pool receives instances from a source;
-/// a static list is one source, launched instances will be another.
+/// Where a function's instances come from. A pool receives instances from a source:
+/// a static list, or processes the gateway launches itself.
 #[derive(Debug, Clone)]
 pub enum InstanceSource {
     /// `instances = [...]`: already running somewhere (sidecar mode).
     Static(Vec<StaticInstance>),
+    /// `[functions.launch]`: the gateway starts, supervises and stops the instances.
+    Launch(LaunchConfig),
+}
+
+/// `[functions.launch]`: how to start one instance of a function, and how many.
+#[derive(Debug, Clone)]
+pub struct LaunchConfig {
+    /// The program, looked up in `PATH` like a shell would.
+    pub command: String,
+    pub args: Vec<String>,
+    /// The function's own environment, on top of the SCF variables. Values may hold
+    /// secrets (`${VAR}`): never print them.
+    pub env: Vec<(String, Secret)>,
+    /// Absolute; default the config file's directory. Also `USER_CODE_ROOT`.
+    pub workdir: PathBuf,
+    /// Pinned port (images that hard-code 9000): then at most one instance.
+    pub port: Option<u16>,
+    /// Kept warm (provisioned concurrency). Default 0.
+    pub min_instances: u32,
+    /// Default 4; 1 when `port` is pinned.
+    pub max_instances: u32,
+    /// Default 30 s.
+    pub ready_timeout: Duration,
+    /// Default 5 min.
+    pub idle_timeout: Duration,
 }
 
 /// One address of a static pool.

@@ -1170,8 +1170,10 @@ mod tests {
     const FUNCTION: &str = "[[functions]]\nname = \"hello\"\ninstances = [\"127.0.0.1:9001\"]\n";
 
     fn static_instances(f: &FunctionConfig) -> &[StaticInstance] {
-        let InstanceSource::Static(instances) = &f.source;
-        instances
+        match &f.source {
+            InstanceSource::Static(instances) => instances,
+            InstanceSource::Launch(_) => panic!("expected a static pool"),
+        }
     }
 
     // ---- defaults and valid files --------------------------------------------------------

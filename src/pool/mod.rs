@@ -62,11 +62,13 @@ impl Pool {
         idle_timeout: Duration,
         metrics: FunctionMetrics,
     ) -> Arc<Pool> {
-        let InstanceSource::Static(list) = &function.source;
-        let instances: Box<[Arc<Instance>]> = list
-            .iter()
-            .map(|i| Arc::new(Instance::new(i.addr, &i.authority)))
-            .collect();
+        let instances: Box<[Arc<Instance>]> = match &function.source {
+            InstanceSource::Static(list) => list
+                .iter()
+                .map(|i| Arc::new(Instance::new(i.addr, &i.authority)))
+                .collect(),
+            InstanceSource::Launch(_) => Box::new([]),
+        };
         let n = instances.len();
         metrics.queue_depth.set(0.0);
         Arc::new(Pool {
@@ -153,7 +155,10 @@ impl Pool {
             id,
             rx: Some(rx),
         };
-        let rx = wait.rx.as_mut().map(|rx| tokio::time::timeout(self.queue_timeout, rx));
+        let rx = wait
+            .rx
+            .as_mut()
+            .map(|rx| tokio::time::timeout(self.queue_timeout, rx));
         let result = match rx {
             Some(rx) => rx.await,
             None => return Err(self.none_reachable()),
@@ -327,7 +332,11 @@ impl State {
             let b = (a + 1 + fastrand::usize(..n - 1)) % n;
             match (free(a), free(b)) {
                 (true, true) => {
-                    return Some(if self.inflight[b] < self.inflight[a] { b } else { a })
+                    return Some(if self.inflight[b] < self.inflight[a] {
+                        b
+                    } else {
+                        a
+                    })
                 }
                 (true, false) => return Some(a),
                 (false, true) => return Some(b),
@@ -361,7 +370,10 @@ impl QueueWait<'_> {
             let mut state = lock(&self.pool.state);
             if let Some(pos) = state.waiters.iter().position(|w| w.id == self.id) {
                 state.waiters.remove(pos);
-                self.pool.metrics.queue_depth.set(state.waiters.len() as f64);
+                self.pool
+                    .metrics
+                    .queue_depth
+                    .set(state.waiters.len() as f64);
                 return None;
             }
         }

@@ -8,8 +8,8 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -98,7 +98,10 @@ fn full(data: impl Into<Bytes>) -> FakeBody {
     Full::new(data.into()).map_err(|e| match e {}).boxed()
 }
 
-async fn handle(record: Arc<Record>, req: Request<Incoming>) -> Result<Response<FakeBody>, BoxError> {
+async fn handle(
+    record: Arc<Record>,
+    req: Request<Incoming>,
+) -> Result<Response<FakeBody>, BoxError> {
     let now = record.inflight.fetch_add(1, Ordering::SeqCst) + 1;
     record.max_inflight.fetch_max(now, Ordering::SeqCst);
     let result = respond(&record, req).await;
@@ -108,12 +111,20 @@ async fn handle(record: Arc<Record>, req: Request<Incoming>) -> Result<Response<
 
 async fn respond(record: &Record, req: Request<Incoming>) -> Result<Response<FakeBody>, BoxError> {
     let (parts, mut body) = req.into_parts();
-    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let mut body_len = 0;
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
             body_len += data.len();
-            record.bytes_received.fetch_add(data.len(), Ordering::SeqCst);
+            record
+                .bytes_received
+                .fetch_add(data.len(), Ordering::SeqCst);
             record.got_bytes.notify_waiters();
         }
     }
@@ -185,7 +196,9 @@ impl http_body::Body for SizedBody {
         }
         let n = self.left.min(CHUNK.len() as u64);
         self.left -= n;
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..n as usize])))))
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+            &CHUNK[..n as usize],
+        )))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -317,8 +330,10 @@ pub async fn admin_get(addr: SocketAddr, path: &str) -> Answer {
 
 /// The value of one Prometheus series in a `/metrics` text, if present.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
 }
 
 /// An address on which nothing listens (connections are refused).
@@ -438,7 +453,10 @@ impl IdleClosingInstance {
                         if reader.read_exact(&mut body).await.is_err() {
                             return;
                         }
-                        record.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                        record
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&body).into_owned());
                         let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                         if reader.get_mut().write_all(response).await.is_err() {
                             return;
@@ -483,7 +501,10 @@ impl GatewayProcess {
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let ready = loop {
-            let line = lines.next().expect("gateway exited before it was ready").unwrap();
+            let line = lines
+                .next()
+                .expect("gateway exited before it was ready")
+                .unwrap();
             if line.contains("scf-gateway ready") {
                 break serde_json::from_str::<serde_json::Value>(&line).unwrap();
             }
@@ -507,7 +528,15 @@ impl GatewayProcess {
     pub fn status_kb(&self, field: &str) -> u64 {
         let text = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         text.lines()
-            .find_map(|l| l.strip_prefix(field).and_then(|r| r.trim_start_matches(':').split_whitespace().next()?.parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(field).and_then(|r| {
+                    r.trim_start_matches(':')
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+            })
             .unwrap_or(0)
     }
 

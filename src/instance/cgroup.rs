@@ -1,0 +1,1 @@
+//! Per-instance memory cgroups (filled in by the launch work).

@@ -1,0 +1,1 @@
+//! Instance output as log records (filled in by the launch work).

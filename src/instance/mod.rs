@@ -1,0 +1,12 @@
+//! Launched function instances: the processes the gateway starts for a function with
+//! `[functions.launch]`, as the platform does for an image function.
+//!
+//! - [`process`]: spawn with the SCF environment in its own process group, readiness,
+//!   stop (SIGTERM, then SIGKILL), exit status.
+//! - [`cgroup`]: the per-instance memory limit and per-invocation peak memory.
+//! - [`logs`]: stdout/stderr lines as JSON records attributed to invocations, with the
+//!   START / END / Report lines and the log tail.
+
+pub mod cgroup;
+pub mod logs;
+pub mod process;

@@ -1,0 +1,1 @@
+//! Spawning and supervising instance processes (filled in by the launch work).

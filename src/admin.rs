@@ -10,18 +10,28 @@ use http::{Request, Response, StatusCode};
 
 use crate::body::GatewayBody;
 use crate::metrics::Registry;
+use crate::pool::Pool;
 
 #[derive(Clone)]
 pub struct AdminState {
     pub registry: Registry,
     /// True once the listeners are up, false again while shutting down.
     pub ready: Arc<AtomicBool>,
+    /// Ready also needs every launched function with `min_instances > 0` to have an
+    /// instance up.
+    pub pools: Vec<Arc<Pool>>,
+}
+
+impl AdminState {
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.pools.iter().all(|p| p.is_ready())
+    }
 }
 
 pub fn handle<B>(state: &AdminState, req: Request<B>) -> Response<GatewayBody> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
+        "/readyz" if state.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/metrics" => {
             let mut response =

@@ -11,14 +11,16 @@
 //! - [`GatewayBody`]: what a client receives, either of the above or a small buffer
 //!   (error bodies).
 
-use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::Sleep;
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use crate::error::{BodyTooLarge, ForwardError};
 use crate::invoke::Accounting;
@@ -166,55 +168,73 @@ impl Body for UpstreamBody {
 
 // === impl InvocationBody ===
 
-/// What an invocation holds until its response body ends.
+/// What an invocation holds from hand-over until its response body ends.
 pub struct Lease {
     pub slot: Slot,
     pub conn: PooledConn,
     pub accounting: Accounting,
+    /// When the invocation was handed to the instance (the timeout and billing start).
+    pub handed_over: Instant,
+    /// Where the invocation's log tail goes once its END line is out (`X-Scf-Log-Type: Tail`).
+    pub tail: Option<oneshot::Sender<String>>,
 }
 
 impl Lease {
     /// Ends the invocation: a clean end returns the connection to the pool (before the
     /// slot is freed, so the next holder of the slot finds it warm); anything else
-    /// closes it.
+    /// closes it, and a timed-out launched instance is recycled.
     fn finish(self, outcome: Outcome) {
         let Lease {
             slot,
             conn,
             accounting,
+            handed_over,
+            tail,
         } = self;
         if outcome == Outcome::Success {
             slot.instance().checkin(conn);
         } else {
             drop(conn);
         }
+        if outcome == Outcome::Timeout {
+            slot.pool().recycle(slot.instance());
+        }
+        crate::invoke::end_invocation(&slot, &accounting, handed_over, tail);
         drop(slot);
         accounting.finish(outcome);
     }
 }
 
+/// The lease, shared between the body and its deadline watchdog.
+enum LeaseState {
+    Active(Lease),
+    TimedOut(ForwardError),
+    Ended,
+}
+
 /// An instance's response body on its way to the client.
+///
+/// The deadline is enforced by a watchdog task armed once the body does not end on its
+/// first poll: a client that stops reading stops hyper from polling the body, and the
+/// slot must still be freed at the deadline.
 pub struct InvocationBody {
     inner: Incoming,
-    deadline: Pin<Box<Sleep>>,
     limit: u64,
     seen: u64,
-    lease: Option<Lease>,
+    deadline: Instant,
+    shared: Arc<Mutex<LeaseState>>,
+    watchdog: Option<AbortHandle>,
 }
 
 impl InvocationBody {
-    pub fn new(
-        inner: Incoming,
-        deadline: Pin<Box<Sleep>>,
-        limit: u64,
-        lease: Lease,
-    ) -> InvocationBody {
+    pub fn new(inner: Incoming, deadline: Instant, limit: u64, lease: Lease) -> InvocationBody {
         let mut body = InvocationBody {
             inner,
-            deadline,
             limit,
             seen: 0,
-            lease: Some(lease),
+            deadline,
+            shared: Arc::new(Mutex::new(LeaseState::Active(lease))),
+            watchdog: None,
         };
         // An empty body (204, HEAD, Content-Length: 0) may never be polled.
         if body.inner.is_end_stream() {
@@ -224,9 +244,40 @@ impl InvocationBody {
     }
 
     fn finish(&mut self, outcome: Outcome) {
-        if let Some(lease) = self.lease.take() {
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+        let state = std::mem::replace(&mut *lock(&self.shared), LeaseState::Ended);
+        if let LeaseState::Active(lease) = state {
             lease.finish(outcome);
         }
+    }
+
+    /// Arms the deadline watchdog (once).
+    fn arm(&mut self) {
+        if self.watchdog.is_some() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let deadline = self.deadline;
+        let task = tokio::spawn(async move {
+            tokio::time::sleep_until(deadline).await;
+            let mut state = lock(&shared);
+            let error = match &*state {
+                LeaseState::Active(lease) => lease.accounting.timeout_error(),
+                _ => None,
+            };
+            if let Some(error) = error {
+                if let LeaseState::Active(lease) =
+                    std::mem::replace(&mut *state, LeaseState::TimedOut(error))
+                {
+                    drop(state);
+                    // Closes the upstream connection, frees the slot, records 433.
+                    lease.finish(Outcome::Timeout);
+                }
+            }
+        });
+        self.watchdog = Some(task.abort_handle());
     }
 }
 
@@ -239,19 +290,29 @@ impl Body for InvocationBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if this.lease.is_none() {
-            return Poll::Ready(None);
-        }
-        if this.deadline.as_mut().poll(cx).is_ready() {
+        match &*lock(&this.shared) {
+            LeaseState::Active(_) => {}
+            LeaseState::Ended => return Poll::Ready(None),
             // Past the timeout with the response under way: cut the stream.
-            let err = this
-                .lease
-                .as_ref()
-                .and_then(|l| l.accounting.timeout_error());
-            this.finish(Outcome::Timeout);
-            return Poll::Ready(err.map(|e| Err(e.into())));
+            LeaseState::TimedOut(e) => {
+                let err = ForwardError::Timeout {
+                    seconds: match e {
+                        ForwardError::Timeout { seconds } => seconds.clone(),
+                        _ => String::new(),
+                    },
+                };
+                return Poll::Ready(Some(Err(err.into())));
+            }
         }
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let frame = match polled {
+            Poll::Pending => {
+                this.arm();
+                return Poll::Pending;
+            }
+            Poll::Ready(frame) => frame,
+        };
+        match frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.remaining() as u64;
@@ -262,6 +323,8 @@ impl Body for InvocationBody {
                 }
                 if this.inner.is_end_stream() {
                     this.finish(Outcome::Success);
+                } else {
+                    this.arm();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -277,7 +340,7 @@ impl Body for InvocationBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.lease.is_none()
+        matches!(&*lock(&self.shared), LeaseState::Ended)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -290,6 +353,10 @@ impl Drop for InvocationBody {
         // Dropped before its end: the client went away (or the server is gone).
         self.finish(Outcome::ClientClosed);
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 // === impl GatewayBody ===

@@ -35,7 +35,7 @@ pub struct BodyTooLarge {
 }
 
 /// No slot could be had for the invocation.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AdmitError {
     #[error(
         "Function [{function}] reached its concurrency limit ({slots} = {instances} instance(s) x \
@@ -63,6 +63,14 @@ pub enum AdmitError {
     },
     #[error("No instance of function [{function}] is reachable: {reason}")]
     NoInstance { function: String, reason: String },
+    /// The instance started for this invocation did not come up. The message is the
+    /// start error itself (for an instance that never listened, the platform's line).
+    #[error("{message}")]
+    StartFailed {
+        function: String,
+        message: String,
+        never_listened: bool,
+    },
 }
 
 /// The instance failed the invocation after it was handed over.
@@ -74,6 +82,10 @@ pub enum ForwardError {
     InstanceFailed { instance: String, what: String },
     #[error("The size of response exceeds the upper limit (6MB)")]
     ResponseTooLarge,
+    #[error(
+        "The instance at {instance} was killed for exceeding its memory limit of {memory_mb} MB"
+    )]
+    OutOfMemory { instance: String, memory_mb: u32 },
 }
 
 /// Everything the gateway itself answers with an error body.
@@ -109,6 +121,13 @@ impl GatewayError {
                 (StatusCode::TOO_MANY_REQUESTS, 432)
             }
             GatewayError::Admit(AdmitError::NoInstance { .. }) => (StatusCode::BAD_GATEWAY, 405),
+            GatewayError::Admit(AdmitError::StartFailed { never_listened, .. }) => {
+                if *never_listened {
+                    (StatusCode::SERVICE_UNAVAILABLE, 405)
+                } else {
+                    (StatusCode::BAD_GATEWAY, 405)
+                }
+            }
             GatewayError::Forward(ForwardError::Timeout { .. }) => {
                 (StatusCode::GATEWAY_TIMEOUT, 433)
             }
@@ -116,6 +135,9 @@ impl GatewayError {
                 (StatusCode::BAD_GATEWAY, 405)
             }
             GatewayError::Forward(ForwardError::ResponseTooLarge) => (StatusCode::BAD_GATEWAY, 407),
+            GatewayError::Forward(ForwardError::OutOfMemory { .. }) => {
+                (StatusCode::BAD_GATEWAY, 434)
+            }
         }
     }
 
@@ -124,11 +146,13 @@ impl GatewayError {
         match self {
             GatewayError::Route(_) => Outcome::NotFound,
             GatewayError::BodyTooLarge(_) => Outcome::BodyTooLarge,
-            GatewayError::Admit(AdmitError::NoInstance { .. }) => Outcome::InstanceError,
+            GatewayError::Admit(AdmitError::NoInstance { .. })
+            | GatewayError::Admit(AdmitError::StartFailed { .. }) => Outcome::InstanceError,
             GatewayError::Admit(_) => Outcome::Throttled,
             GatewayError::Forward(ForwardError::Timeout { .. }) => Outcome::Timeout,
             GatewayError::Forward(ForwardError::InstanceFailed { .. }) => Outcome::InstanceError,
             GatewayError::Forward(ForwardError::ResponseTooLarge) => Outcome::ResponseTooLarge,
+            GatewayError::Forward(ForwardError::OutOfMemory { .. }) => Outcome::OutOfMemory,
         }
     }
 

@@ -9,7 +9,6 @@
 //! rendered in one place (`error.rs`). Nothing on this path buffers a body.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,15 +16,23 @@ use http::header::{HeaderValue, CONTENT_LENGTH, EXPECT, HOST};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::body::{self, GatewayBody, InvocationBody, Lease, LimitedBody, UpstreamBody};
-use crate::config::{Config, FunctionConfig, FunctionKind, EVENT_RESPONSE_LIMIT};
+use crate::config::{Config, FunctionConfig, FunctionKind, InstanceSource, EVENT_RESPONSE_LIMIT};
 use crate::error::{seconds_text, BodyTooLarge, ForwardError, GatewayError};
 use crate::headers::{self, Stamp};
+use crate::instance::logs::{self, Report};
+use crate::instance::Launcher;
 use crate::metrics::{FunctionMetrics, Outcome, Registry};
 use crate::pool::{Instance, Pool, PooledConn, Slot};
 use crate::routing::{Router, Target};
+
+/// How long a broken connection waits for a launched instance's exit status.
+const EXIT_GRACE: Duration = Duration::from_millis(250);
+const LOG_TYPE: http::HeaderName = http::HeaderName::from_static("x-scf-log-type");
+const LOG_RESULT: http::HeaderName = http::HeaderName::from_static("x-scf-log-result");
 
 /// Where event invocations go on an instance.
 const EVENT_INVOKE: &str = "/event-invoke";
@@ -37,6 +44,7 @@ pub struct Function {
     pub name: String,
     pub namespace: String,
     pub kind: FunctionKind,
+    memory_mb: u32,
     timeout: Duration,
     timeout_text: String,
     response_limit: u64,
@@ -48,7 +56,12 @@ pub struct Function {
 impl Function {
     fn new(config: &Config, f: &FunctionConfig, registry: &Registry) -> Function {
         let metrics = registry.function(&f.name, &f.namespace);
+        let launcher = match &f.source {
+            InstanceSource::Launch(launch) => Some(Arc::new(Launcher::new(config, f, launch))),
+            InstanceSource::Static(_) => None,
+        };
         Function {
+            memory_mb: f.memory_mb,
             name: f.name.clone(),
             namespace: f.namespace.clone(),
             kind: f.kind,
@@ -59,13 +72,26 @@ impl Function {
                 FunctionKind::Http => u64::MAX,
             },
             stamp: Stamp::new(config, f),
-            pool: Pool::new(f, config.server.upstream_idle_timeout, metrics.clone()),
+            pool: Pool::new(
+                f,
+                config.server.upstream_idle_timeout,
+                metrics.clone(),
+                launcher,
+            ),
             metrics,
         }
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
+    }
+
+    pub fn memory_mb(&self) -> u32 {
+        self.memory_mb
+    }
+
+    pub fn metrics(&self) -> &FunctionMetrics {
+        &self.metrics
     }
 
     pub fn timeout_error(&self) -> ForwardError {
@@ -98,6 +124,14 @@ impl Accounting {
     /// The function's timeout error (`None` once the invocation has ended).
     pub fn timeout_error(&self) -> Option<ForwardError> {
         self.function.as_deref().map(Function::timeout_error)
+    }
+
+    pub fn function(&self) -> Option<&Function> {
+        self.function.as_deref()
+    }
+
+    pub fn request_id(&self) -> &HeaderValue {
+        &self.request_id
     }
 
     pub fn finish(mut self, outcome: Outcome) {
@@ -198,6 +232,10 @@ impl Gateway {
             Target::Invoke { function } | Target::Web { function, .. } => &self.functions[function],
         };
         let accounting = Accounting::start(function.clone(), &request_id, self.access_log);
+        let wants_tail = req
+            .headers()
+            .get(LOG_TYPE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"tail"));
 
         let exchange = match self
             .forward(function, req, target, client, &request_id)
@@ -214,17 +252,33 @@ impl Gateway {
         let (mut parts, incoming) = exchange.response.into_parts();
         if content_length(&parts.headers).is_some_and(|l| l > function.response_limit) {
             let e = GatewayError::from(ForwardError::ResponseTooLarge);
+            end_invocation(&exchange.slot, &accounting, exchange.handed_over, None);
             accounting.finish(e.outcome());
             return e.into_response(&request_id);
         }
         headers::strip_response(&mut parts.headers, &request_id);
+        let tail = (wants_tail && exchange.slot.instance().is_launched()).then(oneshot::channel);
+        let (tail_tx, tail_rx) = match tail {
+            Some((tx, rx)) => (Some(tx), Some(rx)),
+            None => (None, None),
+        };
         let lease = Lease {
             slot: exchange.slot,
             conn: exchange.conn,
             accounting,
+            handed_over: exchange.handed_over,
+            tail: tail_tx,
         };
-        let body = InvocationBody::new(incoming, exchange.deadline, function.response_limit, lease);
-        Response::from_parts(parts, GatewayBody::Invocation(body))
+        let limit = if wants_tail {
+            function.response_limit.min(EVENT_RESPONSE_LIMIT)
+        } else {
+            function.response_limit
+        };
+        let body = InvocationBody::new(incoming, exchange.deadline, limit, lease);
+        match tail_rx {
+            None => Response::from_parts(parts, GatewayBody::Invocation(body)),
+            Some(rx) => with_log_tail(parts, body, rx, &request_id).await,
+        }
     }
 
     /// Admit, stamp, queue, pick and forward: everything up to the response head.
@@ -243,7 +297,11 @@ impl Gateway {
             if len > self.max_body_bytes {
                 // With `Expect: 100-continue` the client has not sent the body yet and
                 // will not; otherwise read it away so the client can read the answer.
-                if !parts.headers.contains_key(EXPECT) {
+                let expects_continue = parts
+                    .headers
+                    .get(EXPECT)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+                if !expects_continue {
                     let _ = tokio::time::timeout(DRAIN_TIME, body::discard(body)).await;
                 }
                 return Err(BodyTooLarge {
@@ -284,44 +342,58 @@ impl Gateway {
         // Queue and pick an instance, then forward. An instance that refuses the
         // connection got nothing, so the invocation moves on to another one.
         let pool = function.pool();
-        let mut attempts = pool.instances().len() + 1;
+        let mut attempts = pool.max_attempts();
         loop {
-            attempts -= 1;
+            attempts = attempts.saturating_sub(1);
             let slot = pool.acquire().await?;
-            if function.kind == FunctionKind::Event {
-                upstream
-                    .headers_mut()
-                    .insert(HOST, slot.instance().host().clone());
-            }
-            // The timeout runs from the hand-over to the end of the response body.
-            let mut deadline = Box::pin(tokio::time::sleep(function.timeout));
             let instance = slot.instance().clone();
-            let sent = tokio::select! {
-                biased;
-                r = send_to(&instance, upstream, pool) => r,
-                _ = deadline.as_mut() => return Err(function.timeout_error().into()),
+            if function.kind == FunctionKind::Event {
+                upstream.headers_mut().insert(HOST, instance.host().clone());
+            }
+            let conn = match connection(&instance, pool).await {
+                Some(conn) => conn,
+                None => {
+                    pool.mark_down(slot.index(), &instance);
+                    if attempts == 0 {
+                        return Err(refused(&instance));
+                    }
+                    continue;
+                }
             };
-            match sent {
-                Ok((response, conn)) => {
+
+            // Hand-over: the timeout runs from here to the end of the response body.
+            let handed_over = Instant::now();
+            let deadline = handed_over + function.timeout;
+            begin_invocation(&instance, request_id, pool);
+            let sent =
+                tokio::time::timeout_at(deadline, send(conn, upstream, &instance, pool)).await;
+            let failure = match sent {
+                Ok(Ok((response, conn))) => {
                     return Ok(Exchange {
                         response,
                         slot,
                         conn,
+                        handed_over,
                         deadline,
                     })
                 }
-                Err(Failure::Refused(req)) => {
-                    pool.mark_down(slot.index());
+                Ok(Err(failure)) => failure,
+                Err(_elapsed) => {
+                    pool.recycle(&instance);
+                    Failure::TimedOut
+                }
+            };
+            end_logs(&instance, function, request_id, handed_over, None);
+            match failure {
+                Failure::Refused(req) => {
+                    pool.mark_down(slot.index(), &instance);
                     if attempts == 0 {
-                        return Err(ForwardError::InstanceFailed {
-                            instance: instance.addr().to_string(),
-                            what: "refused the connection".into(),
-                        }
-                        .into());
+                        return Err(refused(&instance));
                     }
                     upstream = req;
                 }
-                Err(Failure::Failed(e)) => return Err(classify(&instance, e)),
+                Failure::Failed(e) => return Err(failed(&instance, function, e).await),
+                Failure::TimedOut => return Err(function.timeout_error().into()),
             }
         }
     }
@@ -332,7 +404,8 @@ struct Exchange {
     response: Response<Incoming>,
     slot: Slot,
     conn: PooledConn,
-    deadline: Pin<Box<Sleep>>,
+    handed_over: Instant,
+    deadline: Instant,
 }
 
 /// Why forwarding failed.
@@ -343,38 +416,48 @@ enum Failure {
     Refused(Request<UpstreamBody>),
     /// The request was (at least partly) sent: it must not be sent again.
     Failed(hyper::Error),
+    TimedOut,
 }
 
-/// Sends the request on a warm connection, or a new one. A pooled connection that
-/// turns out to be closed before any byte was written is replaced by a fresh one once;
-/// once a byte went out, the request is never sent again.
-async fn send_to(
-    instance: &Instance,
+fn refused(instance: &Instance) -> GatewayError {
+    ForwardError::InstanceFailed {
+        instance: instance.name().to_owned(),
+        what: "refused the connection".into(),
+    }
+    .into()
+}
+
+/// A warm connection from the pool, or a new one; `None` if the instance refuses.
+async fn connection(instance: &Instance, pool: &Pool) -> Option<PooledConn> {
+    match instance.checkout(pool.idle_timeout()) {
+        Some(conn) => {
+            pool.metrics().connection(true);
+            Some(conn)
+        }
+        None => instance.connect(pool.metrics()).await.ok(),
+    }
+}
+
+/// Sends the request. A pooled connection that turns out to be closed before any
+/// byte was written is replaced by a fresh one once; once a byte went out, the
+/// request is never sent again.
+async fn send(
+    mut conn: PooledConn,
     req: Request<UpstreamBody>,
+    instance: &Instance,
     pool: &Pool,
 ) -> Result<(Response<Incoming>, PooledConn), Failure> {
-    let metrics = pool.metrics();
-    let (mut conn, reused) = match instance.checkout(pool.idle_timeout()) {
-        Some(conn) => (conn, true),
-        None => match instance.connect().await {
-            Ok(conn) => (conn, false),
-            Err(_) => return Err(Failure::Refused(req)),
-        },
-    };
-    metrics.connection(reused);
-    let req = match send(&mut conn, req).await {
+    let req = match send_on(&mut conn, req).await {
         Ok(response) => return Ok((response, conn)),
         Err(Unsent::No(e)) => return Err(Failure::Failed(e)),
-        Err(Unsent::Yes(req)) if reused => req,
-        Err(Unsent::Yes(req)) => return Err(Failure::Refused(req)),
+        Err(Unsent::Yes(req)) => req,
     };
     drop(conn);
-    let mut fresh = match instance.connect().await {
+    let mut fresh = match instance.connect(pool.metrics()).await {
         Ok(conn) => conn,
         Err(_) => return Err(Failure::Refused(req)),
     };
-    metrics.connection(false);
-    match send(&mut fresh, req).await {
+    match send_on(&mut fresh, req).await {
         Ok(response) => Ok((response, fresh)),
         Err(Unsent::No(e)) => Err(Failure::Failed(e)),
         Err(Unsent::Yes(req)) => Err(Failure::Refused(req)),
@@ -388,7 +471,7 @@ enum Unsent {
     No(hyper::Error),
 }
 
-async fn send(
+async fn send_on(
     conn: &mut PooledConn,
     req: Request<UpstreamBody>,
 ) -> Result<Response<Incoming>, Unsent> {
@@ -402,6 +485,129 @@ async fn send(
             Some(req) => Unsent::Yes(req),
             None => Unsent::No(e.into_error()),
         })
+}
+
+/// What a failed exchange means for the client. For a launched instance whose
+/// connection broke, the process's fate says more: its exit status or signal, or the
+/// memory limit that killed it.
+async fn failed(instance: &Instance, function: &Function, e: hyper::Error) -> GatewayError {
+    let error = classify(instance, e);
+    if matches!(error, GatewayError::BodyTooLarge(_)) {
+        return error;
+    }
+    if instance.is_launched() {
+        if let Ok(Some(exit)) = tokio::time::timeout(EXIT_GRACE, instance.exited()).await {
+            if exit.oom_killed {
+                return ForwardError::OutOfMemory {
+                    instance: instance.name().to_owned(),
+                    memory_mb: function.memory_mb,
+                }
+                .into();
+            }
+            return ForwardError::InstanceFailed {
+                instance: instance.name().to_owned(),
+                what: exit.to_string(),
+            }
+            .into();
+        }
+    }
+    error
+}
+
+/// START for a launched instance: from here its output belongs to this invocation.
+fn begin_invocation(instance: &Instance, request_id: &HeaderValue, pool: &Pool) {
+    let Some(launched) = instance.process() else {
+        return;
+    };
+    // The peak is per instance: it is per invocation only when invocations do not overlap.
+    if pool.per_instance() == 1 {
+        if let Some(cgroup) = launched.process.cgroup() {
+            cgroup.reset_peak();
+        }
+    }
+    if let Some(log) = &launched.log {
+        log.begin(request_id.to_str().unwrap_or_default());
+    }
+}
+
+/// Bills an invocation that reached an instance; for a launched instance, emits its
+/// END and Report lines (after its output so far) and hands over the log tail.
+pub(crate) fn end_invocation(
+    slot: &Slot,
+    accounting: &Accounting,
+    handed_over: Instant,
+    tail: Option<oneshot::Sender<String>>,
+) {
+    if let Some(function) = accounting.function() {
+        end_logs(
+            slot.instance(),
+            function,
+            accounting.request_id(),
+            handed_over,
+            tail,
+        );
+    }
+}
+
+fn end_logs(
+    instance: &Instance,
+    function: &Function,
+    request_id: &HeaderValue,
+    handed_over: Instant,
+    tail: Option<oneshot::Sender<String>>,
+) {
+    let duration = handed_over.elapsed();
+    let billed_ms = duration.as_nanos().div_ceil(1_000_000) as u64;
+    function.metrics.bill(function.memory_mb, billed_ms);
+    let Some(launched) = instance.process() else {
+        return;
+    };
+    let Some(log) = launched.log.clone() else {
+        return;
+    };
+    let report = Report {
+        duration,
+        memory_mb: function.memory_mb,
+        mem_usage_bytes: launched.process.cgroup().and_then(|c| c.peak_bytes()),
+    };
+    let id = request_id.to_str().unwrap_or_default().to_owned();
+    tokio::spawn(async move {
+        let text = log.end(&id, report).await;
+        if let Some(tx) = tail {
+            let _ = tx.send(text);
+        }
+    });
+}
+
+/// `X-Scf-Log-Type: Tail`: the response is held until the invocation's END line, so its
+/// last 4 KB of log can travel base64-encoded in `X-Scf-Log-Result`.
+async fn with_log_tail(
+    mut parts: http::response::Parts,
+    body: InvocationBody,
+    tail: oneshot::Receiver<String>,
+    request_id: &HeaderValue,
+) -> Response<GatewayBody> {
+    use http_body_util::BodyExt;
+    let collected = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            let error = match e.downcast::<ForwardError>() {
+                Ok(e) => GatewayError::from(*e),
+                Err(e) => GatewayError::from(ForwardError::InstanceFailed {
+                    instance: "instance".to_owned(),
+                    what: format!("failed while sending the response: {e}"),
+                }),
+            };
+            return error.into_response(request_id);
+        }
+    };
+    let text = tail.await.unwrap_or_default();
+    if let Ok(value) = HeaderValue::from_str(&logs::base64(text.as_bytes())) {
+        parts.headers.insert(LOG_RESULT, value);
+    }
+    parts.headers.remove(http::header::TRANSFER_ENCODING);
+    parts.headers.remove(CONTENT_LENGTH);
+    Response::from_parts(parts, GatewayBody::full(collected))
 }
 
 /// What a failed exchange means for the client.
@@ -427,7 +633,7 @@ fn classify(instance: &Instance, e: hyper::Error) -> GatewayError {
         }
     };
     ForwardError::InstanceFailed {
-        instance: instance.addr().to_string(),
+        instance: instance.name().to_owned(),
         what,
     }
     .into()

@@ -5,7 +5,9 @@
 //! key hashing, no registry lookup, no lock. Each gateway has its own recorder (not a
 //! process-global one), so several gateways can live in one test process.
 
-use std::sync::Arc;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
@@ -16,6 +18,9 @@ const DURATION: &str = "scf_gateway_invocation_duration_seconds";
 const INFLIGHT: &str = "scf_gateway_inflight";
 const QUEUE_DEPTH: &str = "scf_gateway_queue_depth";
 const UPSTREAM_CONNECTIONS: &str = "scf_gateway_upstream_connections_total";
+const INSTANCES: &str = "scf_gateway_instances";
+const COLD_STARTS: &str = "scf_gateway_cold_starts_total";
+const BILLED: &str = "scf_gateway_billed_gb_seconds_total";
 
 /// Seconds: from sub-millisecond proxy hops to the longest function timeouts.
 const DURATION_BUCKETS: [f64; 16] = [
@@ -35,12 +40,14 @@ pub enum Outcome {
     Timeout,
     InstanceError,
     Throttled,
+    /// The instance was killed for exceeding its memory limit.
+    OutOfMemory,
     /// The client went away before the response was complete.
     ClientClosed,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 8] = [
+    const ALL: [Outcome; 9] = [
         Outcome::Success,
         Outcome::NotFound,
         Outcome::BodyTooLarge,
@@ -48,6 +55,7 @@ impl Outcome {
         Outcome::Timeout,
         Outcome::InstanceError,
         Outcome::Throttled,
+        Outcome::OutOfMemory,
         Outcome::ClientClosed,
     ];
 
@@ -60,6 +68,7 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::InstanceError => "instance_error",
             Outcome::Throttled => "throttled",
+            Outcome::OutOfMemory => "out_of_memory",
             Outcome::ClientClosed => "client_closed",
         }
     }
@@ -70,6 +79,9 @@ impl Outcome {
 pub struct Registry {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    /// `scf_gateway_billed_gb_seconds_total` per function: fractional, so kept as exact
+    /// integer micro-units and rendered here rather than through integer counters.
+    billing: Arc<Mutex<Vec<(String, Arc<AtomicU64>)>>>,
 }
 
 impl Registry {
@@ -84,12 +96,37 @@ impl Registry {
         Registry {
             recorder: Arc::new(recorder),
             handle,
+            billing: Arc::default(),
         }
     }
 
     /// Prometheus text exposition of every series.
     pub fn render(&self) -> String {
-        self.handle.render()
+        let mut text = self.handle.render();
+        let billing = self.billing.lock().unwrap_or_else(|p| p.into_inner());
+        if !billing.is_empty() {
+            let _ = writeln!(text, "# TYPE {BILLED} counter");
+            for (function, micro) in billing.iter() {
+                let micro = micro.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    text,
+                    "{BILLED}{{function=\"{function}\"}} {}.{:06}",
+                    micro / 1_000_000,
+                    micro % 1_000_000
+                );
+            }
+        }
+        text
+    }
+
+    fn billing_cell(&self, function: &str) -> Arc<AtomicU64> {
+        let mut billing = self.billing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, cell)) = billing.iter().find(|(f, _)| f == function) {
+            return cell.clone();
+        }
+        let cell = Arc::new(AtomicU64::new(0));
+        billing.push((function.to_owned(), cell.clone()));
+        cell
     }
 
     /// Folds recorded histogram samples into their buckets; run it periodically so
@@ -140,6 +177,11 @@ impl Registry {
                 UPSTREAM_CONNECTIONS,
                 vec![f(), Label::new("reused", "true")],
             ),
+            instances_starting: self.gauge(INSTANCES, vec![f(), Label::new("state", "starting")]),
+            instances_ready: self.gauge(INSTANCES, vec![f(), Label::new("state", "ready")]),
+            instances_down: self.gauge(INSTANCES, vec![f(), Label::new("state", "down")]),
+            cold_starts: self.counter(COLD_STARTS, vec![f()]),
+            billed_micro: self.billing_cell(function),
         }
     }
 }
@@ -153,12 +195,18 @@ impl Default for Registry {
 /// Pre-registered handles of one function.
 #[derive(Clone)]
 pub struct FunctionMetrics {
-    invocations: [Counter; 8],
+    invocations: [Counter; 9],
     duration: Histogram,
     pub inflight: Gauge,
     pub queue_depth: Gauge,
     new_connections: Counter,
     reused_connections: Counter,
+    instances_starting: Gauge,
+    instances_ready: Gauge,
+    instances_down: Gauge,
+    cold_starts: Counter,
+    /// Billed micro-GB-seconds: exact integer sums, rendered as GB-seconds.
+    billed_micro: Arc<AtomicU64>,
 }
 
 impl FunctionMetrics {
@@ -166,6 +214,24 @@ impl FunctionMetrics {
         let i = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
         self.invocations[i].increment(1);
         self.duration.record(elapsed.as_secs_f64());
+    }
+
+    /// Instances by state; set when they change, never per invocation.
+    pub fn set_instances(&self, starting: usize, ready: usize, down: usize) {
+        self.instances_starting.set(starting as f64);
+        self.instances_ready.set(ready as f64);
+        self.instances_down.set(down as f64);
+    }
+
+    pub fn cold_start(&self) {
+        self.cold_starts.increment(1);
+    }
+
+    /// Adds an invocation's billed GB-seconds: memory in GB times the billed duration.
+    pub fn bill(&self, memory_mb: u32, billed_ms: u64) {
+        // micro-GB-seconds = MB / 1024 * ms / 1000 * 1e6
+        let micro = u64::from(memory_mb) * billed_ms * 1_000 / 1_024;
+        self.billed_micro.fetch_add(micro, Ordering::Relaxed);
     }
 
     /// An invocation got a connection: one opened for it, or one from the warm pool.

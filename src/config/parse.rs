@@ -590,7 +590,7 @@ fn read_server(ctx: &mut Ctx<'_>, s: &Section<'_, '_>) -> ServerConfig {
         upstream_idle_timeout: ctx.get_duration(
             s,
             "upstream_idle_timeout",
-            Duration::from_secs(1),
+            Duration::from_secs(4),
             true,
         ),
     }
@@ -1193,7 +1193,7 @@ mod tests {
         assert_eq!(s.workers, cpus);
         assert_eq!(s.shutdown_grace, Duration::from_secs(30));
         assert!(!s.access_log);
-        assert_eq!(s.upstream_idle_timeout, Duration::from_secs(1));
+        assert_eq!(s.upstream_idle_timeout, Duration::from_secs(4));
         assert_eq!(config.platform.region, "ap-guangzhou");
         assert_eq!(config.platform.appid, "1250000000");
         assert_eq!(config.platform.uin, "100000000001");

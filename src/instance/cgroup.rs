@@ -1,1 +1,8 @@
-//! Per-instance memory cgroups (filled in by the launch work).
+//! Placeholder with the agreed API; replaced by the process work.
+pub struct Cgroup;
+impl Cgroup {
+    pub fn reset_peak(&self) {}
+    pub fn peak_bytes(&self) -> Option<u64> {
+        None
+    }
+}

@@ -23,6 +23,8 @@ use tokio::time::Instant;
 
 use super::{lock, Pool};
 use crate::body::UpstreamBody;
+use crate::instance::{Exit, Launched};
+use crate::metrics::FunctionMetrics;
 
 /// How long a connection attempt may take before the instance counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -34,7 +36,11 @@ pub type UpstreamSender = http1::SendRequest<UpstreamBody>;
 
 /// One running instance of a function, as the pool sees it.
 pub struct Instance {
+    /// `ip:port` for static instances, `function-N` for launched ones.
+    name: String,
     addr: SocketAddr,
+    /// The process, for instances the gateway launched.
+    launched: Option<Launched>,
     /// `Host` for event invocations: the address as configured.
     host: HeaderValue,
     idle: Mutex<Vec<PooledConn>>,
@@ -59,9 +65,14 @@ impl Drop for PooledConn {
 }
 
 impl Instance {
-    pub fn new(addr: SocketAddr, authority: &str) -> Instance {
+    /// A static instance at `addr`, reached with `Host: authority`.
+    pub fn new(addr: SocketAddr, authority: &str, launched: Option<Launched>) -> Instance {
         Instance {
+            name: launched
+                .as_ref()
+                .map_or_else(|| authority.to_owned(), |l| l.name.clone()),
             addr,
+            launched,
             host: HeaderValue::from_str(authority)
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
             idle: Mutex::new(Vec::new()),
@@ -70,8 +81,49 @@ impl Instance {
         }
     }
 
+    /// An instance the gateway started.
+    pub fn launched(launched: Launched) -> Instance {
+        let addr = launched.process.addr();
+        Instance::new(addr, &addr.to_string(), Some(launched))
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn is_launched(&self) -> bool {
+        self.launched.is_some()
+    }
+
+    pub fn process(&self) -> Option<&Launched> {
+        self.launched.as_ref()
+    }
+
+    /// Resolves when a launched instance's process has exited; `None` at once for
+    /// static instances (the gateway does not see them exit).
+    pub async fn exited(&self) -> Option<Exit> {
+        match &self.launched {
+            Some(l) => Some(l.process.exited().await),
+            None => None,
+        }
+    }
+
+    /// Stops a launched instance (SIGTERM, SIGKILL after `grace`); nothing for static ones.
+    pub async fn stop(&self, grace: Duration) {
+        if let Some(l) = &self.launched {
+            l.process.stop(grace).await;
+        }
+    }
+
+    /// Kills a launched instance now.
+    pub fn kill(&self) {
+        if let Some(l) = &self.launched {
+            l.process.kill();
+        }
     }
 
     pub fn host(&self) -> &HeaderValue {
@@ -107,8 +159,8 @@ impl Instance {
         lock(&self.idle).push(conn);
     }
 
-    /// Opens a new keep-alive connection (TCP_NODELAY, HTTP/1.1).
-    pub async fn connect(&self) -> io::Result<PooledConn> {
+    /// Opens a new keep-alive connection (TCP_NODELAY, HTTP/1.1), counted as new.
+    pub async fn connect(&self, metrics: &FunctionMetrics) -> io::Result<PooledConn> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
@@ -118,6 +170,7 @@ impl Instance {
             .await
             .map_err(io::Error::other)?;
         self.live.fetch_add(1, Ordering::Relaxed);
+        metrics.connection(false);
         let gone = LiveGuard {
             live: self.live.clone(),
             closed: self.closed.clone(),
@@ -142,7 +195,7 @@ impl Instance {
         idle.len()
     }
 
-    pub(super) fn clear_idle(&self) {
+    pub fn clear_idle(&self) {
         lock(&self.idle).clear();
     }
 }
@@ -162,35 +215,39 @@ impl Drop for LiveGuard {
 }
 
 /// The keeper of one instance: tops up warm connections while the instance is up, and
-/// probes it with backoff while it is down.
-pub(super) async fn keep(pool: Arc<Pool>, index: usize) {
-    let instance = pool.instances[index].clone();
+/// probes it with backoff while it is down. Ends when the instance leaves the pool.
+pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>) {
     let idle_timeout = pool.idle_timeout;
     let tick = (idle_timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let metrics = pool.metrics().clone();
     let mut backoff = PROBE_BACKOFF_MIN;
     loop {
-        if pool.is_up(index) {
-            backoff = PROBE_BACKOFF_MIN;
-            instance.evict_idle(idle_timeout);
-            while instance.live_connections() < pool.warm_target {
-                match instance.connect().await {
-                    Ok(conn) => instance.checkin(conn),
-                    Err(_) => {
-                        pool.mark_down(index);
-                        break;
+        match pool.instance_state(index, &instance) {
+            None => return,
+            Some(true) => {
+                backoff = PROBE_BACKOFF_MIN;
+                instance.evict_idle(idle_timeout);
+                while instance.live_connections() < pool.warm_target {
+                    match instance.connect(&metrics).await {
+                        Ok(conn) => instance.checkin(conn),
+                        Err(_) => {
+                            pool.mark_down(index, &instance);
+                            break;
+                        }
                     }
                 }
+                tokio::select! {
+                    _ = instance.closed.notified() => {}
+                    _ = tokio::time::sleep(tick) => {}
+                }
             }
-            tokio::select! {
-                _ = instance.closed.notified() => {}
-                _ = tokio::time::sleep(tick) => {}
-            }
-        } else {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(PROBE_BACKOFF_MAX);
-            if let Ok(conn) = instance.connect().await {
-                instance.checkin(conn);
-                pool.mark_up(index);
+            Some(false) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(PROBE_BACKOFF_MAX);
+                if let Ok(conn) = instance.connect(&metrics).await {
+                    instance.checkin(conn);
+                    pool.mark_up(index, &instance);
+                }
             }
         }
     }

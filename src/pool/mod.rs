@@ -6,12 +6,15 @@
 //! choices, falling back to a scan), or waits in a bounded FIFO queue. A released slot
 //! goes straight to the oldest waiter, so a burst cannot overtake the queue.
 //!
-//! The state is one small mutex per pool, held for a few instructions and never across
-//! an await. Instances that refuse connections are marked down; the per-instance keeper
-//! task (see [`connection`]) probes them back in with backoff and keeps warm keep-alive
+//! Instances come from a source: a static list (fixed for the pool's life), or a
+//! [`Launcher`] that starts processes on demand (see [`scale`]). The state is one small
+//! mutex per pool, held for a few instructions and never across an await. Instances
+//! that refuse connections are marked down; the per-instance keeper task (see
+//! [`connection`]) probes them back in with backoff and keeps warm keep-alive
 //! connections ready.
 
 pub mod connection;
+mod scale;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -20,9 +23,11 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use crate::config::{FunctionConfig, InstanceSource};
 use crate::error::AdmitError;
+use crate::instance::Launcher;
 use crate::metrics::FunctionMetrics;
 pub use connection::{Instance, PooledConn, UpstreamSender};
 
@@ -32,28 +37,41 @@ const WARM_CAP: usize = 16;
 /// One function's pool.
 pub struct Pool {
     function: String,
-    instances: Box<[Arc<Instance>]>,
     per_instance: u32,
     queue_depth: usize,
     queue_timeout: Duration,
     warm_target: usize,
     idle_timeout: Duration,
     metrics: FunctionMetrics,
+    launcher: Option<Arc<Launcher>>,
     state: Mutex<State>,
-    keepers: Mutex<Vec<AbortHandle>>,
+    tasks: Mutex<Vec<AbortHandle>>,
 }
 
 struct State {
-    inflight: Vec<u32>,
-    up: Vec<bool>,
+    /// Stable indices: a slot names its instance by index; a gone instance leaves a
+    /// hole that a later one may reuse (slots also check the instance's identity).
+    entries: Vec<Option<Entry>>,
+    live: usize,
     up_count: usize,
     waiters: VecDeque<Waiter>,
     next_waiter: u64,
+    launch: scale::LaunchState,
 }
+
+struct Entry {
+    instance: Arc<Instance>,
+    inflight: u32,
+    up: bool,
+    /// When `inflight` last dropped to zero (for idle scale-down).
+    idle_since: Instant,
+}
+
+type WaitResult = Result<Slot, AdmitError>;
 
 struct Waiter {
     id: u64,
-    tx: oneshot::Sender<Slot>,
+    tx: oneshot::Sender<WaitResult>,
 }
 
 impl Pool {
@@ -61,17 +79,26 @@ impl Pool {
         function: &FunctionConfig,
         idle_timeout: Duration,
         metrics: FunctionMetrics,
+        launcher: Option<Arc<Launcher>>,
     ) -> Arc<Pool> {
-        let instances: Box<[Arc<Instance>]> = match &function.source {
+        let now = Instant::now();
+        let entries: Vec<Option<Entry>> = match &function.source {
             InstanceSource::Static(list) => list
                 .iter()
-                .map(|i| Arc::new(Instance::new(i.addr, &i.authority)))
+                .map(|i| {
+                    Some(Entry {
+                        instance: Arc::new(Instance::new(i.addr, &i.authority, None)),
+                        inflight: 0,
+                        up: true,
+                        idle_since: now,
+                    })
+                })
                 .collect(),
-            InstanceSource::Launch(_) => Box::new([]),
+            InstanceSource::Launch(_) => Vec::new(),
         };
-        let n = instances.len();
+        let n = entries.len();
         metrics.queue_depth.set(0.0);
-        Arc::new(Pool {
+        let pool = Arc::new(Pool {
             function: function.name.clone(),
             per_instance: function.instance_concurrency,
             queue_depth: function.queue_depth as usize,
@@ -79,35 +106,71 @@ impl Pool {
             warm_target: (function.instance_concurrency as usize).min(WARM_CAP),
             idle_timeout,
             metrics,
-            instances,
+            launcher,
             state: Mutex::new(State {
-                inflight: vec![0; n],
-                up: vec![true; n],
+                entries,
+                live: n,
                 up_count: n,
                 waiters: VecDeque::new(),
                 next_waiter: 0,
+                launch: scale::LaunchState::default(),
             }),
-            keepers: Mutex::new(Vec::new()),
-        })
+            tasks: Mutex::new(Vec::new()),
+        });
+        pool.publish_instances(&lock(&pool.state));
+        pool
     }
 
-    /// Starts one keeper per instance: warm connections and health probing. Needs a
-    /// Tokio runtime.
+    /// Starts the background work: one keeper per static instance (warm connections,
+    /// health probes); for launched functions the scaler and the `min_instances`.
+    /// Needs a Tokio runtime.
     pub fn start(self: &Arc<Self>) {
-        let mut keepers = lock(&self.keepers);
-        for index in 0..self.instances.len() {
-            let task = tokio::spawn(connection::keep(self.clone(), index));
-            keepers.push(task.abort_handle());
+        let indices: Vec<usize> = {
+            let state = lock(&self.state);
+            (0..state.entries.len()).collect()
+        };
+        for index in indices {
+            self.spawn_keeper(index);
+        }
+        if self.launcher.is_some() {
+            let task = tokio::spawn(scale::supervise(self.clone()));
+            lock(&self.tasks).push(task.abort_handle());
         }
     }
 
-    /// Stops the keepers; pooled connections close as their last users drop them.
-    pub fn close(&self) {
-        for keeper in lock(&self.keepers).drain(..) {
-            keeper.abort();
+    fn spawn_keeper(self: &Arc<Self>, index: usize) {
+        let instance = match lock(&self.state).entries.get(index) {
+            Some(Some(e)) => e.instance.clone(),
+            _ => return,
+        };
+        let task = tokio::spawn(connection::keep(self.clone(), index, instance));
+        lock(&self.tasks).push(task.abort_handle());
+    }
+
+    /// Stops the background tasks and, for launched functions, every instance.
+    pub async fn close(&self, grace: Duration) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
         }
-        for instance in self.instances.iter() {
+        let instances: Vec<Arc<Instance>> = {
+            let mut state = lock(&self.state);
+            state.waiters.clear();
+            state.up_count = 0;
+            state.live = 0;
+            state
+                .entries
+                .drain(..)
+                .flatten()
+                .map(|e| e.instance)
+                .collect()
+        };
+        let mut stops = Vec::new();
+        for instance in instances {
             instance.clear_idle();
+            stops.push(tokio::spawn(async move { instance.stop(grace).await }));
+        }
+        for stop in stops {
+            let _ = stop.await;
         }
     }
 
@@ -115,58 +178,97 @@ impl Pool {
         &self.function
     }
 
-    pub fn instances(&self) -> &[Arc<Instance>] {
-        &self.instances
-    }
-
     pub fn metrics(&self) -> &FunctionMetrics {
         &self.metrics
+    }
+
+    pub fn per_instance(&self) -> u32 {
+        self.per_instance
     }
 
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
     }
 
-    /// Takes a free slot, waiting in the queue for at most `queue_timeout`.
+    /// The instances currently in the pool.
+    pub fn instances(&self) -> Vec<Arc<Instance>> {
+        lock(&self.state)
+            .entries
+            .iter()
+            .flatten()
+            .map(|e| e.instance.clone())
+            .collect()
+    }
+
+    /// How many instances the pool may try for one invocation before giving up.
+    pub fn max_attempts(&self) -> usize {
+        let live = lock(&self.state).live;
+        live.max(
+            self.launcher
+                .as_ref()
+                .map_or(0, |l| l.policy().max_instances as usize),
+        ) + 1
+    }
+
+    /// Ready for traffic: a launched function with `min_instances > 0` has an instance up.
+    pub fn is_ready(&self) -> bool {
+        match &self.launcher {
+            Some(l) if l.policy().min_instances > 0 => lock(&self.state).up_count > 0,
+            _ => true,
+        }
+    }
+
+    /// Takes a free slot, waiting in the queue for at most `queue_timeout` (or, when
+    /// the wait is for an instance being started, `ready_timeout` plus that).
     pub async fn acquire(self: &Arc<Self>) -> Result<Slot, AdmitError> {
-        let (id, rx) = {
+        let (id, rx, limit) = {
             let mut state = lock(&self.state);
-            if state.up_count == 0 {
-                return Err(self.none_reachable());
-            }
             if state.waiters.is_empty() {
-                if let Some(index) = state.pick(self.per_instance) {
-                    state.inflight[index] += 1;
-                    return Ok(Slot::new(self.clone(), index));
+                if let Some(slot) = state
+                    .pick(self.per_instance)
+                    .and_then(|index| self.take_slot(&mut state, index))
+                {
+                    return Ok(slot);
+                }
+            }
+            let mut limit = self.queue_timeout;
+            match &self.launcher {
+                None if state.up_count == 0 => return Err(self.none_reachable()),
+                None => {}
+                Some(launcher) => {
+                    if state.waiters.len() >= self.queue_depth {
+                        return Err(self.queue_full(state.live));
+                    }
+                    match scale::on_demand(self, &mut state, launcher) {
+                        scale::Demand::Wait => {}
+                        scale::Demand::Starting => limit += launcher.policy().ready_timeout,
+                        scale::Demand::FailFast(e) => return Err(e),
+                    }
                 }
             }
             if state.waiters.len() >= self.queue_depth {
-                return Err(self.queue_full());
+                return Err(self.queue_full(state.live));
             }
             let (tx, rx) = oneshot::channel();
             let id = state.next_waiter;
             state.next_waiter += 1;
             state.waiters.push_back(Waiter { id, tx });
             self.metrics.queue_depth.set(state.waiters.len() as f64);
-            (id, rx)
+            (id, rx, limit)
         };
         let mut wait = QueueWait {
             pool: self,
             id,
             rx: Some(rx),
         };
-        let rx = wait
-            .rx
-            .as_mut()
-            .map(|rx| tokio::time::timeout(self.queue_timeout, rx));
-        let result = match rx {
-            Some(rx) => rx.await,
+        let result = match wait.rx.as_mut() {
+            Some(rx) => tokio::time::timeout(limit, rx).await,
             None => return Err(self.none_reachable()),
         };
         match result {
-            Ok(Ok(slot)) => {
+            Ok(Ok(outcome)) => {
                 wait.rx = None;
-                Ok(slot)
+                outcome
             }
             // The pool dropped every waiter: no instance is left.
             Ok(Err(_)) => {
@@ -175,28 +277,48 @@ impl Pool {
             }
             Err(_elapsed) => match wait.cancel() {
                 // A slot arrived just as the wait ran out: use it.
-                Some(slot) => Ok(slot),
-                None => Err(self.queue_expired()),
+                Some(Ok(slot)) => Ok(slot),
+                Some(Err(e)) => Err(e),
+                None => Err(self.queue_expired(limit)),
             },
         }
     }
 
+    fn take_slot(self: &Arc<Self>, state: &mut State, index: usize) -> Option<Slot> {
+        let entry = state.entries.get_mut(index)?.as_mut()?;
+        entry.inflight += 1;
+        Some(Slot {
+            pool: self.clone(),
+            index,
+            instance: entry.instance.clone(),
+        })
+    }
+
     /// Gives a slot back: to the oldest waiter if there is one, else to the instance.
-    fn release(self: &Arc<Self>, index: usize) {
+    fn release(self: &Arc<Self>, index: usize, instance: &Arc<Instance>) {
         let waiter = {
             let mut state = lock(&self.state);
-            let waiter = if state.up[index] {
-                state.waiters.pop_front()
-            } else {
-                None
+            let Some(entry) = state.entries.get_mut(index).and_then(Option::as_mut) else {
+                return;
             };
+            if !Arc::ptr_eq(&entry.instance, instance) {
+                // The instance is gone and its place reused: nothing to give back.
+                return;
+            }
+            let up = entry.up;
+            let waiter = if up { state.waiters.pop_front() } else { None };
             match waiter {
                 Some(w) => {
                     self.metrics.queue_depth.set(state.waiters.len() as f64);
                     w
                 }
                 None => {
-                    state.inflight[index] -= 1;
+                    if let Some(entry) = state.entries[index].as_mut() {
+                        entry.inflight -= 1;
+                        if entry.inflight == 0 {
+                            entry.idle_since = Instant::now();
+                        }
+                    }
                     return;
                 }
             }
@@ -204,22 +326,31 @@ impl Pool {
         // The slot changes hands without ever being free. If the waiter gave up in the
         // meantime the slot comes back here, dropped outside the lock, and goes on to
         // the next waiter.
-        if let Err(slot) = waiter.tx.send(Slot::new(self.clone(), index)) {
-            drop(slot);
+        let slot = Slot {
+            pool: self.clone(),
+            index,
+            instance: instance.clone(),
+        };
+        if let Err(back) = waiter.tx.send(Ok(slot)) {
+            drop(back);
         }
     }
 
     /// Takes an instance out of rotation after it refused a connection. Returns true
     /// when this call changed its state.
-    pub fn mark_down(&self, index: usize) -> bool {
+    pub fn mark_down(&self, index: usize, instance: &Arc<Instance>) -> bool {
         let dropped_waiters = {
             let mut state = lock(&self.state);
-            if !state.up[index] {
+            let Some(entry) = state.entries.get_mut(index).and_then(Option::as_mut) else {
+                return false;
+            };
+            if !entry.up || !Arc::ptr_eq(&entry.instance, instance) {
                 return false;
             }
-            state.up[index] = false;
+            entry.up = false;
             state.up_count -= 1;
-            if state.up_count == 0 {
+            self.publish_instances(&state);
+            if state.up_count == 0 && self.launcher.is_none() {
                 self.metrics.queue_depth.set(0.0);
                 std::mem::take(&mut state.waiters)
             } else {
@@ -228,7 +359,7 @@ impl Pool {
         };
         tracing::warn!(
             function = %self.function,
-            instance = %self.instances[index].addr(),
+            instance = %instance.name(),
             "instance refused a connection; out of rotation until it answers again"
         );
         // Waiters learn there is nothing left when their sender drops (outside the lock).
@@ -237,74 +368,118 @@ impl Pool {
     }
 
     /// Puts an instance back into rotation and hands its free slots to waiters.
-    pub fn mark_up(self: &Arc<Self>, index: usize) {
+    pub fn mark_up(self: &Arc<Self>, index: usize, instance: &Arc<Instance>) {
         {
             let mut state = lock(&self.state);
-            if state.up[index] {
+            let Some(entry) = state.entries.get_mut(index).and_then(Option::as_mut) else {
+                return;
+            };
+            if entry.up || !Arc::ptr_eq(&entry.instance, instance) {
                 return;
             }
-            state.up[index] = true;
+            entry.up = true;
             state.up_count += 1;
+            self.publish_instances(&state);
         }
         tracing::info!(
             function = %self.function,
-            instance = %self.instances[index].addr(),
+            instance = %instance.name(),
             "instance answers again; back in rotation"
         );
+        self.hand_out(index);
+    }
+
+    /// Hands the free slots of one instance to waiters.
+    fn hand_out(self: &Arc<Self>, index: usize) {
         loop {
-            let waiter = {
+            let (waiter, slot) = {
                 let mut state = lock(&self.state);
-                if state.inflight[index] >= self.per_instance || !state.up[index] {
+                let free = match state.entries.get(index).and_then(Option::as_ref) {
+                    Some(e) => e.up && e.inflight < self.per_instance,
+                    None => false,
+                };
+                if !free || state.waiters.is_empty() {
                     return;
                 }
                 let Some(w) = state.waiters.pop_front() else {
                     return;
                 };
-                state.inflight[index] += 1;
+                let Some(slot) = self.take_slot(&mut state, index) else {
+                    state.waiters.push_front(w);
+                    return;
+                };
                 self.metrics.queue_depth.set(state.waiters.len() as f64);
-                w
+                (w, slot)
             };
-            if let Err(slot) = waiter.tx.send(Slot::new(self.clone(), index)) {
-                drop(slot);
+            if let Err(back) = waiter.tx.send(Ok(slot)) {
+                drop(back);
             }
         }
     }
 
-    pub fn is_up(&self, index: usize) -> bool {
-        lock(&self.state).up[index]
+    /// `Some(up)` while the instance is in the pool, `None` once it left.
+    fn instance_state(&self, index: usize, instance: &Arc<Instance>) -> Option<bool> {
+        match lock(&self.state)
+            .entries
+            .get(index)
+            .and_then(Option::as_ref)
+        {
+            Some(e) if Arc::ptr_eq(&e.instance, instance) => Some(e.up),
+            _ => None,
+        }
     }
 
     /// In-flight invocations per instance, for tests and the admin API.
     pub fn inflight(&self) -> Vec<u32> {
-        lock(&self.state).inflight.clone()
+        lock(&self.state)
+            .entries
+            .iter()
+            .flatten()
+            .map(|e| e.inflight)
+            .collect()
     }
 
-    fn slots(&self) -> u64 {
-        self.instances.len() as u64 * u64::from(self.per_instance)
+    /// Updates `scf_gateway_instances{state}` from the state (called under the lock,
+    /// only when instances change, never per invocation).
+    fn publish_instances(&self, state: &State) {
+        let ready = state.up_count;
+        let down = state.live - state.up_count;
+        self.metrics
+            .set_instances(state.launch.starting, ready, down);
+    }
+
+    /// Instances the function can have (launched: `max_instances`), from the live count
+    /// the caller read under the lock.
+    fn capacity(&self, live: usize) -> usize {
+        self.launcher
+            .as_ref()
+            .map_or(live, |l| l.policy().max_instances as usize)
     }
 
     fn retry_after_secs(&self) -> u64 {
         self.queue_timeout.as_secs_f64().ceil().max(1.0) as u64
     }
 
-    fn queue_full(&self) -> AdmitError {
+    fn queue_full(&self, live: usize) -> AdmitError {
+        let instances = self.capacity(live);
         AdmitError::QueueFull {
             function: self.function.clone(),
-            slots: self.slots(),
-            instances: self.instances.len(),
+            slots: instances as u64 * u64::from(self.per_instance),
+            instances,
             per_instance: self.per_instance,
             queue_depth: self.queue_depth,
             retry_after_secs: self.retry_after_secs(),
         }
     }
 
-    fn queue_expired(&self) -> AdmitError {
+    fn queue_expired(&self, waited: Duration) -> AdmitError {
+        let instances = self.capacity(lock(&self.state).live);
         AdmitError::QueueTimeout {
             function: self.function.clone(),
-            slots: self.slots(),
-            instances: self.instances.len(),
+            slots: instances as u64 * u64::from(self.per_instance),
+            instances,
             per_instance: self.per_instance,
-            waited_ms: self.queue_timeout.as_millis(),
+            waited_ms: waited.as_millis(),
             retry_after_secs: self.retry_after_secs(),
         }
     }
@@ -312,10 +487,7 @@ impl Pool {
     fn none_reachable(&self) -> AdmitError {
         AdmitError::NoInstance {
             function: self.function.clone(),
-            reason: format!(
-                "all {} instance(s) refused connections",
-                self.instances.len()
-            ),
+            reason: "every instance refused connections".to_owned(),
         }
     }
 }
@@ -325,33 +497,74 @@ impl State {
     /// keep the cost flat for large pools; a scan from a random start catches the case
     /// where both choices are full, and spreads ties.
     fn pick(&self, per_instance: u32) -> Option<usize> {
-        let n = self.inflight.len();
-        let free = |i: usize| self.up[i] && self.inflight[i] < per_instance;
+        let n = self.entries.len();
+        let load = |i: usize| match &self.entries[i] {
+            Some(e) if e.up && e.inflight < per_instance => Some(e.inflight),
+            _ => None,
+        };
         if n > 4 {
             let a = fastrand::usize(..n);
             let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-            match (free(a), free(b)) {
-                (true, true) => {
-                    return Some(if self.inflight[b] < self.inflight[a] {
-                        b
-                    } else {
-                        a
-                    })
-                }
-                (true, false) => return Some(a),
-                (false, true) => return Some(b),
-                (false, false) => {}
+            match (load(a), load(b)) {
+                (Some(la), Some(lb)) => return Some(if lb < la { b } else { a }),
+                (Some(_), None) => return Some(a),
+                (None, Some(_)) => return Some(b),
+                (None, None) => {}
             }
         }
         let start = if n > 1 { fastrand::usize(..n) } else { 0 };
-        let mut best: Option<usize> = None;
+        let mut best: Option<(usize, u32)> = None;
         for k in 0..n {
             let i = (start + k) % n;
-            if free(i) && best.is_none_or(|b| self.inflight[i] < self.inflight[b]) {
-                best = Some(i);
+            if let Some(l) = load(i) {
+                if best.is_none_or(|(_, b)| l < b) {
+                    best = Some((i, l));
+                }
             }
         }
-        best
+        best.map(|(i, _)| i)
+    }
+
+    /// Adds an instance at a free index.
+    fn insert(&mut self, instance: Arc<Instance>) -> usize {
+        let entry = Entry {
+            instance,
+            inflight: 0,
+            up: true,
+            idle_since: Instant::now(),
+        };
+        self.live += 1;
+        self.up_count += 1;
+        match self.entries.iter().position(Option::is_none) {
+            Some(i) => {
+                self.entries[i] = Some(entry);
+                i
+            }
+            None => {
+                self.entries.push(Some(entry));
+                self.entries.len() - 1
+            }
+        }
+    }
+
+    /// Takes an instance out of the pool for good (stopped, crashed, recycled).
+    fn remove(&mut self, instance: &Arc<Instance>) -> bool {
+        let found = self.entries.iter().position(|e| {
+            e.as_ref()
+                .is_some_and(|e| Arc::ptr_eq(&e.instance, instance))
+        });
+        match found {
+            Some(i) => {
+                if let Some(e) = self.entries[i].take() {
+                    self.live -= 1;
+                    if e.up {
+                        self.up_count -= 1;
+                    }
+                }
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -360,11 +573,11 @@ impl State {
 struct QueueWait<'a> {
     pool: &'a Arc<Pool>,
     id: u64,
-    rx: Option<oneshot::Receiver<Slot>>,
+    rx: Option<oneshot::Receiver<WaitResult>>,
 }
 
 impl QueueWait<'_> {
-    fn cancel(&mut self) -> Option<Slot> {
+    fn cancel(&mut self) -> Option<WaitResult> {
         let mut rx = self.rx.take()?;
         {
             let mut state = lock(&self.pool.state);
@@ -377,7 +590,7 @@ impl QueueWait<'_> {
                 return None;
             }
         }
-        // Not in the queue any more: a slot was sent (or the queue was dropped).
+        // Not in the queue any more: a slot (or an error) was sent, or the queue dropped.
         rx.close();
         rx.try_recv().ok()
     }
@@ -394,19 +607,16 @@ impl Drop for QueueWait<'_> {
 pub struct Slot {
     pool: Arc<Pool>,
     index: usize,
+    instance: Arc<Instance>,
 }
 
 impl Slot {
-    fn new(pool: Arc<Pool>, index: usize) -> Slot {
-        Slot { pool, index }
-    }
-
     pub fn index(&self) -> usize {
         self.index
     }
 
     pub fn instance(&self) -> &Arc<Instance> {
-        &self.pool.instances[self.index]
+        &self.instance
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
@@ -414,13 +624,13 @@ impl Slot {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.instance().addr()
+        self.instance.addr()
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.pool.release(self.index);
+        self.pool.release(self.index, &self.instance);
     }
 }
 

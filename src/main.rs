@@ -112,13 +112,20 @@ fn print_summary(config: &Config) {
                 instances.len(),
                 f.instance_concurrency
             ),
+            // Only the names of `env`: its values may be secrets and are never printed.
             InstanceSource::Launch(l) => format!(
-                "launched `{}`, {}..{} instance(s) x {} slot(s){}",
+                "launched `{}`, {}..{} instance(s) x {} slot(s){}{}",
                 l.command,
                 l.min_instances,
                 l.max_instances,
                 f.instance_concurrency,
-                l.port.map(|p| format!(", port {p}")).unwrap_or_default()
+                l.port.map(|p| format!(", port {p}")).unwrap_or_default(),
+                if l.env.is_empty() {
+                    String::new()
+                } else {
+                    let names: Vec<&str> = l.env.iter().map(|(name, _)| name.as_str()).collect();
+                    format!(", env {}", names.join(" "))
+                }
             ),
         };
         println!(

@@ -216,6 +216,93 @@ fn both_instances_and_launch() {
     assert!(lines.contains(&both.as_str()), "{}", run.stderr);
 }
 
+/// A launched function, lines 1 to 4; launch keys follow from line 5.
+const LAUNCHED: &str =
+    "[[functions]]\nname = \"thumb\"\n[functions.launch]\ncommand = \"python3\"\n";
+
+#[test]
+fn a_valid_launch_config_exits_0_without_printing_env_values() {
+    let text = format!(
+        "{LAUNCHED}args = [\"app.py\"]\nenv = {{ GREETING = \"hi-plain-value\", TOKEN = \"${{APP_TOKEN}}\" }}\n\
+         workdir = \".\"\nport = 9000\n\n\
+         [[functions]]\nname = \"scaled\"\nlaunch = {{ command = \"node\", min_instances = 1, max_instances = 3 }}\n"
+    );
+    let run = check_with_env(
+        "launch-valid",
+        &text,
+        &[("APP_TOKEN", "shhh-launch-secret")],
+    );
+    assert_eq!(run.status, Some(0), "stderr:\n{}", run.stderr);
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
+    assert!(run.stdout.contains("functions: 2"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("default/thumb (event, version $LATEST, 128 MB, timeout 3s, launched `python3`, 0..1 instance(s) x 1 slot(s), port 9000, env GREETING TOKEN)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("launched `node`, 1..3 instance(s)"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("shhh"), "{}", run.stdout);
+    assert!(!run.stdout.contains("hi-plain-value"), "{}", run.stdout);
+}
+
+#[test]
+fn launch_max_instances_zero() {
+    let run = check("launch-max-zero", &format!("{LAUNCHED}max_instances = 0\n"));
+    run.assert_one_error_at(
+        5,
+        17,
+        "functions[0].launch.max_instances: must be between 1 and 1000, found 0",
+    );
+}
+
+#[test]
+fn launch_unknown_key() {
+    let run = check("launch-unknown", &format!("{LAUNCHED}cmd_args = [\"x\"]\n"));
+    run.assert_one_error_at(5, 1, "unknown key \"cmd_args\" in [functions.launch]");
+}
+
+#[test]
+fn launch_problems_are_all_reported_without_secrets() {
+    let text = format!(
+        "{LAUNCHED}env = {{ TOKEN = \"${{APP_TOKEN}}-${{MISSING}}\" }}\nworkdir = \"nowhere\"\n\
+         port = 9000\nmax_instances = 2\n\
+         [[functions]]\nname = \"other\"\nlaunch = {{ command = \"x\", port = 9000 }}\n"
+    );
+    let run = check_with_env("launch-many", &text, &[("APP_TOKEN", "shhh-launch-secret")]);
+    let lines = run.error_lines();
+    let dir = std::path::Path::new(&run.file)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let expected = [
+        format!(
+            "error: {}:5:17: functions[0].launch.env.TOKEN: environment variable MISSING is not set",
+            run.file
+        ),
+        format!(
+            "error: {}:6:11: functions[0].launch.workdir: directory \"{}\" does not exist",
+            run.file,
+            dir.join("nowhere").display()
+        ),
+        format!(
+            "error: {}:8:17: functions[0].launch.max_instances: a pinned port allows one instance at most, found 2",
+            run.file
+        ),
+        format!(
+            "error: {}:11:34: functions[1].launch.port: port 9000 is already pinned by functions[0] \
+             (\"default/thumb\"); two functions cannot share a pinned port",
+            run.file
+        ),
+    ];
+    assert_eq!(lines, expected, "{}", run.stderr);
+    assert!(!run.stderr.contains("shhh"), "{}", run.stderr);
+}
+
 #[test]
 fn neither_instances_nor_launch() {
     let run = check(

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::{Range, RangeInclusive};
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
@@ -23,7 +23,7 @@ use toml::Spanned;
 
 use super::{
     Config, ConfigError, ConfigErrors, Credentials, FunctionConfig, FunctionKind, InstanceSource,
-    Location, PlatformConfig, RouteConfig, Secret, ServerConfig, StaticInstance,
+    LaunchConfig, Location, PlatformConfig, RouteConfig, Secret, ServerConfig, StaticInstance,
 };
 
 /// The environment lookup `parse` resolves `${VAR}` through.
@@ -62,7 +62,24 @@ const FUNCTION_KEYS: &[&str] = &[
     "launch",
     "timers",
 ];
+const LAUNCH_KEYS: &[&str] = &[
+    "command",
+    "args",
+    "env",
+    "workdir",
+    "port",
+    "min_instances",
+    "max_instances",
+    "ready_timeout",
+    "idle_timeout",
+];
 const ROUTE_KEYS: &[&str] = &["host", "path_prefix", "function", "strip_prefix"];
+
+/// Upper bound of `min_instances` and `max_instances`: processes per function.
+const MAX_INSTANCES: u32 = 1000;
+/// `max_instances` when the gateway picks the ports, and when a port is pinned.
+const DEFAULT_MAX_INSTANCES: u32 = 4;
+const PINNED_MAX_INSTANCES: u32 = 1;
 
 /// Lists of allowed keys longer than this are not spelled out in messages.
 const LIST_KEYS_UP_TO: usize = 8;
@@ -384,33 +401,38 @@ impl<'a> Ctx<'a> {
         range: RangeInclusive<u64>,
         default: u64,
     ) -> u64 {
-        let Some((_, value)) = section.get(key) else {
-            return default;
-        };
+        self.get_u64_opt(section, key, range).unwrap_or(default)
+    }
+
+    /// An integer within `range`; `None` if absent or unusable (reported).
+    fn get_u64_opt(
+        &mut self,
+        section: &Section<'_, '_>,
+        key: &str,
+        range: RangeInclusive<u64>,
+    ) -> Option<u64> {
+        let (_, value) = section.get(key)?;
         let path = section.key_path(key);
         let DeValue::Integer(int) = value.get_ref() else {
             self.type_error(&path, value, "an integer");
-            return default;
+            return None;
         };
         let parsed = i128::from_str_radix(int.as_str(), int.radix())
             .ok()
             .and_then(|n| u64::try_from(n).ok())
             .filter(|n| range.contains(n));
-        match parsed {
-            Some(n) => n,
-            None => {
-                let bounds = if *range.end() == u64::MAX {
-                    format!("at least {}", range.start())
-                } else {
-                    format!("between {} and {}", range.start(), range.end())
-                };
-                self.error(
-                    value.span(),
-                    format!("{path}: must be {bounds}, found {int}"),
-                );
-                default
-            }
+        if parsed.is_none() {
+            let bounds = if *range.end() == u64::MAX {
+                format!("at least {}", range.start())
+            } else {
+                format!("between {} and {}", range.start(), range.end())
+            };
+            self.error(
+                value.span(),
+                format!("{path}: must be {bounds}, found {int}"),
+            );
         }
+        parsed
     }
 
     fn get_u32(
@@ -420,9 +442,19 @@ impl<'a> Ctx<'a> {
         range: RangeInclusive<u32>,
         default: u32,
     ) -> u32 {
+        self.get_u32_opt(section, key, range).unwrap_or(default)
+    }
+
+    /// An integer within `range`; `None` if absent or unusable (reported).
+    fn get_u32_opt(
+        &mut self,
+        section: &Section<'_, '_>,
+        key: &str,
+        range: RangeInclusive<u32>,
+    ) -> Option<u32> {
         let wide = u64::from(*range.start())..=u64::from(*range.end());
-        let n = self.get_u64(section, key, wide, u64::from(default));
-        u32::try_from(n).unwrap_or(default)
+        let n = self.get_u64_opt(section, key, wide)?;
+        u32::try_from(n).ok()
     }
 
     /// A duration string; `positive` refuses zero.
@@ -518,17 +550,23 @@ fn read_config(ctx: &mut Ctx<'_>, root: &DeTable<'_>, path: &Path) -> Config {
     let credentials = ctx.table(&top, "credentials", "[credentials]");
     let credentials = read_credentials(ctx, &or_empty(credentials, &empty, "[credentials]"));
 
-    let mut functions = Vec::new();
+    let config_dir = config_dir(path);
+    let mut functions: Vec<FunctionConfig> = Vec::new();
     let mut idents: Vec<Ident> = Vec::new();
+    // Pinned launch ports so far, with the index of the function that pins each.
+    let mut pinned_ports: HashMap<u16, usize> = HashMap::new();
     for (index, section) in ctx
         .tables(&top, "functions", "[[functions]]")
         .iter()
         .enumerate()
     {
-        let (function, ident) = read_function(ctx, section, index);
+        let (function, ident, pinned) = read_function(ctx, section, index, &config_dir);
         if let Some(ident) = ident {
             check_duplicate_function(ctx, &idents, &ident);
             idents.push(ident);
+        }
+        if let Some(pinned) = pinned {
+            check_duplicate_port(ctx, &functions, &mut pinned_ports, pinned, index);
         }
         functions.push(function);
     }
@@ -625,12 +663,22 @@ struct Ident {
     index: usize,
 }
 
-/// Reads one `[[functions]]` entry; the [`Ident`] is `None` when its name is unusable.
+/// A `launch.port` as read, with where it is written (for the duplicate check).
+struct PinnedPort {
+    port: u16,
+    span: Range<usize>,
+    /// `functions[1].launch.port`.
+    path: String,
+}
+
+/// Reads one `[[functions]]` entry; the [`Ident`] is `None` when its name is unusable,
+/// the [`PinnedPort`] is `Some` for a launched function with a valid `port`.
 fn read_function(
     ctx: &mut Ctx<'_>,
     s: &Section<'_, '_>,
     index: usize,
-) -> (FunctionConfig, Option<Ident>) {
+    config_dir: &Path,
+) -> (FunctionConfig, Option<Ident>, Option<PinnedPort>) {
     ctx.check_keys(s, FUNCTION_KEYS);
 
     let name = match ctx.get_str(s, "name", "a string") {
@@ -649,7 +697,7 @@ fn read_function(
     };
     let version = ctx.get_token(s, "version", "$LATEST");
     let kind = read_kind(ctx, s);
-    let source = read_source(ctx, s);
+    let (source, pinned) = read_source(ctx, s, config_dir);
 
     let function = FunctionConfig {
         name: name.as_ref().map(|n| n.value.clone()).unwrap_or_default(),
@@ -673,7 +721,7 @@ fn read_function(
         }),
         _ => None,
     };
-    (function, ident)
+    (function, ident, pinned)
 }
 
 /// Checks a function or namespace name (it appears in URL paths and headers).
@@ -710,33 +758,46 @@ fn read_kind(ctx: &mut Ctx<'_>, s: &Section<'_, '_>) -> Option<FunctionKind> {
     }
 }
 
-/// `instances` (or the refused `launch`), plus the refused `timers`.
-fn read_source(ctx: &mut Ctx<'_>, s: &Section<'_, '_>) -> InstanceSource {
-    let launch = s.get("launch");
-    if let Some((key, _)) = launch {
-        ctx.error(
-            key.span(),
-            "launching instances is not supported yet; \
-             list running instances with `instances` instead",
-        );
-    }
+/// `instances` or `launch` (exactly one of them), plus the refused `timers`.
+fn read_source(
+    ctx: &mut Ctx<'_>,
+    s: &Section<'_, '_>,
+    config_dir: &Path,
+) -> (InstanceSource, Option<PinnedPort>) {
     if let Some((key, _)) = s.get("timers") {
         ctx.error(key.span(), "timer triggers are not supported yet");
     }
+    // Read even next to `instances`, so that its own problems are reported as well.
+    let launch = ctx
+        .table(s, "launch", "[functions.launch]")
+        .map(|l| read_launch(ctx, &l, config_dir));
     let Some((_, value)) = s.get("instances") else {
-        if launch.is_none() {
-            ctx.error_at_path(
-                s.path.clone(),
-                s.start,
-                "one of `instances` or `launch` is required",
-            );
-        }
-        return InstanceSource::Static(Vec::new());
+        return match launch {
+            Some((launch, pinned)) => (InstanceSource::Launch(launch), pinned),
+            None => {
+                if s.get("launch").is_none() {
+                    ctx.error_at_path(
+                        s.path.clone(),
+                        s.start,
+                        "one of `instances` or `launch` is required",
+                    );
+                }
+                (InstanceSource::Static(Vec::new()), None)
+            }
+        };
     };
-    if let Some((key, _)) = launch {
+    if let Some((key, _)) = s.get("launch") {
         ctx.error(key.span(), "set either `instances` or `launch`, not both");
     }
+    (read_instances(ctx, s, value), None)
+}
 
+/// `instances = ["host:port", ...]`.
+fn read_instances(
+    ctx: &mut Ctx<'_>,
+    s: &Section<'_, '_>,
+    value: &Spanned<DeValue<'_>>,
+) -> InstanceSource {
     let path = s.key_path("instances");
     let expected = "an array of \"host:port\" strings";
     let DeValue::Array(items) = value.get_ref() else {
@@ -762,6 +823,223 @@ fn read_source(ctx: &mut Ctx<'_>, s: &Section<'_, '_>) -> InstanceSource {
         }
     }
     InstanceSource::Static(instances)
+}
+
+/// `[functions.launch]` (or `launch = { ... }`).
+fn read_launch(
+    ctx: &mut Ctx<'_>,
+    l: &Section<'_, '_>,
+    config_dir: &Path,
+) -> (LaunchConfig, Option<PinnedPort>) {
+    ctx.check_keys(l, LAUNCH_KEYS);
+
+    let command = match ctx.get_str(l, "command", "a string") {
+        Some(c) if c.value.trim().is_empty() => {
+            let path = l.key_path("command");
+            ctx.error(c.span, format!("{path}: must not be empty"));
+            String::new()
+        }
+        Some(c) => no_nul(ctx, &l.key_path("command"), c).unwrap_or_default(),
+        None => {
+            if l.get("command").is_none() {
+                let path = l.key_path("command");
+                ctx.error_at_path(path, l.start, "missing required key `command`");
+            }
+            String::new()
+        }
+    };
+    let args = read_launch_args(ctx, l);
+    let env = read_launch_env(ctx, l);
+    let workdir = read_workdir(ctx, l, config_dir);
+
+    let port = ctx
+        .get_u32_opt(l, "port", 1..=u32::from(u16::MAX))
+        .and_then(|p| u16::try_from(p).ok());
+    let pinned = port.and_then(|port| {
+        let (_, value) = l.get("port")?;
+        Some(PinnedPort {
+            port,
+            span: value.span(),
+            path: l.key_path("port"),
+        })
+    });
+    let (min_instances, max_instances) = read_instance_counts(ctx, l, port.is_some());
+
+    let launch = LaunchConfig {
+        command,
+        args,
+        env,
+        workdir,
+        port,
+        min_instances,
+        max_instances,
+        ready_timeout: ctx.get_duration(l, "ready_timeout", Duration::from_secs(30), true),
+        idle_timeout: ctx.get_duration(l, "idle_timeout", Duration::from_secs(300), true),
+    };
+    (launch, pinned)
+}
+
+/// A launched program's string (command, argument): a NUL cannot be passed to `exec`.
+fn no_nul(ctx: &mut Ctx<'_>, path: &str, s: Str) -> Option<String> {
+    if s.value.contains('\0') {
+        ctx.error(s.span, format!("{path}: must not contain a NUL character"));
+        return None;
+    }
+    Some(s.value)
+}
+
+/// `args = ["...", ...]`, default none.
+fn read_launch_args(ctx: &mut Ctx<'_>, l: &Section<'_, '_>) -> Vec<String> {
+    let Some((_, value)) = l.get("args") else {
+        return Vec::new();
+    };
+    let path = l.key_path("args");
+    let DeValue::Array(items) = value.get_ref() else {
+        ctx.type_error(&path, value, "an array of strings");
+        return Vec::new();
+    };
+    let mut args = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item_path = format!("{path}[{i}]");
+        if let Some(arg) = ctx.string_value(&item_path, item, "a string") {
+            args.extend(no_nul(ctx, &item_path, arg));
+        }
+    }
+    args
+}
+
+/// `env = { NAME = "value" }`, default empty. The values may hold secrets: no message
+/// shows one.
+fn read_launch_env(ctx: &mut Ctx<'_>, l: &Section<'_, '_>) -> Vec<(String, Secret)> {
+    let Some(env) = ctx.table(l, "env", "[functions.launch.env]") else {
+        return Vec::new();
+    };
+    let mut vars = Vec::new();
+    for (key, value) in env.table.iter() {
+        let name: &str = key.get_ref();
+        let path = env.key_path(name);
+        if !is_env_name(name) {
+            let message = format!(
+                "{}: invalid environment variable name {name:?}: use letters, digits and `_`, \
+                 not starting with a digit",
+                env.path
+            );
+            ctx.error(key.span(), message);
+            continue;
+        }
+        let Some(s) = ctx.string_value(&path, value, "a string") else {
+            continue;
+        };
+        if s.value.contains('\0') {
+            let message =
+                format!("{path}: must not contain a NUL character (the value is not shown)");
+            ctx.error(s.span, message);
+            continue;
+        }
+        vars.push((name.to_string(), Secret::new(s.value)));
+    }
+    vars
+}
+
+/// `workdir`: absolute and lexically normalized; relative to the config file's
+/// directory, which is also the default. An explicit one must be an existing directory.
+fn read_workdir(ctx: &mut Ctx<'_>, l: &Section<'_, '_>, config_dir: &Path) -> PathBuf {
+    let path = l.key_path("workdir");
+    let base = match std::path::absolute(config_dir) {
+        Ok(base) => normalize_path(&base),
+        Err(e) => {
+            let message = format!(
+                "{path}: cannot resolve the config file's directory \"{}\": {e}",
+                config_dir.display()
+            );
+            ctx.error_at_path(path, l.start, message);
+            return config_dir.to_path_buf();
+        }
+    };
+    let Some(w) = ctx.get_str(l, "workdir", "a string") else {
+        return base;
+    };
+    if w.value.is_empty() {
+        ctx.error(w.span, format!("{path}: must not be empty"));
+        return base;
+    }
+    let workdir = normalize_path(&base.join(&w.value));
+    let problem = match std::fs::metadata(&workdir) {
+        Ok(meta) if meta.is_dir() => None,
+        Ok(_) => Some("is not a directory".to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("does not exist".to_string()),
+        Err(e) => Some(format!("cannot be used: {e}")),
+    };
+    if let Some(problem) = problem {
+        let message = format!("{path}: directory \"{}\" {problem}", workdir.display());
+        ctx.error(w.span, message);
+    }
+    workdir
+}
+
+/// `min_instances` and `max_instances`; a pinned port allows one instance at most.
+fn read_instance_counts(ctx: &mut Ctx<'_>, l: &Section<'_, '_>, pinned: bool) -> (u32, u32) {
+    let min = ctx.get_u32(l, "min_instances", 0..=MAX_INSTANCES, 0);
+    let default_max = if pinned {
+        PINNED_MAX_INSTANCES
+    } else {
+        DEFAULT_MAX_INSTANCES
+    };
+    let Some((_, max_value)) = l.get("max_instances") else {
+        if min > default_max {
+            if let Some((_, min_value)) = l.get("min_instances") {
+                let path = l.key_path("min_instances");
+                let why = if pinned {
+                    "a pinned port allows one instance at most".to_string()
+                } else {
+                    format!("max_instances defaults to {DEFAULT_MAX_INSTANCES}")
+                };
+                let message = format!("{path}: must not exceed max_instances ({why}), found {min}");
+                ctx.error(min_value.span(), message);
+            }
+        }
+        return (min.min(default_max), default_max);
+    };
+    let Some(max) = ctx.get_u32_opt(l, "max_instances", 1..=MAX_INSTANCES) else {
+        return (min.min(default_max), default_max);
+    };
+    let path = l.key_path("max_instances");
+    if pinned && max > PINNED_MAX_INSTANCES {
+        let message = format!("{path}: a pinned port allows one instance at most, found {max}");
+        ctx.error(max_value.span(), message);
+        return (min.min(PINNED_MAX_INSTANCES), PINNED_MAX_INSTANCES);
+    }
+    if max < min {
+        let message = format!("{path}: must be at least min_instances ({min}), found {max}");
+        ctx.error(max_value.span(), message);
+        return (max, max);
+    }
+    (min, max)
+}
+
+/// Reports a `launch.port` already pinned by an earlier function.
+fn check_duplicate_port(
+    ctx: &mut Ctx<'_>,
+    functions: &[FunctionConfig],
+    seen: &mut HashMap<u16, usize>,
+    pinned: PinnedPort,
+    index: usize,
+) {
+    let Some(&first) = seen.get(&pinned.port) else {
+        seen.insert(pinned.port, index);
+        return;
+    };
+    let name = functions
+        .get(first)
+        .filter(|f| !f.name.is_empty() && !f.namespace.is_empty())
+        .map(|f| format!(" (\"{}/{}\")", f.namespace, f.name))
+        .unwrap_or_default();
+    let message = format!(
+        "{}: port {} is already pinned by functions[{first}]{name}; \
+         two functions cannot share a pinned port",
+        pinned.path, pinned.port
+    );
+    ctx.error(pinned.span, message);
 }
 
 fn check_duplicate_function(ctx: &mut Ctx<'_>, earlier: &[Ident], ident: &Ident) {
@@ -914,10 +1192,7 @@ fn expand_env(raw: &str, env: Env<'_>) -> Result<String, Vec<String>> {
             break;
         };
         let name = &after[..close];
-        let valid_name = !name.is_empty()
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !name.starts_with(|c: char| c.is_ascii_digit());
-        if !valid_name {
+        if !is_env_name(name) {
             problems.push(
                 "invalid `${...}` reference: a variable name is letters, digits and `_`"
                     .to_string(),
@@ -971,6 +1246,43 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     let nanos = u64::try_from(nanos).map_err(|_| too_long())?;
     Ok(Duration::from_nanos(nanos))
+}
+
+/// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The directory relative paths of the file at `path` are relative to.
+fn config_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Removes `.` and resolves `..` without touching the file system (symbolic links are
+/// not followed). `..` at the root stays at the root.
+fn normalize_path(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Prefix(_) | Component::RootDir | Component::Normal(_) => out.push(component),
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::Prefix(_) | Component::RootDir) => {}
+                _ => out.push(component),
+            },
+        }
+    }
+    out
 }
 
 /// Function and namespace names: non-empty, `[A-Za-z0-9_-]` only.
@@ -1115,6 +1427,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::LaunchConfig;
 
     const FILE: &str = "gateway.toml";
 
@@ -1585,16 +1898,19 @@ functions = [{ name = "a", instances = ["127.0.0.1:9001"] }]
     #[test]
     fn instances_and_launch_together() {
         let text = format!("{FUNCTION}[functions.launch]\ncommand = \"python3\"\n");
-        let all = errors(&text);
-        let messages: Vec<&str> = all.iter().map(|e| e.message.as_str()).collect();
+        let e = one_error(&text);
+        assert_eq!(e.location, at(4, 12));
+        assert_eq!(e.message, "set either `instances` or `launch`, not both");
+        // The launch table's own problems are still reported.
+        let text = format!("{FUNCTION}launch = {{ command = \"\" }}\n");
+        let messages: Vec<String> = errors(&text).into_iter().map(|e| e.message).collect();
         assert_eq!(
             messages,
             [
-                "launching instances is not supported yet; list running instances with `instances` instead",
                 "set either `instances` or `launch`, not both",
+                "functions[0].launch.command: must not be empty",
             ]
         );
-        assert!(all.iter().all(|e| e.location == at(4, 12)));
     }
 
     #[test]
@@ -1602,16 +1918,6 @@ functions = [{ name = "a", instances = ["127.0.0.1:9001"] }]
         let e = one_error("[[functions]]\nname = \"a\"\n");
         assert_eq!(e.location, path("functions[0]"));
         assert_eq!(e.message, "one of `instances` or `launch` is required");
-    }
-
-    #[test]
-    fn launch_alone_is_refused_as_not_built_yet() {
-        let e = one_error("[[functions]]\nname = \"a\"\nlaunch = { command = \"x\" }\n");
-        assert_eq!(e.location, at(3, 1));
-        assert_eq!(
-            e.message,
-            "launching instances is not supported yet; list running instances with `instances` instead"
-        );
     }
 
     #[test]
@@ -1664,6 +1970,399 @@ functions = [{ name = "a", instances = ["127.0.0.1:9001"] }]
             "{}",
             e.message
         );
+    }
+
+    // ---- launched instances ----------------------------------------------------------------
+
+    /// A launched function, lines 1 to 4; launch keys follow from line 5.
+    const LAUNCH: &str = "[[functions]]\nname = \"a\"\n[functions.launch]\ncommand = \"python3\"\n";
+
+    fn launch_of(f: &FunctionConfig) -> &LaunchConfig {
+        match &f.source {
+            InstanceSource::Launch(launch) => launch,
+            InstanceSource::Static(_) => panic!("expected a launched function"),
+        }
+    }
+
+    /// A fresh directory, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(test: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("scf-gateway-parse-{test}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn parse_at(text: &str, file: &Path, vars: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse(text, file, &|name| vars.get(name).cloned())
+    }
+
+    fn cwd() -> PathBuf {
+        std::env::current_dir().unwrap()
+    }
+
+    #[test]
+    fn launch_defaults() {
+        let config = ok(LAUNCH);
+        let l = launch_of(&config.functions[0]);
+        assert_eq!(l.command, "python3");
+        assert!(l.args.is_empty());
+        assert!(l.env.is_empty());
+        // The config file's directory: here `gateway.toml` is relative to the process.
+        assert_eq!(l.workdir, cwd());
+        assert!(l.workdir.is_absolute());
+        assert_eq!(l.port, None);
+        assert_eq!(l.min_instances, 0);
+        assert_eq!(l.max_instances, 4);
+        assert_eq!(l.ready_timeout, Duration::from_secs(30));
+        assert_eq!(l.idle_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn every_launch_key_is_read() {
+        let dir = TempDir::new("every-key");
+        std::fs::create_dir_all(dir.0.join("functions/thumbnail")).unwrap();
+        let text = r#"
+[[functions]]
+name = "thumbnail"
+[functions.launch]
+command = "${PY}"
+args = ["app.py", "--port=${P}", "$LATEST"]
+env = { GREETING = "hi", _TOKEN2 = "${SECRET}", EMPTY = "" }
+workdir = "functions/./x/../thumbnail/"
+port = 9000
+min_instances = 1
+max_instances = 1
+ready_timeout = "1.5s"
+idle_timeout = "10m"
+"#;
+        let vars = [("PY", "python3"), ("P", "9000"), ("SECRET", "t0p-s3cret")];
+        let config = match parse_at(text, &dir.0.join("gateway.toml"), &vars) {
+            Ok(config) => config,
+            Err(errors) => panic!("{errors}"),
+        };
+        let l = launch_of(&config.functions[0]);
+        assert_eq!(l.command, "python3");
+        assert_eq!(l.args, ["app.py", "--port=9000", "$LATEST"]);
+        let env: Vec<(&str, &str)> = l
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose()))
+            .collect();
+        assert_eq!(env.len(), 3);
+        for var in [("GREETING", "hi"), ("_TOKEN2", "t0p-s3cret"), ("EMPTY", "")] {
+            assert!(env.contains(&var), "{env:?}");
+        }
+        assert_eq!(l.workdir, dir.0.join("functions/thumbnail"));
+        assert_eq!(l.port, Some(9000));
+        assert_eq!((l.min_instances, l.max_instances), (1, 1));
+        assert_eq!(l.ready_timeout, Duration::from_millis(1500));
+        assert_eq!(l.idle_timeout, Duration::from_secs(600));
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("t0p-s3cret"), "{debug}");
+    }
+
+    #[test]
+    fn launch_as_an_inline_table() {
+        let config = ok(
+            "[[functions]]\nname = \"a\"\n\
+             launch = { command = \"node\", args = [\"index.js\"], env = { A = \"1\" }, max_instances = 2 }\n",
+        );
+        let l = launch_of(&config.functions[0]);
+        assert_eq!(
+            (l.command.as_str(), l.args.as_slice()),
+            ("node", &["index.js".to_string()][..])
+        );
+        assert_eq!(l.env[0].0, "A");
+        assert_eq!(l.env[0].1.expose(), "1");
+        assert_eq!(l.max_instances, 2);
+
+        let config = ok("functions = [{ name = \"b\", launch = { command = \"x\" } }]\n");
+        assert_eq!(launch_of(&config.functions[0]).command, "x");
+
+        // `[functions.launch.env]` as its own table works as well.
+        let config = ok(&format!("{LAUNCH}[functions.launch.env]\nB = \"2\"\n"));
+        assert_eq!(launch_of(&config.functions[0]).env[0].0, "B");
+    }
+
+    #[test]
+    fn a_relative_workdir_is_relative_to_the_config_files_directory() {
+        // The file is `tests/gateway.toml` relative to the process: `../src` is `<cwd>/src`.
+        let text = format!("{LAUNCH}workdir = \"../src\"\n");
+        let config = match parse_at(&text, Path::new("tests/gateway.toml"), &[]) {
+            Ok(config) => config,
+            Err(errors) => panic!("{errors}"),
+        };
+        let l = launch_of(&config.functions[0]);
+        assert_eq!(l.workdir, cwd().join("src"));
+        // Without `workdir`, the file's own directory, made absolute.
+        let config = parse_at(LAUNCH, Path::new("./tests/gateway.toml"), &[]).unwrap();
+        assert_eq!(launch_of(&config.functions[0]).workdir, cwd().join("tests"));
+    }
+
+    #[test]
+    fn an_absolute_workdir_is_kept() {
+        let dir = TempDir::new("absolute");
+        let text = format!("{LAUNCH}workdir = \"{}/.\"\n", dir.0.display());
+        let config = ok(&text);
+        assert_eq!(launch_of(&config.functions[0]).workdir, dir.0);
+    }
+
+    #[test]
+    fn a_workdir_that_is_missing_or_not_a_directory() {
+        let all = errors(&format!("{LAUNCH}workdir = \"no-such-dir\"\n"));
+        let missing = cwd().join("no-such-dir");
+        assert_eq!(
+            all,
+            [ConfigError {
+                location: at(5, 11),
+                message: format!(
+                    "functions[0].launch.workdir: directory \"{}\" does not exist",
+                    missing.display()
+                ),
+            }]
+        );
+        let e = one_error(&format!("{LAUNCH}workdir = \"Cargo.toml\"\n"));
+        assert_eq!(e.location, at(5, 11));
+        assert_eq!(
+            e.message,
+            format!(
+                "functions[0].launch.workdir: directory \"{}\" is not a directory",
+                cwd().join("Cargo.toml").display()
+            )
+        );
+        let e = one_error(&format!("{LAUNCH}workdir = \"\"\n"));
+        assert_eq!(e.message, "functions[0].launch.workdir: must not be empty");
+    }
+
+    #[test]
+    fn launch_env_rules() {
+        let text = format!(
+            "{LAUNCH}env = {{ OK = \"${{SET}}\", TOKEN = \"${{SECRET_TOKEN}}\", 1X = \"a\", \"A-B\" = \"b\", N = 5 }}\n"
+        );
+        let all = errors_with(&text, &[("SET", "visible-only-in-env")]);
+        let found: Vec<(&Location, &str)> = all
+            .iter()
+            .map(|e| (&e.location, e.message.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    &at(5, 32),
+                    "functions[0].launch.env.TOKEN: environment variable SECRET_TOKEN is not set"
+                ),
+                (
+                    &at(5, 51),
+                    "functions[0].launch.env: invalid environment variable name \"1X\": \
+                     use letters, digits and `_`, not starting with a digit"
+                ),
+                (
+                    &at(5, 61),
+                    "functions[0].launch.env: invalid environment variable name \"A-B\": \
+                     use letters, digits and `_`, not starting with a digit"
+                ),
+                (
+                    &at(5, 78),
+                    "functions[0].launch.env.N: expected a string, found integer"
+                ),
+            ]
+        );
+        for e in &all {
+            assert!(!e.message.contains("visible-only-in-env"), "{}", e.message);
+        }
+        let e = one_error(&format!("{LAUNCH}env = [\"A=1\"]\n"));
+        assert_eq!(
+            e.message,
+            "functions[0].launch.env: expected a table, found array"
+        );
+        let e = errors_with(
+            &format!("{LAUNCH}env = {{ A = \"${{V}}\" }}\n"),
+            &[("V", "x\0y")],
+        );
+        assert_eq!(
+            e[0].message,
+            "functions[0].launch.env.A: must not contain a NUL character (the value is not shown)"
+        );
+    }
+
+    #[test]
+    fn command_and_args_rules() {
+        let e = one_error("[[functions]]\nname = \"a\"\n[functions.launch]\nargs = []\n");
+        assert_eq!(e.location, path("functions[0].launch.command"));
+        assert_eq!(e.message, "missing required key `command`");
+        let e = one_error("[[functions]]\nname = \"a\"\nlaunch = { command = \" \" }\n");
+        assert_eq!(e.location, at(3, 22));
+        assert_eq!(e.message, "functions[0].launch.command: must not be empty");
+        let all = errors(&format!("{LAUNCH}args = [\"a\", 1]\n"));
+        assert_eq!(all[0].location, at(5, 14));
+        assert_eq!(
+            all[0].message,
+            "functions[0].launch.args[1]: expected a string, found integer"
+        );
+        let e = one_error(&format!("{LAUNCH}args = \"app.py\"\n"));
+        assert_eq!(
+            e.message,
+            "functions[0].launch.args: expected an array of strings, found string"
+        );
+        let e = one_error("[[functions]]\nname = \"a\"\nlaunch = \"python3\"\n");
+        assert_eq!(e.location, at(3, 10));
+        assert_eq!(
+            e.message,
+            "functions[0].launch: expected a table, found string"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_in_launch() {
+        let e = one_error(&format!("{LAUNCH}comand = \"x\"\n"));
+        assert_eq!(e.location, at(5, 1));
+        assert_eq!(
+            e.message,
+            "unknown key \"comand\" in [functions.launch] (did you mean `command`?)"
+        );
+        let e =
+            one_error("[[functions]]\nname = \"a\"\nlaunch = { command = \"x\", replicas = 2 }\n");
+        assert_eq!(e.location, at(3, 27));
+        assert!(
+            e.message
+                .starts_with("unknown key \"replicas\" in [functions.launch]"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn a_pinned_port_allows_one_instance() {
+        let config = ok(&format!("{LAUNCH}port = 9000\n"));
+        let l = launch_of(&config.functions[0]);
+        assert_eq!(
+            (l.port, l.min_instances, l.max_instances),
+            (Some(9000), 0, 1)
+        );
+        let config = ok(&format!(
+            "{LAUNCH}port = 9000\nmin_instances = 1\nmax_instances = 1\n"
+        ));
+        let l = launch_of(&config.functions[0]);
+        assert_eq!((l.min_instances, l.max_instances), (1, 1));
+
+        let e = one_error(&format!("{LAUNCH}port = 9000\nmax_instances = 2\n"));
+        assert_eq!(e.location, at(6, 17));
+        assert_eq!(
+            e.message,
+            "functions[0].launch.max_instances: a pinned port allows one instance at most, found 2"
+        );
+        let e = one_error(&format!("{LAUNCH}port = 9000\nmin_instances = 2\n"));
+        assert_eq!(e.location, at(6, 17));
+        assert_eq!(
+            e.message,
+            "functions[0].launch.min_instances: must not exceed max_instances \
+             (a pinned port allows one instance at most), found 2"
+        );
+        let messages: Vec<String> = errors(&format!("{LAUNCH}port = 0\n[[functions]]\nname = \"b\"\nlaunch = {{ command = \"x\", port = 65536 }}\n"))
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                "functions[0].launch.port: must be between 1 and 65535, found 0",
+                "functions[1].launch.port: must be between 1 and 65535, found 65536",
+            ]
+        );
+    }
+
+    #[test]
+    fn two_functions_cannot_pin_the_same_port() {
+        let text = "[[functions]]\nname = \"a\"\nlaunch = { command = \"x\", port = 9000 }\n\
+                    [[functions]]\nname = \"b\"\nlaunch = { command = \"x\", port = 9001 }\n\
+                    [[functions]]\nname = \"c\"\nnamespace = \"n\"\nlaunch = { command = \"x\", port = 9000 }\n";
+        let e = one_error(text);
+        assert_eq!(e.location, at(10, 34));
+        assert_eq!(
+            e.message,
+            "functions[2].launch.port: port 9000 is already pinned by functions[0] \
+             (\"default/a\"); two functions cannot share a pinned port"
+        );
+    }
+
+    #[test]
+    fn instance_counts() {
+        let config = ok(&format!("{LAUNCH}min_instances = 2\nmax_instances = 2\n"));
+        let l = launch_of(&config.functions[0]);
+        assert_eq!((l.min_instances, l.max_instances), (2, 2));
+
+        let e = one_error(&format!("{LAUNCH}min_instances = 5\nmax_instances = 3\n"));
+        assert_eq!(e.location, at(6, 17));
+        assert_eq!(
+            e.message,
+            "functions[0].launch.max_instances: must be at least min_instances (5), found 3"
+        );
+        let e = one_error(&format!("{LAUNCH}min_instances = 5\n"));
+        assert_eq!(e.location, at(5, 17));
+        assert_eq!(
+            e.message,
+            "functions[0].launch.min_instances: must not exceed max_instances \
+             (max_instances defaults to 4), found 5"
+        );
+        let e = one_error(&format!("{LAUNCH}max_instances = 0\n"));
+        assert_eq!(e.location, at(5, 17));
+        assert_eq!(
+            e.message,
+            "functions[0].launch.max_instances: must be between 1 and 1000, found 0"
+        );
+        let e = one_error(&format!("{LAUNCH}min_instances = -1\n"));
+        assert_eq!(
+            e.message,
+            "functions[0].launch.min_instances: must be between 0 and 1000, found -1"
+        );
+    }
+
+    #[test]
+    fn launch_timeouts_must_be_positive() {
+        let messages: Vec<String> = errors(&format!(
+            "{LAUNCH}ready_timeout = \"0s\"\nidle_timeout = \"0ms\"\n"
+        ))
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+        assert_eq!(
+            messages,
+            [
+                "functions[0].launch.ready_timeout: must be greater than zero, found \"0s\"",
+                "functions[0].launch.idle_timeout: must be greater than zero, found \"0ms\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn lexical_normalization() {
+        assert_eq!(normalize_path(Path::new("/a/./b/../c/")), Path::new("/a/c"));
+        assert_eq!(normalize_path(Path::new("/../a")), Path::new("/a"));
+        assert_eq!(normalize_path(Path::new("a/../../b")), Path::new("../b"));
+        assert_eq!(config_dir(Path::new("gateway.toml")), Path::new("."));
+        assert_eq!(
+            config_dir(Path::new("/etc/gw/g.toml")),
+            Path::new("/etc/gw")
+        );
+        assert!(is_env_name("_A1"));
+        assert!(!is_env_name("1A"));
+        assert!(!is_env_name(""));
+        assert!(!is_env_name("A.B"));
     }
 
     // ---- routes ----------------------------------------------------------------------------

@@ -29,6 +29,9 @@
 //! | `x-test-echo-headers: 1` | body is a JSON object of all request headers, name -> value (repeated names joined with `", "`) |
 //! | `x-test-response-bytes: N` | body is N bytes of `x`, generated and streamed in 64 KiB chunks |
 //! | `x-test-chunked: 1` | send the body (whichever it is) with `transfer-encoding: chunked` instead of `content-length` |
+//! | `x-test-echo-env: 1` | body is a JSON object of the process's environment plus `"pid"` |
+//! | `x-test-alloc-mb: N` | allocate and touch N MiB (kept until the answer is sent) |
+//! | `x-test-print: TEXT` | print TEXT as one line to stdout (and `TEXT (stderr)` to stderr) |
 //!
 //! Precedence: `x-test-crash` > `x-test-echo-headers` > `x-test-response-bytes` > the plain
 //! answer; `x-test-sleep-ms` and `x-test-status` combine with any of them.
@@ -251,6 +254,9 @@ struct Switches {
     response_bytes: Option<u64>,
     chunked: bool,
     echo_headers: bool,
+    echo_env: bool,
+    alloc_mb: Option<usize>,
+    print: Option<String>,
     status: Option<StatusCode>,
 }
 
@@ -284,6 +290,9 @@ impl Switches {
                 "response-bytes" => s.response_bytes = value.parse().ok(),
                 "chunked" => s.chunked = value == "1",
                 "echo-headers" => s.echo_headers = value == "1",
+                "echo-env" => s.echo_env = value == "1",
+                "alloc-mb" => s.alloc_mb = value.parse().ok(),
+                "print" => s.print = Some(value.to_owned()),
                 "status" => {
                     s.status = value
                         .parse::<u16>()
@@ -322,9 +331,19 @@ async fn handle(req: Request<Incoming>) -> Result<Response<ResponseBody>, Infall
         eprintln!("function: crashing before headers, as asked");
         std::process::exit(1);
     }
+    if let Some(text) = &switches.print {
+        println!("{text}");
+        eprintln!("{text} (stderr)");
+    }
+    // Touch every page so the memory is really used (and counted by a cgroup).
+    let ballast: Vec<u8> = match switches.alloc_mb {
+        Some(mb) => vec![1u8; mb.saturating_mul(1024 * 1024)],
+        None => Vec::new(),
+    };
     if let Some(ms) = switches.sleep_ms {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    drop(std::hint::black_box(ballast));
 
     let mut status = switches.status.unwrap_or(StatusCode::OK);
     let bodyless = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
@@ -341,6 +360,8 @@ async fn handle(req: Request<Incoming>) -> Result<Response<ResponseBody>, Infall
     } else if bodyless {
         // 204 and 304 carry neither a body nor a content-length.
         return Ok(simple(status, body_bytes));
+    } else if switches.echo_env {
+        (Kind::Once(Some(echo_env())), Some(APPLICATION_JSON))
     } else if switches.echo_headers {
         let json = echo_headers(&parts.headers);
         (Kind::Once(Some(json)), Some(APPLICATION_JSON))
@@ -385,6 +406,23 @@ fn simple(status: StatusCode, body_bytes: u64) -> Response<ResponseBody> {
     resp.headers_mut()
         .insert(X_REQUEST_BODY_BYTES, count_header(body_bytes));
     resp
+}
+
+/// The process environment as a JSON object, plus `"pid"`.
+fn echo_env() -> Bytes {
+    let mut map: serde_json::Map<String, serde_json::Value> = std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                serde_json::Value::String(v.to_string_lossy().into_owned()),
+            )
+        })
+        .collect();
+    map.insert(
+        "pid".to_owned(),
+        serde_json::Value::from(std::process::id()),
+    );
+    Bytes::from(serde_json::Value::Object(map).to_string())
 }
 
 /// All request headers as a JSON object; repeated names are joined with `", "`.

@@ -562,7 +562,7 @@ fn end_logs(
     let Some(launched) = instance.process() else {
         return;
     };
-    let Some(log) = launched.log.clone() else {
+    let Some(log) = &launched.log else {
         return;
     };
     let report = Report {
@@ -570,13 +570,10 @@ fn end_logs(
         memory_mb: function.memory_mb,
         mem_usage_bytes: launched.process.cgroup().and_then(|c| c.peak_bytes()),
     };
-    let id = request_id.to_str().unwrap_or_default().to_owned();
-    tokio::spawn(async move {
-        let text = log.end(&id, report).await;
-        if let Some(tx) = tail {
-            let _ = tx.send(text);
-        }
-    });
+    let text = log.end(request_id.to_str().unwrap_or_default(), report);
+    if let Some(tx) = tail {
+        let _ = tx.send(text);
+    }
 }
 
 /// `X-Scf-Log-Type: Tail`: the response is held until the invocation's END line, so its

@@ -30,6 +30,9 @@ const DURATION_BUCKETS: [f64; 16] = [
 
 static METADATA: Metadata<'static> = Metadata::new("scf_gateway", Level::INFO, None);
 
+/// Per function: its billed micro-GB-seconds.
+type BillingCells = Vec<(String, Arc<AtomicU64>)>;
+
 /// How an invocation ended: the `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -81,7 +84,7 @@ pub struct Registry {
     handle: PrometheusHandle,
     /// `scf_gateway_billed_gb_seconds_total` per function: fractional, so kept as exact
     /// integer micro-units and rendered here rather than through integer counters.
-    billing: Arc<Mutex<Vec<(String, Arc<AtomicU64>)>>>,
+    billing: Arc<Mutex<BillingCells>>,
 }
 
 impl Registry {

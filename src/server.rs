@@ -52,6 +52,14 @@ impl RunningGateway {
         let listen_addr = listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
 
+        let launches = config
+            .functions
+            .iter()
+            .any(|f| matches!(f.source, crate::config::InstanceSource::Launch(_)));
+        if launches {
+            // Decide on memory cgroups now, so a warning that they are off comes at start.
+            let _ = crate::instance::cgroup::layout();
+        }
         let gateway = Arc::new(Gateway::new(config));
         for function in gateway.functions() {
             function.pool().start();

@@ -189,8 +189,9 @@ impl InstanceLog {
     /// The invocation's response has ended: reads what the instance wrote so far and
     /// emits it (still attributed), then `END RequestId: <id>` and the Report line, and
     /// returns the invocation's log tail (see the module docs). Never waits for the
-    /// instance or the emitter.
-    pub async fn end(&self, request_id: &str, report: Report) -> String {
+    /// instance or the emitter. Synchronous on purpose: END must be out before the
+    /// slot is freed and the next invocation's START can happen.
+    pub fn end(&self, request_id: &str, report: Report) -> String {
         self.lock().end(request_id.into(), &report)
     }
 
@@ -986,11 +987,11 @@ for l in sys.stdin:
         child
             .run(&["o:hello from req-1", "e:oops", "p:partial"])
             .await;
-        let tail = log.end("req-1", report()).await;
+        let tail = log.end("req-1", report());
         child.run(&["o:after"]).await;
         log.begin("req-2");
         child.run(&["o:second"]).await;
-        let tail2 = log.end("req-2", report()).await;
+        let tail2 = log.end("req-2", report());
 
         let recs = buf.wait_for("END RequestId: req-2").await;
         let hello = find(&recs, "hello from req-1");
@@ -1064,7 +1065,7 @@ for l in sys.stdin:
         let many: Vec<String> = (0..600).map(|i| format!("o:line €{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         child.run(&many).await;
-        let tail = log.end("r", report()).await;
+        let tail = log.end("r", report());
         assert!(tail.len() <= TAIL_BYTES, "{}", tail.len());
         assert!(tail.len() > TAIL_BYTES - 100);
         assert!(tail.contains("line €599\nEND RequestId: r\nReport RequestId: r "));
@@ -1081,9 +1082,9 @@ for l in sys.stdin:
         child.run(&["o:only a"]).await;
         log.begin("b");
         child.run(&["o:both", "p:half-"]).await;
-        let tail_a = log.end("a", report()).await;
+        let tail_a = log.end("a", report());
         child.run(&["o:line"]).await;
-        let tail_b = log.end("b", report()).await;
+        let tail_b = log.end("b", report());
 
         let recs = buf.wait_for("END RequestId: b").await;
         assert_eq!(find(&recs, "only a")["request_id"], "a");
@@ -1109,7 +1110,7 @@ for l in sys.stdin:
         log.begin("r");
         // 100 KiB of ASCII, then 102,402 bytes of a 3-byte character.
         child.run(&["big:102400:x", "big:34134:€", "o:short"]).await;
-        log.end("r", report()).await;
+        log.end("r", report());
         let recs = buf.wait_for("END RequestId: r").await;
         let lines: Vec<&str> = recs
             .iter()
@@ -1159,12 +1160,12 @@ for l in sys.stdin:
             .await
             .unwrap()
             .unwrap();
-        let tail = log.end("r", report()).await;
+        let tail = log.end("r", report());
         assert!(
             tail.contains("got it\n") && tail.contains("no newline\n"),
             "{tail}"
         );
-        let tail = log.end("late", report()).await;
+        let tail = log.end("late", report());
         assert!(tail.starts_with("END RequestId: late\n"));
         let recs = buf.wait_for("END RequestId: late").await;
         assert_eq!(find(&recs, "no newline")["stream"], "stderr");
@@ -1240,7 +1241,7 @@ for l in sys.stdin:
         while !waiter.is_finished() {
             tokio::time::sleep(Duration::from_millis(20)).await;
             let t = Instant::now();
-            let tail = log.end(&format!("mid-{k}"), report()).await;
+            let tail = log.end(&format!("mid-{k}"), report());
             k += 1;
             log.begin(&format!("mid-{k}"));
             slowest = slowest.max(t.elapsed());
@@ -1251,9 +1252,9 @@ for l in sys.stdin:
         assert!(status.success());
         // Emitting 500,000 records at >= 100 us each would take >= 50 s.
         assert!(took < Duration::from_secs(10), "child took {took:?}");
-        log.end(&format!("mid-{k}"), report()).await;
+        log.end(&format!("mid-{k}"), report());
         log.begin("flood");
-        let tail = log.end("flood", report()).await;
+        let tail = log.end("flood", report());
         assert!(tail.starts_with("START RequestId: flood\nEND RequestId: flood\n"));
         // ~1 ms in release builds; unoptimised line splitting is far slower.
         let limit = Duration::from_millis(if cfg!(debug_assertions) { 1000 } else { 50 });

@@ -475,6 +475,8 @@ pub struct GatewayProcess {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub dir: std::path::PathBuf,
+    /// Every line the gateway wrote to stdout (JSON log records).
+    pub logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl GatewayProcess {
@@ -500,28 +502,51 @@ impl GatewayProcess {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
+        let logs = Arc::new(Mutex::new(Vec::new()));
         let ready = loop {
             let line = lines
                 .next()
                 .expect("gateway exited before it was ready")
                 .unwrap();
+            logs.lock().unwrap().push(line.clone());
             if line.contains("scf-gateway ready") {
                 break serde_json::from_str::<serde_json::Value>(&line).unwrap();
             }
         };
         // Keep draining stdout so the gateway never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
         let addr = |k: &str| ready[k].as_str().unwrap().parse().unwrap();
         GatewayProcess {
             listen: addr("listen_addr"),
             admin: addr("admin_addr"),
             child,
             dir,
+            logs,
         }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The log records so far, parsed.
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        String::from_utf8_lossy(&admin_get(self.admin, "/metrics").await.body).into_owned()
     }
 
     /// A field of /proc/<pid>/status in kB (`VmRSS`, `VmHWM`).
@@ -560,4 +585,50 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The Rust example function (`examples/function.rs`), built by `cargo test` beside
+/// the test binaries.
+pub fn example_function() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let path = dir.join("examples").join("function");
+    assert!(
+        path.exists(),
+        "build the example first: cargo build --example function"
+    );
+    path
+}
+
+/// PIDs of processes whose command line contains `marker`.
+#[allow(dead_code)]
+pub fn processes_with(marker: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // Zombies count: they mean nobody reaped the process.
+        if String::from_utf8_lossy(&cmdline).contains(marker)
+            || (stat.contains(marker) && stat.contains(") Z "))
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Whether this process runs as root (cgroups are usable).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }

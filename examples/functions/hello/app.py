@@ -223,8 +223,11 @@ class Handler(BaseHTTPRequestHandler):
                 }
             answer["message"] = f"Hello, {'world' if name in (None, '') else name}!"
 
-            sent = self._send_json(200, answer)
-            self._log_line(200, request_id, len(body), sent, started)
+            # Printed while handling, before the answer, as function code does: the
+            # gateway attributes lines written during an invocation to its request id.
+            payload_size = len(json.dumps(answer, ensure_ascii=False).encode("utf-8"))
+            self._log_line(200, request_id, len(body), payload_size, started)
+            self._send_json(200, answer)
 
     def _log_line(
         self, status: int, request_id: str, bytes_in: int, bytes_out: int, started: float

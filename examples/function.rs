@@ -32,6 +32,7 @@
 //! | `x-test-echo-env: 1` | body is a JSON object of the process's environment plus `"pid"` |
 //! | `x-test-alloc-mb: N` | allocate and touch N MiB (kept until the answer is sent) |
 //! | `x-test-print: TEXT` | print TEXT as one line to stdout (and `TEXT (stderr)` to stderr) |
+//! | `x-test-since-listen: 1` | answer header `x-since-listen-us`: microseconds from `listen` to this request's arrival (the cold-start benchmark) |
 //!
 //! Precedence: `x-test-crash` > `x-test-echo-headers` > `x-test-response-bytes` > the plain
 //! answer; `x-test-sleep-ms` and `x-test-status` combine with any of them.
@@ -177,6 +178,7 @@ async fn run(args: Args) -> std::io::Result<()> {
     }
     let addr = SocketAddr::from(([0, 0, 0, 0], args.port));
     let listener = TcpListener::bind(addr).await?;
+    let _ = LISTENING_SINCE.set(std::time::Instant::now());
     let runtime = match args.threads {
         None => "current_thread".to_owned(),
         Some(n) => format!("multi_thread x{n}"),
@@ -257,8 +259,12 @@ struct Switches {
     echo_env: bool,
     alloc_mb: Option<usize>,
     print: Option<String>,
+    since_listen: bool,
     status: Option<StatusCode>,
 }
+
+/// When the listening socket was bound.
+static LISTENING_SINCE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 #[derive(Clone, Copy)]
 enum Crash {
@@ -293,6 +299,7 @@ impl Switches {
                 "echo-env" => s.echo_env = value == "1",
                 "alloc-mb" => s.alloc_mb = value.parse().ok(),
                 "print" => s.print = Some(value.to_owned()),
+                "since-listen" => s.since_listen = value == "1",
                 "status" => {
                     s.status = value
                         .parse::<u16>()
@@ -308,6 +315,7 @@ impl Switches {
 }
 
 async fn handle(req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+    let arrived = std::time::Instant::now();
     let (parts, mut body) = req.into_parts();
     let switches = Switches::from_headers(&parts.headers);
 
@@ -389,6 +397,12 @@ async fn handle(req: Request<Incoming>) -> Result<Response<ResponseBody>, Infall
         headers.insert(CONTENT_LENGTH, count_header(len));
     }
     headers.insert(X_REQUEST_BODY_BYTES, count_header(body_bytes));
+    if switches.since_listen {
+        if let Some(since) = LISTENING_SINCE.get() {
+            let us = arrived.saturating_duration_since(*since).as_micros() as u64;
+            headers.insert("x-since-listen-us", HeaderValue::from(us));
+        }
+    }
     Ok(resp)
 }
 

@@ -493,3 +493,36 @@ fn decode_base64(text: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invocation_queued_behind_a_recycled_instance_gets_a_fresh_one() {
+    let m = marker("requeue");
+    let gw = GatewayProcess::start(
+        "requeue",
+        "",
+        &rust_function(
+            "one",
+            &m,
+            "timeout = \"300ms\"\nqueue_timeout = \"5s\"",
+            "max_instances = 1",
+        ),
+    );
+    assert_eq!(
+        invoke(gw.listen, "one", &[], "{}").await.status,
+        StatusCode::OK
+    );
+    let listen = gw.listen;
+    let hung =
+        tokio::spawn(
+            async move { invoke(listen, "one", &[("x-test-sleep-ms", "3000")], "{}").await },
+        );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let queued = invoke(gw.listen, "one", &[], "{}").await;
+    assert_eq!(queued.status, StatusCode::OK, "{:?}", queued.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "served by a replacement, not after the queue timeout"
+    );
+    assert_eq!(hung.await.unwrap().error_code(), 433);
+}

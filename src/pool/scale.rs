@@ -167,6 +167,7 @@ async fn watch_exit(pool: Arc<Pool>, instance: Arc<Instance>) {
     let removed = {
         let mut state = lock(&pool.state);
         let removed = state.remove(&instance);
+        replace_for_waiters(&pool, &mut state);
         pool.publish_instances(&state);
         removed
     };
@@ -179,6 +180,22 @@ async fn watch_exit(pool: Arc<Pool>, instance: Arc<Instance>) {
     }
     instance.clear_idle();
     instance.stop(Duration::ZERO).await;
+}
+
+/// After an instance left, invocations still waiting would otherwise wait for a slot
+/// that no longer exists: start a replacement for them (within `max_instances`).
+fn replace_for_waiters(pool: &Arc<Pool>, state: &mut State) {
+    let Some(launcher) = &pool.launcher else {
+        return;
+    };
+    let per_instance = pool.per_instance as usize;
+    let covered = state.launch.starting * per_instance;
+    if state.waiters.len() > covered
+        && !state.launch.in_backoff(Instant::now())
+        && state.live + state.launch.starting < launcher.policy().max_instances as usize
+    {
+        begin_start(pool, state);
+    }
 }
 
 /// Keeps `min_instances` running and stops instances idle past `idle_timeout`.
@@ -232,13 +249,14 @@ pub(super) async fn supervise(pool: Arc<Pool>) {
 impl Pool {
     /// A launched instance whose invocation timed out is still busy in user code: take
     /// it out and kill it, so nothing queues behind a hung handler.
-    pub fn recycle(&self, instance: &Arc<Instance>) {
+    pub fn recycle(self: &Arc<Self>, instance: &Arc<Instance>) {
         if !instance.is_launched() {
             return;
         }
         let removed = {
             let mut state = lock(&self.state);
             let removed = state.remove(instance);
+            replace_for_waiters(self, &mut state);
             self.publish_instances(&state);
             removed
         };

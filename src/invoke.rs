@@ -429,6 +429,7 @@ fn refused(instance: &Instance) -> GatewayError {
 
 /// A warm connection from the pool, or a new one; `None` if the instance refuses.
 async fn connection(instance: &Instance, pool: &Pool) -> Option<PooledConn> {
+    instance.touch();
     match instance.checkout(pool.idle_timeout()) {
         Some(conn) => {
             pool.metrics().connection(true);

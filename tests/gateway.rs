@@ -589,3 +589,47 @@ async fn health_readiness_and_metrics_are_served_on_the_admin_listener() {
     );
     gw.shutdown().await;
 }
+
+/// A quiet instance lets its warm connections go and is not reconnected over and over:
+/// warmth follows demand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_instances_are_not_kept_connected() {
+    let instance = FakeInstance::start().await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         upstream_idle_timeout = \"100ms\"\n{}",
+        event_function("hello", &[instance.addr], "instance_concurrency = 4")
+    );
+    let gw = scf_gateway::RunningGateway::start(&config(&text))
+        .await
+        .unwrap();
+    assert_eq!(
+        invoke(gw.listen_addr(), "hello", &[], "{}").await.status,
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let settled = instance
+        .record
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let later = instance
+        .record
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(settled, later, "no reconnect storm while idle");
+    let instances = gw.gateway().functions()[0].pool().instances();
+    assert_eq!(
+        instances[0].live_connections(),
+        0,
+        "idle connections were closed"
+    );
+    // The next invocation still works, and the pool warms up again.
+    assert_eq!(
+        invoke(gw.listen_addr(), "hello", &[], "{}").await.status,
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(instances[0].live_connections() >= 1);
+    gw.shutdown().await;
+}

@@ -6,10 +6,15 @@
 //! for `upstream_idle_timeout` is never handed out and is closed by the keeper, so the
 //! gateway, not the instance's keep-alive timer, decides when an idle connection ends:
 //! a request never races the instance closing it.
+//!
+//! Warmth follows demand: an instance with no invocation for `upstream_idle_timeout`
+//! lets its connections go and its keeper sleeps until the next invocation wakes it.
+//! Keeping every configured slot connected forever would cost a reconnect per slot per
+//! idle period, which for thousands of quiet instances is a storm of connects.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,8 +51,14 @@ pub struct Instance {
     idle: Mutex<Vec<PooledConn>>,
     /// Open connections, idle or busy.
     live: Arc<AtomicUsize>,
-    /// Wakes the keeper when a connection closes.
+    /// Wakes the keeper when a connection closes, or when a parked keeper's instance
+    /// is used again.
     closed: Arc<Notify>,
+    /// Milliseconds from `created` to the last hand-over, plus one (0: never used).
+    last_used_ms: AtomicU64,
+    created: Instant,
+    /// The keeper sleeps until the instance is used again.
+    parked: AtomicBool,
 }
 
 /// A keep-alive connection. Dropping it closes the connection; returning it with
@@ -78,6 +89,9 @@ impl Instance {
             idle: Mutex::new(Vec::new()),
             live: Arc::new(AtomicUsize::new(0)),
             closed: Arc::new(Notify::new()),
+            last_used_ms: AtomicU64::new(0),
+            created: Instant::now(),
+            parked: AtomicBool::new(false),
         }
     }
 
@@ -128,6 +142,24 @@ impl Instance {
 
     pub fn host(&self) -> &HeaderValue {
         &self.host
+    }
+
+    /// Records a hand-over; wakes the keeper if it was parked for lack of demand.
+    pub fn touch(&self) {
+        let ms = self.created.elapsed().as_millis() as u64 + 1;
+        self.last_used_ms.store(ms, Ordering::Relaxed);
+        if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
+            self.closed.notify_one();
+        }
+    }
+
+    /// Used (or created) within the last `window`.
+    fn recently_used(&self, window: Duration) -> bool {
+        let last = match self.last_used_ms.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            ms => Duration::from_millis(ms - 1),
+        };
+        self.created.elapsed().saturating_sub(last) < window
     }
 
     /// Open connections, idle or busy.
@@ -227,7 +259,8 @@ pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>)
             Some(true) => {
                 backoff = PROBE_BACKOFF_MIN;
                 instance.evict_idle(idle_timeout);
-                while instance.live_connections() < pool.warm_target {
+                let active = instance.recently_used(idle_timeout);
+                while active && instance.live_connections() < pool.warm_target {
                     match instance.connect(&metrics).await {
                         Ok(conn) => instance.checkin(conn),
                         Err(_) => {
@@ -235,6 +268,15 @@ pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>)
                             break;
                         }
                     }
+                }
+                if !active && instance.live_connections() == 0 {
+                    // Nothing to keep warm: sleep until an invocation touches it.
+                    instance.parked.store(true, Ordering::Release);
+                    if !instance.recently_used(idle_timeout) {
+                        instance.closed.notified().await;
+                    }
+                    instance.parked.store(false, Ordering::Release);
+                    continue;
                 }
                 tokio::select! {
                     _ = instance.closed.notified() => {}

@@ -170,7 +170,7 @@ pub struct Gateway {
     router: Router,
     functions: Box<[Arc<Function>]>,
     /// Requests that matched no function.
-    unmatched: FunctionMetrics,
+    unmatched: metrics::Counter,
     max_body_bytes: u64,
     access_log: bool,
     registry: Registry,
@@ -188,7 +188,7 @@ impl Gateway {
         Gateway {
             router: Router::new(config),
             functions,
-            unmatched: registry.function("-", "-"),
+            unmatched: registry.unmatched(),
             max_body_bytes: config.server.max_body_bytes,
             access_log: config.server.access_log,
             registry,
@@ -224,7 +224,7 @@ impl Gateway {
         let target = match routed {
             Ok(target) => target,
             Err(e) => {
-                self.unmatched.record(Outcome::NotFound, Duration::ZERO);
+                self.unmatched.increment(1);
                 return GatewayError::from(e).into_response(&request_id);
             }
         };
@@ -269,15 +269,17 @@ impl Gateway {
             handed_over: exchange.handed_over,
             tail: tail_tx,
         };
-        let limit = if wants_tail {
+        // A held (Tail) response is buffered: at most 6 MB, as the contract says.
+        let limit = if tail_rx.is_some() {
             function.response_limit.min(EVENT_RESPONSE_LIMIT)
         } else {
             function.response_limit
         };
+        let held = tail_rx.map(|rx| (rx, lease.slot.instance().name().to_owned()));
         let body = InvocationBody::new(incoming, exchange.deadline, limit, lease);
-        match tail_rx {
+        match held {
             None => Response::from_parts(parts, GatewayBody::Invocation(body)),
-            Some(rx) => with_log_tail(parts, body, rx, &request_id).await,
+            Some((rx, instance)) => with_log_tail(parts, body, rx, &request_id, instance).await,
         }
     }
 
@@ -584,6 +586,7 @@ async fn with_log_tail(
     body: InvocationBody,
     tail: oneshot::Receiver<String>,
     request_id: &HeaderValue,
+    instance: String,
 ) -> Response<GatewayBody> {
     use http_body_util::BodyExt;
     let collected = match body.collect().await {
@@ -592,7 +595,7 @@ async fn with_log_tail(
             let error = match e.downcast::<ForwardError>() {
                 Ok(e) => GatewayError::from(*e),
                 Err(e) => GatewayError::from(ForwardError::InstanceFailed {
-                    instance: "instance".to_owned(),
+                    instance,
                     what: format!("failed while sending the response: {e}"),
                 }),
             };

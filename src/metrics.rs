@@ -153,8 +153,19 @@ impl Registry {
             .register_histogram(&Key::from_parts(name, labels), &METADATA)
     }
 
-    /// Handles for one function (or, with `function = "-"`, for requests that matched
-    /// none).
+    /// The counter of requests that matched no function (`function="-"`).
+    pub fn unmatched(&self) -> Counter {
+        self.counter(
+            INVOCATIONS,
+            vec![
+                Label::new("function", "-"),
+                Label::new("namespace", "-"),
+                Label::new("outcome", Outcome::NotFound.as_str()),
+            ],
+        )
+    }
+
+    /// Handles for one function.
     pub fn function(&self, function: &str, namespace: &str) -> FunctionMetrics {
         let f = || Label::new("function", function.to_owned());
         let invocations = Outcome::ALL.map(|o| {

@@ -389,3 +389,20 @@ fn an_unreadable_file_is_a_config_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_bundled_config_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scf-gateway"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("default/hello"), "{summary}");
+}

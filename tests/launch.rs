@@ -80,6 +80,10 @@ async fn instances_get_the_scf_environment_and_their_own_ports() {
         assert_eq!(env["TENCENTCLOUD_APPID"], "1250000000");
         assert_eq!(env["TENCENTCLOUD_UIN"], "100000000001");
         assert_eq!(env["GREETING"], "hi");
+        assert!(
+            env.get("SCF_TEST_GATEWAY_ONLY").is_none(),
+            "the gateway's environment leaked"
+        );
         let root = std::path::PathBuf::from(env["USER_CODE_ROOT"].as_str().unwrap());
         assert_eq!(root.canonicalize().unwrap(), workdir);
         let tmp = env["TMPDIR"].as_str().unwrap();
@@ -525,4 +529,18 @@ async fn an_invocation_queued_behind_a_recycled_instance_gets_a_fresh_one() {
         "served by a replacement, not after the queue timeout"
     );
     assert_eq!(hung.await.unwrap().error_code(), 433);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_without_a_queue_still_scales_from_zero() {
+    let m = marker("noqueue");
+    let gw = GatewayProcess::start(
+        "noqueue",
+        "",
+        &rust_function("nq", &m, "queue_depth = 0", ""),
+    );
+    assert_eq!(
+        invoke(gw.listen, "nq", &[], "{}").await.status,
+        StatusCode::OK
+    );
 }

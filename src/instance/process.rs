@@ -177,6 +177,10 @@ impl From<io::Error> for StartError {
 /// A free TCP port on 127.0.0.1, chosen by binding port 0 and releasing it. The last
 /// 256 ports handed out are not handed out again (a starting instance may not have
 /// bound its port yet), so two instances started one after the other never share one.
+/// What an instance inherits from the gateway's environment: enough to find programs
+/// and keep the locale, nothing else.
+const INHERITED_ENV: [&str; 5] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ"];
+
 pub fn free_port() -> io::Result<u16> {
     static RECENT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let mut recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
@@ -274,7 +278,15 @@ impl Process {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0);
+            .process_group(0)
+            // An instance sees the platform's environment, not the gateway's: variables
+            // set for `${VAR}` references (credentials) must not leak into user code.
+            .env_clear();
+        for key in INHERITED_ENV {
+            if let Some(value) = std::env::var_os(key) {
+                command.env(key, value);
+            }
+        }
         for (key, value) in spec.env(port, &tmpdir) {
             command.env(key, value);
         }

@@ -33,6 +33,8 @@ pub use connection::{Instance, PooledConn, UpstreamSender};
 
 /// Warm connections opened per instance ahead of demand: one per slot, up to this.
 const WARM_CAP: usize = 16;
+/// Extra time a wait on a starting instance gets beyond `ready_timeout`.
+const START_MARGIN: Duration = Duration::from_secs(2);
 
 /// One function's pool.
 pub struct Pool {
@@ -231,31 +233,35 @@ impl Pool {
                     return Ok(slot);
                 }
             }
-            let mut limit = self.queue_timeout;
+            // A wait for a busy instance is bounded by the queue; a wait for an instance
+            // being started for this invocation by the start itself (`ready_timeout`).
+            let mut for_start = None;
             match &self.launcher {
                 None if state.up_count == 0 => return Err(self.none_reachable()),
                 None => {}
-                Some(launcher) => {
-                    if state.waiters.len() >= self.queue_depth {
-                        return Err(self.queue_full(state.live));
-                    }
-                    match scale::on_demand(self, &mut state, launcher) {
-                        scale::Demand::Wait => {}
-                        scale::Demand::Starting => limit += launcher.policy().ready_timeout,
-                        scale::Demand::FailFast(e) => return Err(e),
-                    }
-                }
+                Some(launcher) => match scale::on_demand(self, &mut state, launcher) {
+                    scale::Demand::Wait => {}
+                    scale::Demand::Starting => for_start = Some(launcher.policy().ready_timeout),
+                    scale::Demand::FailFast(e) => return Err(e),
+                },
             }
-            if state.waiters.len() >= self.queue_depth {
+            if for_start.is_none() && state.waiters.len() >= self.queue_depth {
                 return Err(self.queue_full(state.live));
             }
+            // The start reports its own failure at `ready_timeout`; the margin lets that
+            // answer arrive first.
+            let limit = match for_start {
+                Some(ready) => ready + self.queue_timeout + START_MARGIN,
+                None => self.queue_timeout,
+            };
             let (tx, rx) = oneshot::channel();
             let id = state.next_waiter;
             state.next_waiter += 1;
             state.waiters.push_back(Waiter { id, tx });
             self.metrics.queue_depth.set(state.waiters.len() as f64);
-            (id, rx, limit)
+            (id, rx, (limit, for_start))
         };
+        let (limit, for_start) = limit;
         let mut wait = QueueWait {
             pool: self,
             id,
@@ -279,7 +285,20 @@ impl Pool {
                 // A slot arrived just as the wait ran out: use it.
                 Some(Ok(slot)) => Ok(slot),
                 Some(Err(e)) => Err(e),
-                None => Err(self.queue_expired(limit)),
+                // Never 432 for a wait on a start: it is the start that did not deliver.
+                None => Err(match for_start {
+                    Some(ready) => AdmitError::StartFailed {
+                        function: self.function.clone(),
+                        message: format!(
+                            "No instance of function [{}] became available within {}ms of \
+                             being started for this invocation",
+                            self.function,
+                            ready.as_millis()
+                        ),
+                        never_listened: true,
+                    },
+                    None => self.queue_expired(limit),
+                }),
             },
         }
     }

@@ -496,6 +496,8 @@ impl GatewayProcess {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_scf-gateway"))
             .args(["run", "--config"])
             .arg(&path)
+            // Set only in the gateway's environment: instances must not inherit it.
+            .env("SCF_TEST_GATEWAY_ONLY", "must-not-leak")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()

@@ -23,6 +23,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::error::{BodyTooLarge, ForwardError};
+use crate::instance::cgroup::MemoryProbe;
 use crate::invoke::Accounting;
 use crate::metrics::Outcome;
 use crate::pool::{PooledConn, Slot};
@@ -175,6 +176,8 @@ pub struct Lease {
     pub accounting: Accounting,
     /// When the invocation was handed to the instance (the timeout and billing start).
     pub handed_over: Instant,
+    /// How the invocation's peak memory is being measured.
+    pub memory: MemoryProbe,
     /// Where the invocation's log tail goes once its END line is out (`X-Scf-Log-Type: Tail`).
     pub tail: Option<oneshot::Sender<String>>,
 }
@@ -189,6 +192,7 @@ impl Lease {
             conn,
             accounting,
             handed_over,
+            memory,
             tail,
         } = self;
         if outcome == Outcome::Success {
@@ -199,7 +203,7 @@ impl Lease {
         if outcome == Outcome::Timeout {
             slot.pool().recycle(slot.instance());
         }
-        crate::invoke::end_invocation(&slot, &accounting, handed_over, tail);
+        crate::invoke::end_invocation(&slot, &accounting, handed_over, memory, tail);
         drop(slot);
         accounting.finish(outcome);
     }

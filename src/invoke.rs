@@ -23,6 +23,7 @@ use crate::body::{self, GatewayBody, InvocationBody, Lease, LimitedBody, Upstrea
 use crate::config::{Config, FunctionConfig, FunctionKind, InstanceSource, EVENT_RESPONSE_LIMIT};
 use crate::error::{seconds_text, BodyTooLarge, ForwardError, GatewayError};
 use crate::headers::{self, Stamp};
+use crate::instance::cgroup::MemoryProbe;
 use crate::instance::logs::{self, Report};
 use crate::instance::Launcher;
 use crate::metrics::{FunctionMetrics, Outcome, Registry};
@@ -252,7 +253,13 @@ impl Gateway {
         let (mut parts, incoming) = exchange.response.into_parts();
         if content_length(&parts.headers).is_some_and(|l| l > function.response_limit) {
             let e = GatewayError::from(ForwardError::ResponseTooLarge);
-            end_invocation(&exchange.slot, &accounting, exchange.handed_over, None);
+            end_invocation(
+                &exchange.slot,
+                &accounting,
+                exchange.handed_over,
+                exchange.memory,
+                None,
+            );
             accounting.finish(e.outcome());
             return e.into_response(&request_id);
         }
@@ -267,6 +274,7 @@ impl Gateway {
             conn: exchange.conn,
             accounting,
             handed_over: exchange.handed_over,
+            memory: exchange.memory,
             tail: tail_tx,
         };
         // A held (Tail) response is buffered: at most 6 MB, as the contract says.
@@ -366,7 +374,7 @@ impl Gateway {
             // Hand-over: the timeout runs from here to the end of the response body.
             let handed_over = Instant::now();
             let deadline = handed_over + function.timeout;
-            begin_invocation(&instance, request_id, pool);
+            let memory = begin_invocation(&instance, request_id, pool);
             let sent =
                 tokio::time::timeout_at(deadline, send(conn, upstream, &instance, pool)).await;
             let failure = match sent {
@@ -377,6 +385,7 @@ impl Gateway {
                         conn,
                         handed_over,
                         deadline,
+                        memory,
                     })
                 }
                 Ok(Err(failure)) => failure,
@@ -385,7 +394,7 @@ impl Gateway {
                     Failure::TimedOut
                 }
             };
-            end_logs(&instance, function, request_id, handed_over, None);
+            end_logs(&instance, function, request_id, handed_over, memory, None);
             match failure {
                 Failure::Refused(req) => {
                     pool.mark_down(slot.index(), &instance);
@@ -408,6 +417,7 @@ struct Exchange {
     conn: PooledConn,
     handed_over: Instant,
     deadline: Instant,
+    memory: MemoryProbe,
 }
 
 /// Why forwarding failed.
@@ -517,20 +527,21 @@ async fn failed(instance: &Instance, function: &Function, e: hyper::Error) -> Ga
     error
 }
 
-/// START for a launched instance: from here its output belongs to this invocation.
-fn begin_invocation(instance: &Instance, request_id: &HeaderValue, pool: &Pool) {
+/// START for a launched instance: from here its output belongs to this invocation,
+/// and its memory peak is measured.
+fn begin_invocation(instance: &Instance, request_id: &HeaderValue, pool: &Pool) -> MemoryProbe {
     let Some(launched) = instance.process() else {
-        return;
+        return MemoryProbe::None;
     };
-    // The peak is per instance: it is per invocation only when invocations do not overlap.
-    if pool.per_instance() == 1 {
-        if let Some(cgroup) = launched.process.cgroup() {
-            cgroup.reset_peak();
-        }
-    }
+    // The cgroup's peak is per instance: per invocation only when they cannot overlap.
+    let probe = match launched.process.cgroup() {
+        Some(cgroup) => cgroup.probe(pool.per_instance() == 1),
+        None => MemoryProbe::None,
+    };
     if let Some(log) = &launched.log {
         log.begin(request_id.to_str().unwrap_or_default());
     }
+    probe
 }
 
 /// Bills an invocation that reached an instance; for a launched instance, emits its
@@ -539,16 +550,12 @@ pub(crate) fn end_invocation(
     slot: &Slot,
     accounting: &Accounting,
     handed_over: Instant,
+    memory: MemoryProbe,
     tail: Option<oneshot::Sender<String>>,
 ) {
     if let Some(function) = accounting.function() {
-        end_logs(
-            slot.instance(),
-            function,
-            accounting.request_id(),
-            handed_over,
-            tail,
-        );
+        let id = accounting.request_id();
+        end_logs(slot.instance(), function, id, handed_over, memory, tail);
     }
 }
 
@@ -557,6 +564,7 @@ fn end_logs(
     function: &Function,
     request_id: &HeaderValue,
     handed_over: Instant,
+    memory: MemoryProbe,
     tail: Option<oneshot::Sender<String>>,
 ) {
     let duration = handed_over.elapsed();
@@ -571,7 +579,7 @@ fn end_logs(
     let report = Report {
         duration,
         memory_mb: function.memory_mb,
-        mem_usage_bytes: launched.process.cgroup().and_then(|c| c.peak_bytes()),
+        mem_usage_bytes: memory.finish(launched.process.cgroup()),
     };
     let text = log.end(request_id.to_str().unwrap_or_default(), report);
     if let Some(tx) = tail {

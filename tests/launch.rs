@@ -544,3 +544,42 @@ async fn a_function_without_a_queue_still_scales_from_zero() {
         StatusCode::OK
     );
 }
+
+/// With overlapping invocations the cgroup's peak cannot be reset per invocation: the
+/// usage is sampled while each one runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_sampled_when_invocations_overlap() {
+    if !is_root() {
+        eprintln!("skipped: memory cgroups need root");
+        return;
+    }
+    let m = marker("sampled");
+    let gw = GatewayProcess::start(
+        "sampled",
+        "",
+        &rust_function(
+            "shared",
+            &m,
+            "memory_mb = 256\ninstance_concurrency = 2",
+            "",
+        ),
+    );
+    let h = [("x-test-alloc-mb", "48"), ("x-test-sleep-ms", "150")];
+    let answer = invoke(gw.listen, "shared", &h, "{}").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let id = answer.request_id().to_owned();
+    let report = wait_for_record(&gw, |r| {
+        r["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(&format!("Report RequestId: {id}")))
+    })
+    .await;
+    let line = report["message"].as_str().unwrap();
+    let usage: f64 = line
+        .split("MemUsage:")
+        .nth(1)
+        .and_then(|s| s.strip_suffix("MB"))
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!((40.0..256.0).contains(&usage), "{line}");
+}

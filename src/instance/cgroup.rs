@@ -32,7 +32,7 @@ use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// The directory under the hierarchy's root that holds the gateway's cgroups.
@@ -467,19 +467,18 @@ impl Cgroup {
 
     /// Starts a new peak measurement (call before each invocation). v1 resets
     /// `memory.max_usage_in_bytes`; v2 resets `memory.peak` through a descriptor kept for
-    /// [`Cgroup::peak_bytes`] (kernels >= 6.12; older kernels keep the lifetime peak).
-    pub fn reset_peak(&self) {
+    /// [`Cgroup::peak_bytes`] (kernels >= 6.12). Returns false where the peak cannot be
+    /// reset (older v2 kernels keep the lifetime peak): the caller then samples.
+    pub fn reset_peak(&self) -> bool {
         if self.removed.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         match self.version {
-            Version::V1 => {
-                let _ = write_file(&self.path.join("memory.max_usage_in_bytes"), "0");
-            }
+            Version::V1 => write_file(&self.path.join("memory.max_usage_in_bytes"), "0").is_ok(),
             Version::V2 => {
                 let mut peak = self.peak_fd.lock().unwrap_or_else(|e| e.into_inner());
                 if peak.1 == PeakReset::No {
-                    return;
+                    return false;
                 }
                 if peak.0.is_none() {
                     match OpenOptions::new()
@@ -490,14 +489,20 @@ impl Cgroup {
                         Ok(file) => peak.0 = Some(file),
                         Err(_) => {
                             peak.1 = PeakReset::No;
-                            return;
+                            return false;
                         }
                     }
                 }
                 let reset = peak.0.as_ref().map(|f| f.write_at(b"reset\n", 0));
                 match reset {
-                    Some(Ok(_)) => peak.1 = PeakReset::Yes,
-                    _ => *peak = (None, PeakReset::No),
+                    Some(Ok(_)) => {
+                        peak.1 = PeakReset::Yes;
+                        true
+                    }
+                    _ => {
+                        *peak = (None, PeakReset::No);
+                        false
+                    }
                 }
             }
         }
@@ -649,6 +654,79 @@ pub unsafe fn join_before_exec(procs_fd: libc::c_int) -> io::Result<()> {
         if err.raw_os_error() != Some(libc::EINTR) {
             return Err(err);
         }
+    }
+}
+
+/// How one invocation's peak memory is measured.
+pub enum MemoryProbe {
+    /// Not measured: a static instance, or an instance without a cgroup.
+    None,
+    /// The cgroup's peak was reset at hand-over: read it at the end.
+    Peak,
+    /// The peak could not be reset, or invocations overlap on the instance: the
+    /// cgroup's usage is sampled while the invocation runs.
+    Sampled(Sampler),
+}
+
+/// Samples a cgroup's memory usage every few milliseconds, keeping the highest.
+pub struct Sampler {
+    max: Arc<AtomicU64>,
+    task: tokio::task::AbortHandle,
+}
+
+/// How often a [`Sampler`] reads the usage: often enough for a useful peak, rarely
+/// enough to cost nothing measurable.
+const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
+
+impl Cgroup {
+    /// Starts measuring one invocation: a reset peak where `exclusive` (no other
+    /// invocation overlaps) and the kernel allows it, else a sampler.
+    pub fn probe(&self, exclusive: bool) -> MemoryProbe {
+        if exclusive && self.reset_peak() {
+            return MemoryProbe::Peak;
+        }
+        let file = self.path.join(match self.version {
+            Version::V1 => "memory.usage_in_bytes",
+            Version::V2 => "memory.current",
+        });
+        let max = Arc::new(AtomicU64::new(read_u64(&file).unwrap_or(0)));
+        let seen = max.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SAMPLE_EVERY).await;
+                match read_u64(&file) {
+                    Ok(v) => {
+                        seen.fetch_max(v, Ordering::Relaxed);
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        MemoryProbe::Sampled(Sampler {
+            max,
+            task: task.abort_handle(),
+        })
+    }
+}
+
+impl MemoryProbe {
+    /// The invocation's peak in bytes, if measured.
+    pub fn finish(self, cgroup: Option<&Cgroup>) -> Option<u64> {
+        let cgroup = cgroup?;
+        match self {
+            MemoryProbe::None => None,
+            MemoryProbe::Peak => cgroup.peak_bytes(),
+            MemoryProbe::Sampled(sampler) => {
+                let last = cgroup.current_bytes().unwrap_or(0);
+                Some(sampler.max.load(Ordering::Relaxed).max(last))
+            }
+        }
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

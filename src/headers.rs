@@ -117,9 +117,18 @@ fn is_scf(name: &str) -> bool {
 /// `X-Scf-*` headers a function must not pass to the client: credentials, and its own
 /// request id (the gateway's replaces it). `-` and `_` are the same here.
 fn is_scf_private(name: &str) -> bool {
+    // Compare with `-` and `_` as one, without allocating.
+    fn same(a: &[u8], b: &[u8]) -> bool {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| x == y || (*x == b'_' && *y == b'-'))
+    }
     scf_suffix(name).is_some_and(|rest| {
-        let rest = rest.replace('_', "-");
-        rest.starts_with("secret-") || rest == "session-token" || rest == "request-id"
+        let rest = rest.as_bytes();
+        (rest.len() > 7 && same(&rest[..7], b"secret-"))
+            || same(rest, b"session-token")
+            || same(rest, b"request-id")
     })
 }
 
@@ -174,20 +183,19 @@ pub fn strip_request(mut headers: HeaderMap, extra: usize) -> HeaderMap {
 /// credentials the function might echo never leave, and the gateway's request id
 /// replaces whatever the function sent.
 pub fn strip_response(headers: &mut HeaderMap, request_id: &HeaderValue) {
-    let listed = connection_tokens(headers);
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    for name in &listed {
-        headers.remove(name.as_str());
-    }
-    if headers.keys().any(|n| is_scf_private(n.as_str())) {
-        let doomed: Vec<HeaderName> = headers
+    // One pass to find out whether anything must go; most responses need nothing.
+    let doomed = |n: &HeaderName| {
+        let n = n.as_str();
+        is_hop_by_hop(n) || is_scf_private(n)
+    };
+    if headers.keys().any(doomed) {
+        let listed = connection_tokens(headers);
+        let names: Vec<HeaderName> = headers
             .keys()
-            .filter(|n| is_scf_private(n.as_str()))
+            .filter(|n| doomed(n) || listed.iter().any(|t| t == n.as_str()))
             .cloned()
             .collect();
-        for name in doomed {
+        for name in names {
             headers.remove(name);
         }
     }
@@ -215,10 +223,12 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&Head
 pub fn new_request_id() -> HeaderValue {
     let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_ne_bytes()).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let text = id.hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static(
-        "00000000-0000-4000-8000-000000000000",
-    ))
+    id.hyphenated().encode_lower(&mut buf);
+    // Built on shared `Bytes`, so the clones for the instance, the response and the
+    // logs are reference counts, not copies.
+    HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(&buf)).unwrap_or(
+        HeaderValue::from_static("00000000-0000-4000-8000-000000000000"),
+    )
 }
 
 #[cfg(test)]

@@ -260,7 +260,7 @@ async fn min_instances_are_started_at_boot_and_readyz_waits_for_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_invocation_gives_502_405_and_a_new_instance_serves_next() {
     let m = marker("crash");
-    let gw = GatewayProcess::start("crash", "", &rust_function("crash", &m, "", ""));
+    let gw = GatewayProcess::start("crash", "workers = 1", &rust_function("crash", &m, "", ""));
     let before = env_of(&invoke(gw.listen, "crash", &[("x-test-echo-env", "1")], "{}").await);
     let answer = invoke(
         gw.listen,
@@ -403,7 +403,8 @@ async fn start_end_report_surround_each_invocation_and_tail_returns_its_lines() 
          args = [\"app.py\"]\nworkdir = \"{}\"\n",
         app.display()
     );
-    let gw = GatewayProcess::start("logs", "", &functions);
+    // One worker: the daemon then runs on a current_thread runtime.
+    let gw = GatewayProcess::start("logs", "workers = 1", &functions);
     let mut ids = Vec::new();
     for i in 0..3 {
         let answer = invoke(gw.listen, "hello", &[], &format!("{{\"name\":\"n{i}\"}}")).await;

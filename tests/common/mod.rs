@@ -489,7 +489,7 @@ impl GatewayProcess {
             &path,
             format!(
                 "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-                 workers = 2\nshutdown_grace = \"10s\"\n{server}\n{functions}"
+                 shutdown_grace = \"10s\"\n{server}\n{functions}"
             ),
         )
         .unwrap();

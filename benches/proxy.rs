@@ -167,7 +167,8 @@ fn count(stack: &mut Stack, path: &'static str, n: u64, via: bool) -> (f64, f64)
 }
 
 fn report_allocations(stack: &mut Stack) {
-    let n = 5_000;
+    // ALLOC_N: requests per measurement (e.g. small under valgrind --tool=dhat).
+    let n = std::env::var("ALLOC_N").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000);
     let (direct, direct_bytes) = count(stack, "/event-invoke", n, false);
     let (via, via_bytes) = count(stack, INVOKE, n, true);
     let line = format!(
@@ -188,6 +189,10 @@ fn report_allocations(stack: &mut Stack) {
 fn bench(c: &mut Criterion) {
     let mut stack = stack();
     report_allocations(&mut stack);
+    if std::env::var_os("ALLOC_ONLY").is_some() {
+        // Just the allocation report (for heap profilers): skip the timing.
+        std::process::exit(0);
+    }
 
     let mut g = c.benchmark_group("full_request_loopback");
     g.bench_function("direct_to_instance", |b| {

@@ -295,6 +295,18 @@ def start_targets(procs, workdir, args):
                        gw_port, cpus=args.server_cpus)
     targets["gateway"] = Target("gateway", gw_port, gw, INVOKE_PATH, "proxy")
 
+    if getattr(args, "gateway_rt", None):
+        # The same library on another runtime (examples/gateway_rt.rs), side by side.
+        rt_port, rt_admin = free_port(), free_port()
+        os.environ["GATEWAY_RUNTIME"] = args.gateway_rt
+        try:
+            g2 = start_gateway(procs, workdir, gateway_toml(rt_port, rt_admin, [fn_port], concurrency=args.connections),
+                               rt_port, name=f"gateway-{args.gateway_rt}", cpus=args.server_cpus)
+        finally:
+            del os.environ["GATEWAY_RUNTIME"]
+        name = f"gateway-{args.gateway_rt}"
+        targets[name] = Target(name, rt_port, g2, INVOKE_PATH, "proxy")
+
     ng_port = free_port()
     for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         os.makedirs(os.path.join(workdir, d), exist_ok=True)
@@ -362,16 +374,34 @@ def run_wrk(url, duration, connections, threads, cpus=None, extra=None, timeout_
     return json.loads(m.group(1))
 
 
+def machine_busy():
+    """Busy CPU seconds of the whole machine (all cores) from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / CLK_TCK
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def measured_run(target, instance_pids, duration, connections, threads, wrk_cpus):
-    """One wrk run with the CPU of the proxy's and the instance's processes around it."""
+    """One wrk run with the CPU of the proxy's and the instance's processes around it,
+    and how much CPU the rest of the machine used meanwhile (other people's work makes
+    a round noisy: `foreign_cores` says how noisy)."""
     pids = target.refresh_pids()
     u0, s0 = cpu_ticks(pids)
     iu0, is0 = cpu_ticks(instance_pids)
+    m0, c0 = machine_busy(), children_cpu()
     t0 = time.time()
     w = run_wrk(target.url, duration, connections, threads, cpus=wrk_cpus)
     wall = time.time() - t0
+    m1, c1 = machine_busy(), children_cpu()
     u1, s1 = cpu_ticks(pids)
     iu1, is1 = cpu_ticks(instance_pids)
+    ours = (u1 - u0 + s1 - s0) + (iu1 - iu0 + is1 - is0) + (c1 - c0)
     n = max(w["requests"], 1)
     errors = sum(w[k] for k in ("errors_connect", "errors_read", "errors_write", "errors_status", "errors_timeout"))
     per100k = 100_000 / n
@@ -384,6 +414,8 @@ def measured_run(target, instance_pids, duration, connections, threads, wrk_cpus
         "instance_user_s_100k": (iu1 - iu0) * per100k,
         "instance_sys_s_100k": (is1 - is0) * per100k,
         "wall_s": round(wall, 2),
+        # CPU (in cores) used by everything else on the machine during the run.
+        "foreign_cores": max(0.0, (m1 - m0 - ours) / wall),
     }
     if target.kind == "proxy":
         res["user_s_100k"] = (u1 - u0) * per100k
@@ -561,6 +593,8 @@ def compare(args):
     os.makedirs(results_dir, exist_ok=True)
     raise_nofile()
     order = ["direct", "gateway", "nginx", "haproxy"]
+    if args.gateway_rt:
+        order.insert(2, f"gateway-{args.gateway_rt}")
     report = {"machine": machine_info(), "settings": {
         "rounds": args.rounds, "duration_s": args.duration, "connections": args.connections,
         "wrk_threads": args.threads, "wrk_cpus": args.wrk_cpus, "server_cpus": args.server_cpus}}
@@ -583,7 +617,7 @@ def compare(args):
                 row[t] = measured_run(targets[t], instance_pids, args.duration, args.connections,
                                       args.threads, args.wrk_cpus)
                 log(f"round {r+1}/{args.rounds} {t:8s} {row[t]['rps']:9.0f} req/s  p50 {row[t]['p50_us']:6d} µs  "
-                    f"p99 {row[t]['p99_us']:6d} µs  errors {row[t]['errors']}"
+                    f"p99 {row[t]['p99_us']:6d} µs  errors {row[t]['errors']}  other load {row[t]['foreign_cores']:.2f} cores"
                     + (f"  user {row[t]['user_s_100k']:.2f} sys {row[t]['sys_s_100k']:.2f} s/100k"
                        if 'user_s_100k' in row[t] else ""))
             rounds.append(row)
@@ -610,7 +644,10 @@ def compare(args):
              f"{args.rounds} round(s) x {args.duration}s per target, wrk -t{args.threads} -c{args.connections}, "
              f"POST {len(EVENT)}-byte JSON. Medians over rounds; CPU = the proxy's processes per 100k requests.",
              "", md, "",
-             "Idle RSS before load (MB): " + ", ".join(f"{k} {v:.1f}" for k, v in report["idle_rss_mb"].items())]
+             "Idle RSS before load (MB): " + ", ".join(f"{k} {v:.1f}" for k, v in report["idle_rss_mb"].items()),
+             "", "CPU used by other processes on the machine during the runs (cores, max over rounds): "
+             + ", ".join(f"{t} {max(r[t]['foreign_cores'] for r in rounds):.2f}" for t in order)
+             + " (above ~0.1 a round was disturbed by work outside the benchmark)"]
     if "k6" in report:
         lines += ["", k6_md(report["k6"])]
     text = "\n".join(lines) + "\n"
@@ -967,6 +1004,7 @@ def profile(args):
             time.sleep(0.3)
             run_wrk(gw.url, args.duration, args.connections, 1)
             rec.wait()
+            os.makedirs(args.out or os.path.join(HERE, "results"), exist_ok=True)
             for sort, fname in (("dso,symbol", "perf-self.txt"), ("symbol", "perf-children.txt")):
                 flags = ["--no-children"] if fname == "perf-self.txt" else ["--children"]
                 r = subprocess.run(["perf", "report", "-i", data, *flags, "--sort", sort, "--stdio", "-g", "none",
@@ -978,6 +1016,7 @@ def profile(args):
     finally:
         procs.stop_all()
     results_dir = args.out or os.path.join(HERE, "results")
+    os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, "profile.json"), "w") as f:
         json.dump(rounded(out), f, indent=1)
     print(json.dumps(out, indent=1))
@@ -1003,6 +1042,8 @@ def main():
     c.add_argument("--wrk-cpus", default=None, help="taskset CPU list for wrk/k6, e.g. 1")
     c.add_argument("--server-cpus", default=None, help="taskset CPU list for the instance and proxies, e.g. 0")
     c.add_argument("--out", default=None)
+    c.add_argument("--gateway-rt", default=None, choices=["current", "multi"],
+                   help="also run examples/gateway_rt on this runtime as a fifth target")
     s = sub.add_parser("scale")
     s.add_argument("--only", default="functions,idle,body")
     s.add_argument("--functions", type=int, default=1000)

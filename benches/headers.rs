@@ -63,14 +63,18 @@ fn bench(c: &mut Criterion) {
                 secret_key = \"benchmarksecretkey000000000000000\"\n\
                 session_token = \"benchmarksessiontoken0000000000000000000000000000\"\n\
                 [[functions]]\nname = \"hello\"\ninstances = [\"127.0.0.1:9000\"]\n";
-    let config = scf_gateway::config::parse(text, Path::new("bench.toml"), &|_| None).expect("valid");
+    let config =
+        scf_gateway::config::parse(text, Path::new("bench.toml"), &|_| None).expect("valid");
     let stamp = Stamp::new(&config, &config.functions[0]);
     assert_eq!(stamp.len(), 12, "twelve stamped headers");
 
     c.bench_function("request_id_uuid_v4", |b| b.iter(new_request_id));
 
     let mut g = c.benchmark_group("strip_and_stamp");
-    for (name, make) in [("typical_6_headers", typical_request as fn() -> HeaderMap), ("forged_11_headers", forged_request)] {
+    for (name, make) in [
+        ("typical_6_headers", typical_request as fn() -> HeaderMap),
+        ("forged_11_headers", forged_request),
+    ] {
         g.bench_function(name, |b| {
             b.iter_batched(
                 make,

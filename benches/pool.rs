@@ -14,16 +14,30 @@ use scf_gateway::pool::{Pool, Slot};
 const INSTANCES: usize = 1_000;
 
 fn pool() -> std::sync::Arc<Pool> {
-    let list: Vec<String> = (0..INSTANCES).map(|i| format!("\"127.0.0.1:{}\"", 20000 + i)).collect();
-    let text = format!("[[functions]]\nname = \"big\"\ninstances = [{}]\n", list.join(", "));
-    let config = scf_gateway::config::parse(&text, Path::new("bench.toml"), &|_| None).expect("valid");
+    let list: Vec<String> = (0..INSTANCES)
+        .map(|i| format!("\"127.0.0.1:{}\"", 20000 + i))
+        .collect();
+    let text = format!(
+        "[[functions]]\nname = \"big\"\ninstances = [{}]\n",
+        list.join(", ")
+    );
+    let config =
+        scf_gateway::config::parse(&text, Path::new("bench.toml"), &|_| None).expect("valid");
     let registry = Registry::new();
     let f = &config.functions[0];
-    Pool::new(f, Duration::from_secs(1), registry.function(&f.name, &f.namespace))
+    Pool::new(
+        f,
+        Duration::from_secs(1),
+        registry.function(&f.name, &f.namespace),
+        None,
+    )
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut g = c.benchmark_group("pool_1000_instances");
     for busy in [0usize, 900, 999] {
         let pool = pool();

@@ -64,7 +64,9 @@ async fn start_instance() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 let service = service_fn(|req: Request<Incoming>| async move {
@@ -94,8 +96,11 @@ async fn start_gateway(instance: SocketAddr) -> RunningGateway {
          session_token = \"benchmarksessiontoken0000000000000000000000000000\"\n\
          [[functions]]\nname = \"hello\"\ninstance_concurrency = 16\ninstances = [\"{instance}\"]\n"
     );
-    let config = scf_gateway::config::parse(&text, Path::new("bench.toml"), &|_| None).expect("valid");
-    let gw = RunningGateway::start(&config).await.expect("gateway starts");
+    let config =
+        scf_gateway::config::parse(&text, Path::new("bench.toml"), &|_| None).expect("valid");
+    let gw = RunningGateway::start(&config)
+        .await
+        .expect("gateway starts");
     // Let the keeper open its warm connections.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     gw
@@ -104,7 +109,9 @@ async fn start_gateway(instance: SocketAddr) -> RunningGateway {
 async fn client(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
     let stream = TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -133,7 +140,10 @@ struct Stack {
 }
 
 fn stack() -> Stack {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (gateway, via_gateway, direct) = rt.block_on(async {
         let instance = start_instance().await;
         let gateway = start_gateway(instance).await;
@@ -151,24 +161,38 @@ fn stack() -> Stack {
 
 /// Allocations (count, bytes) per request over `n` sequential requests.
 fn count(stack: &mut Stack, path: &'static str, n: u64, via: bool) -> (f64, f64) {
-    let Stack { rt, via_gateway, direct, .. } = stack;
+    let Stack {
+        rt,
+        via_gateway,
+        direct,
+        ..
+    } = stack;
     let sender = if via { via_gateway } else { direct };
     rt.block_on(async {
         for _ in 0..200 {
             one(sender, path).await;
         }
-        let (a0, b0) = (ALLOCS.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed));
+        let (a0, b0) = (
+            ALLOCS.load(Ordering::Relaxed),
+            BYTES.load(Ordering::Relaxed),
+        );
         for _ in 0..n {
             one(sender, path).await;
         }
-        let (a1, b1) = (ALLOCS.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed));
+        let (a1, b1) = (
+            ALLOCS.load(Ordering::Relaxed),
+            BYTES.load(Ordering::Relaxed),
+        );
         ((a1 - a0) as f64 / n as f64, (b1 - b0) as f64 / n as f64)
     })
 }
 
 fn report_allocations(stack: &mut Stack) {
     // ALLOC_N: requests per measurement (e.g. small under valgrind --tool=dhat).
-    let n = std::env::var("ALLOC_N").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000);
+    let n = std::env::var("ALLOC_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000);
     let (direct, direct_bytes) = count(stack, "/event-invoke", n, false);
     let (via, via_bytes) = count(stack, INVOKE, n, true);
     let line = format!(
@@ -181,7 +205,10 @@ fn report_allocations(stack: &mut Stack) {
     println!("{line}");
     // Also kept for the README / CI logs.
     let out = std::env::var("ALLOC_REPORT").unwrap_or_else(|_| {
-        format!("{}/allocations.txt", std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
+        format!(
+            "{}/allocations.txt",
+            std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())
+        )
     });
     let _ = std::fs::write(out, format!("{line}\n"));
 }
@@ -209,7 +236,9 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("through_gateway", |b| {
         b.iter_custom(|iters| {
-            let Stack { rt, via_gateway, .. } = &mut stack;
+            let Stack {
+                rt, via_gateway, ..
+            } = &mut stack;
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {

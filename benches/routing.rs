@@ -86,8 +86,9 @@ fn bench(c: &mut Criterion) {
 
     c.bench_function("config_parse_and_build_10k", |b| {
         b.iter(|| {
-            let config = scf_gateway::config::parse(black_box(&text), Path::new("bench.toml"), &|_| None)
-                .expect("valid");
+            let config =
+                scf_gateway::config::parse(black_box(&text), Path::new("bench.toml"), &|_| None)
+                    .expect("valid");
             Router::new(&config)
         })
     });

@@ -37,7 +37,9 @@ fn main() {
         }
     };
     let rt = match runtime.as_str() {
-        "current" => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        "current" => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
         "multi" => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .enable_all()
@@ -49,8 +51,13 @@ fn main() {
     }
     .expect("runtime");
     rt.block_on(async {
-        let running = scf_gateway::RunningGateway::start(&config).await.expect("gateway starts");
-        eprintln!("gateway_rt: {runtime} runtime, listening on {}", running.listen_addr());
+        let running = scf_gateway::RunningGateway::start(&config)
+            .await
+            .expect("gateway starts");
+        eprintln!(
+            "gateway_rt: {runtime} runtime, listening on {}",
+            running.listen_addr()
+        );
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).expect("signal");
         let mut int = signal(SignalKind::interrupt()).expect("signal");

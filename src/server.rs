@@ -14,7 +14,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -167,9 +166,11 @@ async fn serve<F, Fut>(
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<GatewayBody>> + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1.timer(TokioTimer::new()).keep_alive(true);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2.timer(TokioTimer::new());
+    let builders = Arc::new((http1, http2));
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -182,13 +183,19 @@ async fn serve<F, Fut>(
                         let response = handler(req, peer);
                         async move { Ok::<_, Infallible>(response.await) }
                     });
-                    let conn = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned();
-                    let conn = graceful.watch(conn);
+                    let watcher = graceful.watcher();
+                    let builders = builders.clone();
                     tokio::spawn(async move {
+                        // HTTP/2 with prior knowledge, told apart from HTTP/1.1 by one
+                        // peek per connection rather than a rewinding reader per read.
                         // A client that goes away mid-request is not the gateway's error.
-                        let _ = conn.await;
+                        if is_h2_preface(&stream).await {
+                            let conn = builders.1.serve_connection(TokioIo::new(stream), service);
+                            let _ = watcher.watch(conn).await;
+                        } else {
+                            let conn = builders.0.serve_connection(TokioIo::new(stream), service);
+                            let _ = watcher.watch(conn).await;
+                        }
                     });
                 }
                 Err(e) => {
@@ -212,6 +219,28 @@ async fn serve<F, Fut>(
             "shutdown grace expired with invocations still in flight"
         );
     }
+}
+
+/// Whether a new connection starts with the HTTP/2 connection preface. Peeks without
+/// consuming; waits (bounded) while the bytes so far are a prefix of the preface.
+async fn is_h2_preface(stream: &tokio::net::TcpStream) -> bool {
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    for _ in 0..1000 {
+        let n = match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        if buf[..n] != PREFACE[..n] {
+            return false;
+        }
+        if n == PREFACE.len() {
+            return true;
+        }
+        // A prefix of the preface so far: the rest is on its way.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then shuts down gracefully.

@@ -136,36 +136,8 @@ pub async fn discard(mut body: Incoming) {
     }
 }
 
-/// What a request to an instance carries.
-pub enum UpstreamBody {
-    Client(LimitedBody),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpstreamBody::Client(b) => Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Client(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Client(b) => b.size_hint(),
-        }
-    }
-}
+/// What a request to an instance carries: the client's body, cut at the limit.
+pub type UpstreamBody = LimitedBody;
 
 // === impl InvocationBody ===
 

@@ -340,10 +340,7 @@ impl Gateway {
                 (parts.method, web_uri(&parts.uri, strip))
             }
         };
-        let mut upstream = Request::new(UpstreamBody::Client(LimitedBody::new(
-            body,
-            self.max_body_bytes,
-        )));
+        let mut upstream = Request::new(LimitedBody::new(body, self.max_body_bytes));
         *upstream.method_mut() = method;
         *upstream.uri_mut() = uri;
         *upstream.version_mut() = Version::HTTP_11;

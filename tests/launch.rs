@@ -365,21 +365,27 @@ async fn memory_limit_kills_with_502_434_and_reports_plausible_usage() {
     let message = answer.json()["errorMessage"].as_str().unwrap().to_owned();
     assert!(message.contains("64 MB"), "{message}");
 
-    let report = wait_for_record(&gw, |r| {
+    let (line, usage) = mem_usage(&gw, &id).await;
+    assert!(usage > 0.0 && usage < 64.0, "{line}");
+    assert!(line.contains("Memory:64MB"), "{line}");
+}
+
+/// The Report line of an invocation and its MemUsage in MB.
+async fn mem_usage(gw: &GatewayProcess, id: &str) -> (String, f64) {
+    let report = wait_for_record(gw, |r| {
         r["message"]
             .as_str()
             .is_some_and(|m| m.starts_with(&format!("Report RequestId: {id}")))
     })
     .await;
-    let line = report["message"].as_str().unwrap();
-    let usage: f64 = line
+    let line = report["message"].as_str().unwrap().to_owned();
+    let usage = line
         .split("MemUsage:")
         .nth(1)
         .and_then(|s| s.strip_suffix("MB"))
         .and_then(|s| s.parse().ok())
         .unwrap();
-    assert!(usage > 0.0 && usage < 64.0, "{line}");
-    assert!(line.contains("Memory:64MB"), "{line}");
+    (line, usage)
 }
 
 async fn wait_for_record(
@@ -569,18 +575,6 @@ async fn memory_is_sampled_when_invocations_overlap() {
     let answer = invoke(gw.listen, "shared", &h, "{}").await;
     assert_eq!(answer.status, StatusCode::OK);
     let id = answer.request_id().to_owned();
-    let report = wait_for_record(&gw, |r| {
-        r["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with(&format!("Report RequestId: {id}")))
-    })
-    .await;
-    let line = report["message"].as_str().unwrap();
-    let usage: f64 = line
-        .split("MemUsage:")
-        .nth(1)
-        .and_then(|s| s.strip_suffix("MB"))
-        .and_then(|s| s.parse().ok())
-        .unwrap();
+    let (line, usage) = mem_usage(&gw, &id).await;
     assert!((40.0..256.0).contains(&usage), "{line}");
 }

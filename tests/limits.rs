@@ -55,7 +55,7 @@ async fn a_7mb_chunked_body_is_cut_at_the_limit() {
             }
         }
     });
-    let answer = send_streaming(gw.listen_addr(), req)
+    let answer = send(gw.listen_addr(), req)
         .await
         .expect("the client reads the answer");
     feeder.await.unwrap();
@@ -102,7 +102,7 @@ async fn bodies_up_to_the_limit_pass_with_their_framing() {
         }
     });
     assert_eq!(
-        send_streaming(gw.listen_addr(), req).await.unwrap().status,
+        send(gw.listen_addr(), req).await.unwrap().status,
         StatusCode::OK
     );
     let seen = instance.record.seen();

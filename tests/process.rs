@@ -35,7 +35,7 @@ async fn a_64mb_body_streams_through_without_growing_the_gateway() {
         .body(body)
         .unwrap();
     let listen = gw.listen;
-    let client = tokio::spawn(async move { send_streaming(listen, req).await });
+    let client = tokio::spawn(async move { send(listen, req).await });
     let chunk = Bytes::from(vec![b'z'; CHUNK]);
     let first_bytes = instance.record.got_bytes.notified();
     tx.send(chunk.clone()).await.unwrap();

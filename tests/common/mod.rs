@@ -293,7 +293,12 @@ impl Answer {
 }
 
 /// Sends one request on a new connection and reads the whole answer.
-pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<Answer, BoxError> {
+pub async fn send<B>(addr: SocketAddr, req: Request<B>) -> Result<Answer, BoxError>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let stream = TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
@@ -387,24 +392,6 @@ impl http_body::Body for ChannelBody {
             None => http_body::SizeHint::default(),
         }
     }
-}
-
-/// Sends a request with a streamed body; returns the answer once fully read.
-pub async fn send_streaming(
-    addr: SocketAddr,
-    req: Request<ChannelBody>,
-) -> Result<Answer, BoxError> {
-    let stream = TcpStream::connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let response = sender.send_request(req).await?;
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await?.to_bytes();
-    Ok(Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    })
 }
 
 /// An HTTP/1.1 instance written by hand so it can do what real servers do to idle

@@ -198,8 +198,25 @@ pub struct InvocationBody {
     limit: u64,
     seen: u64,
     deadline: Instant,
-    shared: Arc<Mutex<LeaseState>>,
+    /// Held inline until the watchdog is armed (most bodies end on their first poll),
+    /// then shared with it.
+    state: Holder,
     watchdog: Option<AbortHandle>,
+}
+
+enum Holder {
+    Inline(LeaseState),
+    Shared(Arc<Mutex<LeaseState>>),
+}
+
+impl Holder {
+    /// Runs `f` on the lease state, wherever it lives.
+    fn with<R>(&mut self, f: impl FnOnce(&mut LeaseState) -> R) -> R {
+        match self {
+            Holder::Inline(state) => f(state),
+            Holder::Shared(shared) => f(&mut lock(shared)),
+        }
+    }
 }
 
 impl InvocationBody {
@@ -209,7 +226,7 @@ impl InvocationBody {
             limit,
             seen: 0,
             deadline,
-            shared: Arc::new(Mutex::new(LeaseState::Active(lease))),
+            state: Holder::Inline(LeaseState::Active(lease)),
             watchdog: None,
         };
         // An empty body (204, HEAD, Content-Length: 0) may never be polled.
@@ -223,7 +240,7 @@ impl InvocationBody {
         if let Some(w) = self.watchdog.take() {
             w.abort();
         }
-        let state = std::mem::replace(&mut *lock(&self.shared), LeaseState::Ended);
+        let state = self.state.with(|s| std::mem::replace(s, LeaseState::Ended));
         if let LeaseState::Active(lease) = state {
             lease.finish(outcome);
         }
@@ -234,7 +251,15 @@ impl InvocationBody {
         if self.watchdog.is_some() {
             return;
         }
-        let shared = self.shared.clone();
+        let shared = match &mut self.state {
+            Holder::Shared(shared) => shared.clone(),
+            Holder::Inline(state) => {
+                let state = std::mem::replace(state, LeaseState::Ended);
+                let shared = Arc::new(Mutex::new(state));
+                self.state = Holder::Shared(shared.clone());
+                shared
+            }
+        };
         let deadline = self.deadline;
         let task = tokio::spawn(async move {
             tokio::time::sleep_until(deadline).await;
@@ -266,19 +291,16 @@ impl Body for InvocationBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match &*lock(&this.shared) {
-            LeaseState::Active(_) => {}
-            LeaseState::Ended => return Poll::Ready(None),
+        let verdict = this.state.with(|state| match state {
+            LeaseState::Active(_) => None,
+            LeaseState::Ended => Some(None),
+            LeaseState::TimedOut(e) => Some(Some(e.clone())),
+        });
+        match verdict {
+            None => {}
+            Some(None) => return Poll::Ready(None),
             // Past the timeout with the response under way: cut the stream.
-            LeaseState::TimedOut(e) => {
-                let err = ForwardError::Timeout {
-                    seconds: match e {
-                        ForwardError::Timeout { seconds } => seconds.clone(),
-                        _ => String::new(),
-                    },
-                };
-                return Poll::Ready(Some(Err(err.into())));
-            }
+            Some(Some(err)) => return Poll::Ready(Some(Err(err.into()))),
         }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         let frame = match polled {
@@ -316,7 +338,10 @@ impl Body for InvocationBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(&*lock(&self.shared), LeaseState::Ended)
+        match &self.state {
+            Holder::Inline(state) => matches!(state, LeaseState::Ended),
+            Holder::Shared(shared) => matches!(&*lock(shared), LeaseState::Ended),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -338,6 +363,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 // === impl GatewayBody ===
 
 /// The body of every response the gateway sends.
+// Error bodies are rare and small; boxing the common variant would cost an allocation
+// per invocation to save bytes on the rare one.
+#[allow(clippy::large_enum_variant)]
 pub enum GatewayBody {
     Invocation(InvocationBody),
     Full(Option<Bytes>),

@@ -74,7 +74,7 @@ pub enum AdmitError {
 }
 
 /// The instance failed the invocation after it was handed over.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ForwardError {
     #[error("Invoking task timed out after {seconds} seconds")]
     Timeout { seconds: String },

@@ -2,21 +2,24 @@
 //! `server.listen`, the admin listener, and the graceful shutdown that lets in-flight
 //! invocations finish within `shutdown_grace`.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::admin;
@@ -171,7 +174,7 @@ async fn serve<F, Fut>(
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2.timer(TokioTimer::new());
     let builders = Arc::new((http1, http2));
-    let graceful = GracefulShutdown::new();
+    let drain = Arc::new(Drain::default());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -183,7 +186,7 @@ async fn serve<F, Fut>(
                         let response = handler(req, peer);
                         async move { Ok::<_, Infallible>(response.await) }
                     });
-                    let watcher = graceful.watcher();
+                    let drain = drain.clone();
                     let builders = builders.clone();
                     tokio::spawn(async move {
                         // HTTP/2 with prior knowledge, told apart from HTTP/1.1 by one
@@ -191,10 +194,10 @@ async fn serve<F, Fut>(
                         // A client that goes away mid-request is not the gateway's error.
                         if is_h2_preface(&stream).await {
                             let conn = builders.1.serve_connection(TokioIo::new(stream), service);
-                            let _ = watcher.watch(conn).await;
+                            let _ = drain.watch(conn).await;
                         } else {
                             let conn = builders.0.serve_connection(TokioIo::new(stream), service);
-                            let _ = watcher.watch(conn).await;
+                            let _ = drain.watch(conn).await;
                         }
                     });
                 }
@@ -208,17 +211,105 @@ async fn serve<F, Fut>(
         }
     }
     drop(listener);
-    let open = graceful.count();
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let open = drain.open();
+    drain.start();
+    if tokio::time::timeout(grace, drain.closed()).await.is_err() {
         tracing::warn!(
             connections = open,
             ?grace,
             "shutdown grace expired with invocations still in flight"
         );
     }
+}
+
+/// Tells every open connection to finish what is in flight and close, at no cost per
+/// request: a connection registers its task's waker once, then checks one flag when
+/// polled (hyper-util's watcher re-registers on a watch channel at every poll).
+#[derive(Default)]
+struct Drain {
+    closing: AtomicBool,
+    wakers: Mutex<HashMap<u64, Waker>>,
+    next_id: AtomicU64,
+    open: AtomicUsize,
+    all_closed: Notify,
+}
+
+impl Drain {
+    fn watch<C: GracefulConnection>(self: &Arc<Self>, conn: C) -> Draining<C> {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Draining {
+            conn: Box::pin(conn),
+            drain: self.clone(),
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            registered: false,
+            told: false,
+        }
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    fn start(&self) {
+        self.closing.store(true, Ordering::Release);
+        let wakers: Vec<Waker> = lock(&self.wakers).drain().map(|(_, w)| w).collect();
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    async fn closed(&self) {
+        loop {
+            let notified = self.all_closed.notified();
+            if self.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A connection under a [`Drain`].
+struct Draining<C> {
+    conn: Pin<Box<C>>,
+    drain: Arc<Drain>,
+    id: u64,
+    registered: bool,
+    told: bool,
+}
+
+impl<C: GracefulConnection> Future for Draining<C> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let this = self.get_mut();
+        if !this.told {
+            if !this.registered {
+                lock(&this.drain.wakers).insert(this.id, cx.waker().clone());
+                this.registered = true;
+            }
+            if this.drain.closing.load(Ordering::Acquire) {
+                this.conn.as_mut().graceful_shutdown();
+                this.told = true;
+            }
+        }
+        this.conn.as_mut().poll(cx)
+    }
+}
+
+impl<C> Drop for Draining<C> {
+    fn drop(&mut self) {
+        if self.registered {
+            lock(&self.drain.wakers).remove(&self.id);
+        }
+        if self.drain.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.drain.all_closed.notify_waiters();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Whether a new connection starts with the HTTP/2 connection preface. Peeks without

@@ -30,6 +30,7 @@ fn pool() -> std::sync::Arc<Pool> {
         Duration::from_secs(1),
         registry.function(&f.name, &f.namespace),
         None,
+        &Default::default(),
     )
 }
 

@@ -27,7 +27,7 @@ use crate::instance::cgroup::MemoryProbe;
 use crate::instance::logs::{self, Report};
 use crate::instance::Launcher;
 use crate::metrics::{FunctionMetrics, Outcome, Registry};
-use crate::pool::{Instance, Pool, PooledConn, Slot};
+use crate::pool::{Instance, Pool, PooledConn, Slot, Upstreams};
 use crate::routing::{Router, Target};
 
 /// How long a broken connection waits for a launched instance's exit status.
@@ -55,7 +55,12 @@ pub struct Function {
 }
 
 impl Function {
-    fn new(config: &Config, f: &FunctionConfig, registry: &Registry) -> Function {
+    fn new(
+        config: &Config,
+        f: &FunctionConfig,
+        registry: &Registry,
+        upstreams: &Upstreams,
+    ) -> Function {
         let metrics = registry.function(&f.name, &f.namespace);
         let launcher = match &f.source {
             InstanceSource::Launch(launch) => Some(Arc::new(Launcher::new(config, f, launch))),
@@ -78,6 +83,7 @@ impl Function {
                 config.server.upstream_idle_timeout,
                 metrics.clone(),
                 launcher,
+                upstreams,
             ),
             metrics,
         }
@@ -181,10 +187,12 @@ impl Gateway {
     /// Builds the gateway from a validated config. Pools are not started yet.
     pub fn new(config: &Config) -> Gateway {
         let registry = Registry::new();
+        // Static instances at the same address share their keep-alive connections.
+        let upstreams = Upstreams::default();
         let functions = config
             .functions
             .iter()
-            .map(|f| Arc::new(Function::new(config, f, &registry)))
+            .map(|f| Arc::new(Function::new(config, f, &registry, &upstreams)))
             .collect();
         Gateway {
             router: Router::new(config),

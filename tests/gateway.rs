@@ -633,3 +633,23 @@ async fn quiet_instances_are_not_kept_connected() {
     assert!(instances[0].live_connections() >= 1);
     gw.shutdown().await;
 }
+
+/// Functions whose static pools list the same address share its keep-alive
+/// connections: five functions on one instance do not cost five connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_on_the_same_instance_share_its_connections() {
+    let instance = FakeInstance::start().await;
+    let functions: String = (0..5)
+        .map(|i| event_function(&format!("f{i}"), &[instance.addr], ""))
+        .collect();
+    let gw = gateway(&functions).await;
+    for round in 0..4 {
+        for i in 0..5 {
+            let answer = invoke(gw.listen_addr(), &format!("f{i}"), &[], "{}").await;
+            assert_eq!(answer.status, StatusCode::OK, "round {round}");
+        }
+    }
+    let opened = instance.record.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(opened < 5, "{opened} connections for 5 functions on one instance");
+    gw.shutdown().await;
+}

@@ -12,6 +12,7 @@
 //! Keeping every configured slot connected forever would cost a reconnect per slot per
 //! idle period, which for thousands of quiet instances is a storm of connects.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -48,6 +49,16 @@ pub struct Instance {
     launched: Option<Launched>,
     /// `Host` for event invocations: the address as configured.
     host: HeaderValue,
+    /// Its keep-alive connections, shared with every function listing the same address.
+    upstream: Arc<Upstream>,
+}
+
+/// The keep-alive connections to one address. Connections carry no function state (the
+/// stamp is per request), so functions whose static pools list the same address share
+/// them, as a reverse proxy's upstream keep-alive pool does: 1,000 functions over four
+/// instance processes keep tens of connections warm, not thousands.
+pub struct Upstream {
+    addr: SocketAddr,
     idle: Mutex<Vec<PooledConn>>,
     /// Open connections, idle or busy.
     live: Arc<AtomicUsize>,
@@ -59,6 +70,20 @@ pub struct Instance {
     created: Instant,
     /// The keeper sleeps until the instance is used again.
     parked: AtomicBool,
+}
+
+/// Upstreams by address, for sharing between static pools.
+#[derive(Default)]
+pub struct Upstreams(Mutex<HashMap<SocketAddr, Arc<Upstream>>>);
+
+impl Upstreams {
+    /// The upstream of `addr`, created on first use.
+    pub fn get(&self, addr: SocketAddr) -> Arc<Upstream> {
+        lock(&self.0)
+            .entry(addr)
+            .or_insert_with(|| Arc::new(Upstream::new(addr)))
+            .clone()
+    }
 }
 
 /// A keep-alive connection. Dropping it closes the connection; returning it with
@@ -76,29 +101,29 @@ impl Drop for PooledConn {
 }
 
 impl Instance {
-    /// A static instance at `addr`, reached with `Host: authority`.
-    pub fn new(addr: SocketAddr, authority: &str, launched: Option<Launched>) -> Instance {
+    /// A static instance at `addr`, reached with `Host: authority`, over `upstream`.
+    pub fn new(authority: &str, upstream: Arc<Upstream>) -> Instance {
         Instance {
-            name: launched
-                .as_ref()
-                .map_or_else(|| authority.to_owned(), |l| l.name.clone()),
-            addr,
-            launched,
+            name: authority.to_owned(),
+            addr: upstream.addr,
+            launched: None,
             host: HeaderValue::from_str(authority)
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
-            idle: Mutex::new(Vec::new()),
-            live: Arc::new(AtomicUsize::new(0)),
-            closed: Arc::new(Notify::new()),
-            last_used_ms: AtomicU64::new(0),
-            created: Instant::now(),
-            parked: AtomicBool::new(false),
+            upstream,
         }
     }
 
-    /// An instance the gateway started.
+    /// An instance the gateway started: its address is its own.
     pub fn launched(launched: Launched) -> Instance {
         let addr = launched.process.addr();
-        Instance::new(addr, &addr.to_string(), Some(launched))
+        Instance {
+            name: launched.name.clone(),
+            addr,
+            launched: Some(launched),
+            host: HeaderValue::from_str(&addr.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+            upstream: Arc::new(Upstream::new(addr)),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -142,6 +167,50 @@ impl Instance {
 
     pub fn host(&self) -> &HeaderValue {
         &self.host
+    }
+
+    /// The keep-alive connections this instance is reached over.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
+    /// Records a hand-over (see [`Upstream::touch`]).
+    pub fn touch(&self) {
+        self.upstream.touch();
+    }
+
+    pub fn live_connections(&self) -> usize {
+        self.upstream.live_connections()
+    }
+
+    pub fn checkout(&self, idle_timeout: Duration) -> Option<PooledConn> {
+        self.upstream.checkout(idle_timeout)
+    }
+
+    pub fn checkin(&self, conn: PooledConn) {
+        self.upstream.checkin(conn);
+    }
+
+    pub async fn connect(&self, metrics: &FunctionMetrics) -> io::Result<PooledConn> {
+        self.upstream.connect(metrics).await
+    }
+
+    pub fn clear_idle(&self) {
+        self.upstream.clear_idle();
+    }
+}
+
+impl Upstream {
+    fn new(addr: SocketAddr) -> Upstream {
+        Upstream {
+            addr,
+            idle: Mutex::new(Vec::new()),
+            live: Arc::new(AtomicUsize::new(0)),
+            closed: Arc::new(Notify::new()),
+            last_used_ms: AtomicU64::new(0),
+            created: Instant::now(),
+            parked: AtomicBool::new(false),
+        }
     }
 
     /// Records a hand-over; wakes the keeper if it was parked for lack of demand.
@@ -254,12 +323,13 @@ pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>)
     let metrics = pool.metrics().clone();
     let mut backoff = PROBE_BACKOFF_MIN;
     loop {
+        let upstream = instance.upstream();
         match pool.instance_state(index, &instance) {
             None => return,
             Some(true) => {
                 backoff = PROBE_BACKOFF_MIN;
-                instance.evict_idle(idle_timeout);
-                let active = instance.recently_used(idle_timeout);
+                upstream.evict_idle(idle_timeout);
+                let active = upstream.recently_used(idle_timeout);
                 while active && instance.live_connections() < pool.warm_target {
                     match instance.connect(&metrics).await {
                         Ok(conn) => instance.checkin(conn),
@@ -271,15 +341,15 @@ pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>)
                 }
                 if !active && instance.live_connections() == 0 {
                     // Nothing to keep warm: sleep until an invocation touches it.
-                    instance.parked.store(true, Ordering::Release);
-                    if !instance.recently_used(idle_timeout) {
-                        instance.closed.notified().await;
+                    upstream.parked.store(true, Ordering::Release);
+                    if !upstream.recently_used(idle_timeout) {
+                        upstream.closed.notified().await;
                     }
-                    instance.parked.store(false, Ordering::Release);
+                    upstream.parked.store(false, Ordering::Release);
                     continue;
                 }
                 tokio::select! {
-                    _ = instance.closed.notified() => {}
+                    _ = upstream.closed.notified() => {}
                     _ = tokio::time::sleep(tick) => {}
                 }
             }

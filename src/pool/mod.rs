@@ -29,7 +29,7 @@ use crate::config::{FunctionConfig, InstanceSource};
 use crate::error::AdmitError;
 use crate::instance::Launcher;
 use crate::metrics::FunctionMetrics;
-pub use connection::{Instance, PooledConn, UpstreamSender};
+pub use connection::{Instance, PooledConn, Upstream, UpstreamSender, Upstreams};
 
 /// Warm connections opened per instance ahead of demand: one per slot, up to this.
 const WARM_CAP: usize = 16;
@@ -82,6 +82,7 @@ impl Pool {
         idle_timeout: Duration,
         metrics: FunctionMetrics,
         launcher: Option<Arc<Launcher>>,
+        upstreams: &Upstreams,
     ) -> Arc<Pool> {
         let now = Instant::now();
         let entries: Vec<Option<Entry>> = match &function.source {
@@ -89,7 +90,7 @@ impl Pool {
                 .iter()
                 .map(|i| {
                     Some(Entry {
-                        instance: Arc::new(Instance::new(i.addr, &i.authority, None)),
+                        instance: Arc::new(Instance::new(&i.authority, upstreams.get(i.addr))),
                         inflight: 0,
                         up: true,
                         idle_since: now,

@@ -649,7 +649,13 @@ async fn functions_on_the_same_instance_share_its_connections() {
             assert_eq!(answer.status, StatusCode::OK, "round {round}");
         }
     }
-    let opened = instance.record.connections.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(opened < 5, "{opened} connections for 5 functions on one instance");
+    let opened = instance
+        .record
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        opened < 5,
+        "{opened} connections for 5 functions on one instance"
+    );
     gw.shutdown().await;
 }

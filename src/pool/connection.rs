@@ -262,6 +262,29 @@ impl Upstream {
 
     /// Opens a new keep-alive connection (TCP_NODELAY, HTTP/1.1), counted as new.
     pub async fn connect(&self, metrics: &FunctionMetrics) -> io::Result<PooledConn> {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        self.open(metrics).await
+    }
+
+    /// Counts a warm-up connection in before opening it, only while fewer than `target`
+    /// are open or opening: keepers of several functions sharing this upstream must not
+    /// each open their own.
+    fn reserve_warm(&self, target: usize) -> bool {
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < target).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Opens a connection already counted in `live`; the count is given back if it fails
+    /// (or the caller gives up waiting).
+    async fn open(&self, metrics: &FunctionMetrics) -> io::Result<PooledConn> {
+        let mut counted = LiveGuard {
+            live: self.live.clone(),
+            closed: self.closed.clone(),
+            armed: true,
+        };
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
@@ -270,11 +293,13 @@ impl Upstream {
             .handshake::<_, UpstreamBody>(TokioIo::new(stream))
             .await
             .map_err(io::Error::other)?;
-        self.live.fetch_add(1, Ordering::Relaxed);
         metrics.connection(false);
+        // From here the driver task holds the count until the connection ends.
+        counted.armed = false;
         let gone = LiveGuard {
             live: self.live.clone(),
             closed: self.closed.clone(),
+            armed: true,
         };
         let driver = tokio::spawn(async move {
             let _gone = gone;
@@ -306,10 +331,14 @@ impl Upstream {
 struct LiveGuard {
     live: Arc<AtomicUsize>,
     closed: Arc<Notify>,
+    armed: bool,
 }
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         self.live.fetch_sub(1, Ordering::Relaxed);
         self.closed.notify_one();
     }
@@ -330,8 +359,8 @@ pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>)
                 backoff = PROBE_BACKOFF_MIN;
                 upstream.evict_idle(idle_timeout);
                 let active = upstream.recently_used(idle_timeout);
-                while active && instance.live_connections() < pool.warm_target {
-                    match instance.connect(&metrics).await {
+                while active && upstream.reserve_warm(pool.warm_target) {
+                    match upstream.open(&metrics).await {
                         Ok(conn) => instance.checkin(conn),
                         Err(_) => {
                             pool.mark_down(index, &instance);

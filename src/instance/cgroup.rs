@@ -245,8 +245,8 @@ pub fn keyed_value(text: &str, key: &str) -> Option<u64> {
     })
 }
 
-/// A name safe as one path component.
-fn sanitize(name: &str) -> String {
+/// A name safe as one path component (also used for instance temp directories).
+pub(crate) fn sanitize(name: &str) -> String {
     let mut out: String = name
         .chars()
         .take(64)

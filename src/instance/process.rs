@@ -513,17 +513,7 @@ fn become_subreaper() {
 /// A new private directory under the gateway's temp dir.
 fn make_tmpdir(name: &str) -> io::Result<PathBuf> {
     let base = std::env::temp_dir();
-    let safe: String = name
-        .chars()
-        .take(64)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let safe = super::cgroup::sanitize(name);
     let mut last = None;
     for _ in 0..16 {
         let dir = base.join(format!(

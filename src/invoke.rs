@@ -329,7 +329,8 @@ impl Gateway {
             }
         }
 
-        // Stamp: the request as the instance will see it, minus `Host` for events.
+        // Stamp: the request as the instance will see it (events get the instance as
+        // `Host` once one is picked; web requests keep theirs).
         let original_host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
                 .uri

@@ -569,7 +569,21 @@ impl GatewayProcess {
 }
 
 impl Drop for GatewayProcess {
+    /// Stops the gateway as an operator would (SIGTERM), so it stops the instances it
+    /// launched; SIGKILL only if it does not exit in time (instances would outlive it).
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);

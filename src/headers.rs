@@ -24,7 +24,6 @@ pub const UIN: HeaderName = HeaderName::from_static("x-scf-uin");
 pub const SECRET_ID: HeaderName = HeaderName::from_static("x-scf-secret-id");
 pub const SECRET_KEY: HeaderName = HeaderName::from_static("x-scf-secret-key");
 pub const SESSION_TOKEN: HeaderName = HeaderName::from_static("x-scf-session-token");
-pub const INVOCATION_TYPE: HeaderName = HeaderName::from_static("x-scf-invocation-type");
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

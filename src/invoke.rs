@@ -93,14 +93,6 @@ impl Function {
         &self.pool
     }
 
-    pub fn memory_mb(&self) -> u32 {
-        self.memory_mb
-    }
-
-    pub fn metrics(&self) -> &FunctionMetrics {
-        &self.metrics
-    }
-
     pub fn timeout_error(&self) -> ForwardError {
         ForwardError::Timeout {
             seconds: self.timeout_text.clone(),

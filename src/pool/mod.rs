@@ -17,7 +17,6 @@ pub mod connection;
 mod scale;
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -449,16 +448,6 @@ impl Pool {
         }
     }
 
-    /// In-flight invocations per instance, for tests and the admin API.
-    pub fn inflight(&self) -> Vec<u32> {
-        lock(&self.state)
-            .entries
-            .iter()
-            .flatten()
-            .map(|e| e.inflight)
-            .collect()
-    }
-
     /// Updates `scf_gateway_instances{state}` from the state (called under the lock,
     /// only when instances change, never per invocation).
     fn publish_instances(&self, state: &State) {
@@ -641,10 +630,6 @@ impl Slot {
 
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.instance.addr()
     }
 }
 

@@ -1025,6 +1025,77 @@ def profile(args):
 
 # -------------------------------------------------------------------------------- main
 
+# --------------------------------------------------------------------------- instructions
+
+def callgrind_total(path):
+    """Total Ir in a callgrind dump (its `totals:` or `summary:` line)."""
+    total = 0
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("totals:", "summary:")):
+                total = max(total, int(line.split()[1]))
+    return total
+
+
+def instructions(args):
+    """User-space instructions per request under valgrind callgrind, for the gateway and
+    nginx on the same instance: stable where wall-clock figures are not. Instrumentation
+    is switched on after a warm-up, off before the dump; requests are wrk's count."""
+    raise_nofile()
+    procs = Procs()
+    workdir = tempfile.mkdtemp(prefix="scf-instructions-")
+    results = {}
+    try:
+        fn_port, _ = start_function(procs, workdir)
+        gw_port, gw_admin = free_port(), free_port()
+        toml = os.path.join(workdir, "gateway.toml")
+        with open(toml, "w") as f:
+            f.write(gateway_toml(gw_port, gw_admin, [fn_port], concurrency=args.connections))
+        ng_port = free_port()
+        for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            os.makedirs(os.path.join(workdir, d), exist_ok=True)
+        conf = os.path.join(workdir, "nginx.conf")
+        render("nginx.conf.template", conf, DIR=workdir, PORT=ng_port, FN_PORT=fn_port)
+        # One process (no master), so the worker is the process valgrind started.
+        with open(conf) as f:
+            text = f.read().replace("master_process on;", "master_process off;")
+        with open(conf, "w") as f:
+            f.write(text)
+        cg = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+        runs = [("gateway", gw_port, cg + [f"--callgrind-out-file={workdir}/gateway.%p.out",
+                                           args.gateway or GATEWAY_BIN, "run", "--config", toml,
+                                           "--log-format", "text"]),
+                ("nginx", ng_port, cg + [f"--callgrind-out-file={workdir}/nginx.%p.out",
+                                         "nginx", "-p", workdir, "-c", conf])]
+        if args.only:
+            runs = [r for r in runs if r[0] in args.only.split(",")]
+        for name, port, argv in runs:
+            p = procs.start(name, argv, workdir, env=dict(os.environ, RUST_LOG="warn"))
+            wait_port(port, p, timeout=60.0)
+            url = f"http://127.0.0.1:{port}{INVOKE_PATH}"
+            run_wrk(url, 2, args.connections, 1)
+            pids = [p.pid]
+
+            def control(*opts):
+                for pid in pids:
+                    subprocess.run(["callgrind_control", *opts, str(pid)], capture_output=True,
+                                   timeout=60)
+            control("-i", "on")
+            w = run_wrk(url, args.duration, args.connections, 1)
+            control("-i", "off")
+            control("-d")
+            procs.stop(p)
+            total = sum(callgrind_total(os.path.join(workdir, f))
+                        for f in os.listdir(workdir) if f.startswith(f"{name}.") and ".out" in f)
+            n = w["requests"]
+            results[name] = {"requests": n, "ir": total, "ir_per_request": round(total / max(n, 1))}
+            log(f"{name}: {n} requests, {total:,} Ir, {total / max(n, 1):,.0f} Ir/request")
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(results))
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -1060,6 +1131,11 @@ def main():
     pr.add_argument("--connections", type=int, default=64)
     pr.add_argument("--no-record", action="store_true")
     pr.add_argument("--out", default=None)
+    ins = sub.add_parser("instructions")
+    ins.add_argument("--duration", type=int, default=10)
+    ins.add_argument("--connections", type=int, default=16)
+    ins.add_argument("--gateway", default=None, help="another scf-gateway binary to measure")
+    ins.add_argument("--only", default=None, help="gateway,nginx")
     args = ap.parse_args()
     if args.cmd == "profile":
         args.server_cpus = None
@@ -1078,6 +1154,8 @@ def main():
         compare(args)
     elif args.cmd == "scale":
         scale(args)
+    elif args.cmd == "instructions":
+        instructions(args)
     else:
         profile(args)
 

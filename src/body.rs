@@ -13,7 +13,7 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
@@ -26,6 +26,7 @@ use crate::error::{BodyTooLarge, ForwardError};
 use crate::instance::cgroup::MemoryProbe;
 use crate::invoke::Accounting;
 use crate::metrics::Outcome;
+use crate::pool::h1::ResponseBody;
 use crate::pool::{PooledConn, Slot};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -144,7 +145,6 @@ pub type UpstreamBody = LimitedBody;
 /// What an invocation holds from hand-over until its response body ends.
 pub struct Lease {
     pub slot: Slot,
-    pub conn: PooledConn,
     pub accounting: Accounting,
     /// When the invocation was handed to the instance (the timeout and billing start).
     pub handed_over: Instant,
@@ -155,22 +155,19 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Ends the invocation: a clean end returns the connection to the pool (before the
-    /// slot is freed, so the next holder of the slot finds it warm); anything else
-    /// closes it, and a timed-out launched instance is recycled.
-    fn finish(self, outcome: Outcome) {
+    /// Ends the invocation: a connection that ended cleanly goes back to the pool
+    /// (before the slot is freed, so the next holder of the slot finds it warm); a
+    /// timed-out launched instance is recycled.
+    fn finish(self, outcome: Outcome, conn: Option<PooledConn>) {
         let Lease {
             slot,
-            conn,
             accounting,
             handed_over,
             memory,
             tail,
         } = self;
-        if outcome == Outcome::Success {
+        if let Some(conn) = conn {
             slot.instance().checkin(conn);
-        } else {
-            drop(conn);
         }
         if outcome == Outcome::Timeout {
             slot.pool().recycle(slot.instance());
@@ -194,7 +191,7 @@ enum LeaseState {
 /// first poll: a client that stops reading stops hyper from polling the body, and the
 /// slot must still be freed at the deadline.
 pub struct InvocationBody {
-    inner: Incoming,
+    inner: ResponseBody,
     limit: u64,
     seen: u64,
     deadline: Instant,
@@ -220,7 +217,7 @@ impl Holder {
 }
 
 impl InvocationBody {
-    pub fn new(inner: Incoming, deadline: Instant, limit: u64, lease: Lease) -> InvocationBody {
+    pub fn new(inner: ResponseBody, deadline: Instant, limit: u64, lease: Lease) -> InvocationBody {
         let mut body = InvocationBody {
             inner,
             limit,
@@ -242,12 +239,18 @@ impl InvocationBody {
         }
         let state = self.state.with(|s| std::mem::replace(s, LeaseState::Ended));
         if let LeaseState::Active(lease) = state {
-            lease.finish(outcome);
+            let conn = match outcome {
+                Outcome::Success => self.inner.take_reusable(),
+                _ => None,
+            };
+            lease.finish(outcome, conn);
         }
     }
 
-    /// Arms the deadline watchdog (once).
-    fn arm(&mut self) {
+    /// Arms the deadline watchdog (once). At the deadline it ends the invocation and
+    /// wakes the task polling this body (the connection's, the same for its whole life),
+    /// which then cuts the stream even if the instance has gone quiet.
+    fn arm(&mut self, waker: &Waker) {
         if self.watchdog.is_some() {
             return;
         }
@@ -261,6 +264,7 @@ impl InvocationBody {
             }
         };
         let deadline = self.deadline;
+        let waker = waker.clone();
         let task = tokio::spawn(async move {
             tokio::time::sleep_until(deadline).await;
             let mut state = lock(&shared);
@@ -273,8 +277,10 @@ impl InvocationBody {
                     std::mem::replace(&mut *state, LeaseState::TimedOut(error))
                 {
                     drop(state);
-                    // Closes the upstream connection, frees the slot, records 433.
-                    lease.finish(Outcome::Timeout);
+                    // Frees the slot and records 433; the connection is closed with the
+                    // body (at its next poll, or when the client goes).
+                    lease.finish(Outcome::Timeout, None);
+                    waker.wake();
                 }
             }
         });
@@ -305,7 +311,7 @@ impl Body for InvocationBody {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         let frame = match polled {
             Poll::Pending => {
-                this.arm();
+                this.arm(cx.waker());
                 return Poll::Pending;
             }
             Poll::Ready(frame) => frame,
@@ -322,13 +328,13 @@ impl Body for InvocationBody {
                 if this.inner.is_end_stream() {
                     this.finish(Outcome::Success);
                 } else {
-                    this.arm();
+                    this.arm(cx.waker());
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
                 this.finish(Outcome::InstanceError);
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(e)))
             }
             None => {
                 this.finish(Outcome::Success);

@@ -27,6 +27,7 @@ use crate::instance::cgroup::MemoryProbe;
 use crate::instance::logs::{self, Report};
 use crate::instance::Launcher;
 use crate::metrics::{FunctionMetrics, Outcome, Registry};
+use crate::pool::h1::{self, ResponseBody, SendError, UpstreamError};
 use crate::pool::{Instance, Pool, PooledConn, Slot, Upstreams};
 use crate::routing::{Router, Target};
 
@@ -271,7 +272,6 @@ impl Gateway {
         };
         let lease = Lease {
             slot: exchange.slot,
-            conn: exchange.conn,
             accounting,
             handed_over: exchange.handed_over,
             memory: exchange.memory,
@@ -376,11 +376,10 @@ impl Gateway {
             let sent =
                 tokio::time::timeout_at(deadline, send(conn, upstream, &instance, pool)).await;
             let failure = match sent {
-                Ok(Ok((response, conn))) => {
+                Ok(Ok(response)) => {
                     return Ok(Exchange {
                         response,
                         slot,
-                        conn,
                         handed_over,
                         deadline,
                         memory,
@@ -408,11 +407,10 @@ impl Gateway {
     }
 }
 
-/// An invocation whose response head has arrived.
+/// An invocation whose response head has arrived. Its body owns the connection.
 struct Exchange {
-    response: Response<Incoming>,
+    response: Response<ResponseBody>,
     slot: Slot,
-    conn: PooledConn,
     handed_over: Instant,
     deadline: Instant,
     memory: MemoryProbe,
@@ -425,7 +423,7 @@ enum Failure {
     /// Nothing reached the instance: the request comes back to be tried elsewhere.
     Refused(Request<UpstreamBody>),
     /// The request was (at least partly) sent: it must not be sent again.
-    Failed(hyper::Error),
+    Failed(UpstreamError),
     TimedOut,
 }
 
@@ -453,55 +451,31 @@ async fn connection(instance: &Instance, pool: &Pool) -> Option<PooledConn> {
 /// byte was written is replaced by a fresh one once; once a byte went out, the
 /// request is never sent again.
 async fn send(
-    mut conn: PooledConn,
+    conn: PooledConn,
     req: Request<UpstreamBody>,
     instance: &Instance,
     pool: &Pool,
-) -> Result<(Response<Incoming>, PooledConn), Failure> {
-    let req = match send_on(&mut conn, req).await {
-        Ok(response) => return Ok((response, conn)),
-        Err(Unsent::No(e)) => return Err(Failure::Failed(e)),
-        Err(Unsent::Yes(req)) => req,
+) -> Result<Response<ResponseBody>, Failure> {
+    let req = match h1::send(conn, req).await {
+        Ok(response) => return Ok(response),
+        Err(SendError::Failed(e)) => return Err(Failure::Failed(e)),
+        Err(SendError::Unsent(req)) => req,
     };
-    drop(conn);
-    let mut fresh = match instance.connect(pool.metrics()).await {
+    let fresh = match instance.connect(pool.metrics()).await {
         Ok(conn) => conn,
         Err(_) => return Err(Failure::Refused(req)),
     };
-    match send_on(&mut fresh, req).await {
-        Ok(response) => Ok((response, fresh)),
-        Err(Unsent::No(e)) => Err(Failure::Failed(e)),
-        Err(Unsent::Yes(req)) => Err(Failure::Refused(req)),
+    match h1::send(fresh, req).await {
+        Ok(response) => Ok(response),
+        Err(SendError::Failed(e)) => Err(Failure::Failed(e)),
+        Err(SendError::Unsent(req)) => Err(Failure::Refused(req)),
     }
-}
-
-#[allow(clippy::large_enum_variant)]
-enum Unsent {
-    /// The connection failed before the request was written; here it is back.
-    Yes(Request<UpstreamBody>),
-    No(hyper::Error),
-}
-
-async fn send_on(
-    conn: &mut PooledConn,
-    req: Request<UpstreamBody>,
-) -> Result<Response<Incoming>, Unsent> {
-    if conn.sender.ready().await.is_err() {
-        return Err(Unsent::Yes(req));
-    }
-    conn.sender
-        .try_send_request(req)
-        .await
-        .map_err(|mut e| match e.take_message() {
-            Some(req) => Unsent::Yes(req),
-            None => Unsent::No(e.into_error()),
-        })
 }
 
 /// What a failed exchange means for the client. For a launched instance whose
 /// connection broke, the process's fate says more: its exit status or signal, or the
 /// memory limit that killed it.
-async fn failed(instance: &Instance, function: &Function, e: hyper::Error) -> GatewayError {
+async fn failed(instance: &Instance, function: &Function, e: UpstreamError) -> GatewayError {
     let error = classify(instance, e);
     if matches!(error, GatewayError::BodyTooLarge(_)) {
         return error;
@@ -617,44 +591,19 @@ async fn with_log_tail(
     Response::from_parts(parts, GatewayBody::full(collected))
 }
 
-/// What a failed exchange means for the client.
-fn classify(instance: &Instance, e: hyper::Error) -> GatewayError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(err) = source {
-        if let Some(too_large) = err.downcast_ref::<BodyTooLarge>() {
+/// What a failed exchange means for the client: the client's own body breaking the
+/// limit is a 413; everything else is the instance's failure, in words.
+fn classify(instance: &Instance, e: UpstreamError) -> GatewayError {
+    if let UpstreamError::RequestBody(body) = &e {
+        if let Some(too_large) = body.downcast_ref::<BodyTooLarge>() {
             return (*too_large).into();
         }
-        source = err.source();
     }
-    let what = if e.is_incomplete_message() {
-        "closed the connection before answering (crashed or reset)".to_owned()
-    } else if e.is_parse() {
-        format!("sent an invalid HTTP response: {e}")
-    } else {
-        match io_kind(&e) {
-            Some(std::io::ErrorKind::ConnectionReset) => "reset the connection".to_owned(),
-            Some(std::io::ErrorKind::BrokenPipe) => {
-                "closed the connection while the request was being sent".to_owned()
-            }
-            _ => format!("failed the invocation: {e}"),
-        }
-    };
     ForwardError::InstanceFailed {
         instance: instance.name().to_owned(),
-        what,
+        what: e.to_string(),
     }
     .into()
-}
-
-fn io_kind(e: &hyper::Error) -> Option<std::io::ErrorKind> {
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
-        }
-        source = err.source();
-    }
-    None
 }
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {

@@ -20,15 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::HeaderValue;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::{lock, Pool};
-use crate::body::UpstreamBody;
+use super::{h1, lock, Pool};
 use crate::instance::{Exit, Launched};
 use crate::metrics::FunctionMetrics;
 
@@ -37,8 +33,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Backoff between probes of an instance that refused connections.
 const PROBE_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-pub type UpstreamSender = http1::SendRequest<UpstreamBody>;
 
 /// One running instance of a function, as the pool sees it.
 pub struct Instance {
@@ -87,17 +81,13 @@ impl Upstreams {
 }
 
 /// A keep-alive connection. Dropping it closes the connection; returning it with
-/// [`Instance::checkin`] keeps it for the next invocation.
+/// [`Instance::checkin`] keeps it for the next invocation. No task drives it: the
+/// invocation using it does (see [`h1`]).
 pub struct PooledConn {
-    pub sender: UpstreamSender,
-    driver: AbortHandle,
+    pub(super) h1: h1::Connection,
     idle_since: Instant,
-}
-
-impl Drop for PooledConn {
-    fn drop(&mut self) {
-        self.driver.abort();
-    }
+    /// Counts the connection as open until it is dropped.
+    _live: LiveGuard,
 }
 
 impl Instance {
@@ -237,13 +227,11 @@ impl Upstream {
     }
 
     /// The most recently used idle connection that is still open and not idle too long.
-    /// A connection checked in a moment ago may not have signalled readiness yet; the
-    /// sender waits for that (`send` in `invoke`), so only closed ones are skipped here.
     pub fn checkout(&self, idle_timeout: Duration) -> Option<PooledConn> {
         let now = Instant::now();
         let mut idle = lock(&self.idle);
-        while let Some(conn) = idle.pop() {
-            if !conn.sender.is_closed() && now.duration_since(conn.idle_since) < idle_timeout {
+        while let Some(mut conn) = idle.pop() {
+            if now.duration_since(conn.idle_since) < idle_timeout && !conn.h1.is_closed() {
                 return Some(conn);
             }
             // Closed by the instance, or too old to trust: drop (closes it).
@@ -253,9 +241,6 @@ impl Upstream {
 
     /// Keeps a connection whose last exchange completed cleanly.
     pub fn checkin(&self, mut conn: PooledConn) {
-        if conn.sender.is_closed() {
-            return;
-        }
         conn.idle_since = Instant::now();
         lock(&self.idle).push(conn);
     }
@@ -280,36 +265,19 @@ impl Upstream {
     /// Opens a connection already counted in `live`; the count is given back if it fails
     /// (or the caller gives up waiting).
     async fn open(&self, metrics: &FunctionMetrics) -> io::Result<PooledConn> {
-        let mut counted = LiveGuard {
+        let live = LiveGuard {
             live: self.live.clone(),
             closed: self.closed.clone(),
-            armed: true,
         };
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake::<_, UpstreamBody>(TokioIo::new(stream))
-            .await
-            .map_err(io::Error::other)?;
         metrics.connection(false);
-        // From here the driver task holds the count until the connection ends.
-        counted.armed = false;
-        let gone = LiveGuard {
-            live: self.live.clone(),
-            closed: self.closed.clone(),
-            armed: true,
-        };
-        let driver = tokio::spawn(async move {
-            let _gone = gone;
-            // Errors here surface on the request that was using the connection.
-            let _ = conn.await;
-        });
         Ok(PooledConn {
-            sender,
-            driver: driver.abort_handle(),
+            h1: h1::Connection::new(stream),
             idle_since: Instant::now(),
+            _live: live,
         })
     }
 
@@ -317,7 +285,7 @@ impl Upstream {
     fn evict_idle(&self, idle_timeout: Duration) -> usize {
         let now = Instant::now();
         let mut idle = lock(&self.idle);
-        idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.idle_since) < idle_timeout);
+        idle.retain_mut(|c| now.duration_since(c.idle_since) < idle_timeout && !c.h1.is_closed());
         idle.len()
     }
 
@@ -326,19 +294,15 @@ impl Upstream {
     }
 }
 
-/// Counts a connection as gone and wakes the keeper, however its driver task ends
-/// (closed by the instance, or aborted by the gateway).
+/// Counts a connection (or an attempt to open one) as gone and wakes the keeper,
+/// however it ends.
 struct LiveGuard {
     live: Arc<AtomicUsize>,
     closed: Arc<Notify>,
-    armed: bool,
 }
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
         self.live.fetch_sub(1, Ordering::Relaxed);
         self.closed.notify_one();
     }

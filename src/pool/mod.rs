@@ -14,6 +14,7 @@
 //! connections ready.
 
 pub mod connection;
+pub mod h1;
 mod scale;
 
 use std::collections::VecDeque;
@@ -28,7 +29,7 @@ use crate::config::{FunctionConfig, InstanceSource};
 use crate::error::AdmitError;
 use crate::instance::Launcher;
 use crate::metrics::FunctionMetrics;
-pub use connection::{Instance, PooledConn, Upstream, UpstreamSender, Upstreams};
+pub use connection::{Instance, PooledConn, Upstream, Upstreams};
 
 /// Warm connections opened per instance ahead of demand: one per slot, up to this.
 const WARM_CAP: usize = 16;

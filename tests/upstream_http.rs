@@ -1,0 +1,330 @@
+//! The gateway's HTTP/1.1 client against an instance written at the byte level, so that
+//! each response framing a real server may use is on the wire exactly: chunked with
+//! extensions and trailers, close-delimited HTTP/1.0, interim 100 responses, 204, a
+//! malformed head, and a full-duplex echo that answers while the request still streams.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use scf_gateway::RunningGateway;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the raw instance received: the request head (lower-cased) and the body bytes.
+#[derive(Debug, Clone)]
+struct Received {
+    head: String,
+    body: Vec<u8>,
+}
+
+/// An instance that answers according to the request's `x-raw` header with bytes
+/// written by hand, counting the connections it accepted.
+struct RawInstance {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl RawInstance {
+    async fn start() -> RawInstance {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (a, r) = (accepted.clone(), received.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream, r.clone()));
+            }
+        });
+        RawInstance {
+            addr,
+            accepted,
+            received,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn last(&self) -> Received {
+        self.received.lock().unwrap().last().cloned().unwrap()
+    }
+}
+
+async fn serve(stream: TcpStream, received: Arc<Mutex<Vec<Received>>>) {
+    let mut io = BufReader::new(stream);
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match io.read_line(&mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let end = line == "\r\n";
+            head.push_str(&line.to_ascii_lowercase());
+            if end {
+                break;
+            }
+        }
+        let header = |name: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_owned))
+        };
+        let scenario = header("x-raw").unwrap_or_default();
+        if scenario == "echo" {
+            // Answer at once, then echo each request chunk as it arrives.
+            io.get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            while let Some(chunk) = read_chunk(&mut io).await {
+                let framed = format!("{:x}\r\n", chunk.len());
+                io.get_mut().write_all(framed.as_bytes()).await.unwrap();
+                io.get_mut().write_all(&chunk).await.unwrap();
+                io.get_mut().write_all(b"\r\n").await.unwrap();
+            }
+            io.get_mut().write_all(b"0\r\n\r\n").await.unwrap();
+            continue;
+        }
+        let mut body = Vec::new();
+        if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            body.resize(len, 0);
+            io.read_exact(&mut body).await.unwrap();
+        } else if header("transfer-encoding").as_deref() == Some("chunked") {
+            while let Some(chunk) = read_chunk(&mut io).await {
+                body.extend_from_slice(&chunk);
+            }
+        }
+        received.lock().unwrap().push(Received {
+            head: head.clone(),
+            body,
+        });
+        let response: &[u8] = match scenario.as_str() {
+            "chunked" => {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Extra: 1\r\n\r\n\
+                  5;name=value\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n"
+            }
+            "http10" => b"HTTP/1.0 200 OK\r\nX-Old: yes\r\n\r\nuntil the connection closes",
+            "continue" => {
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nafter"
+            }
+            "no-content" => b"HTTP/1.1 204 No Content\r\nX-Empty: 1\r\n\r\n",
+            "garbage" => b"HTTP/1.1 two hundred\r\n\r\n",
+            _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        };
+        if io.get_mut().write_all(response).await.is_err() {
+            return;
+        }
+        if matches!(scenario.as_str(), "http10" | "garbage") {
+            return;
+        }
+    }
+}
+
+/// One chunk of a chunked request body; `None` after the last one (and its trailers).
+async fn read_chunk(io: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
+    let mut line = String::new();
+    io.read_line(&mut line).await.ok()?;
+    let size = usize::from_str_radix(line.trim().split(';').next()?, 16).ok()?;
+    if size == 0 {
+        loop {
+            line.clear();
+            io.read_line(&mut line).await.ok()?;
+            if line == "\r\n" || line.is_empty() {
+                return None;
+            }
+        }
+    }
+    let mut data = vec![0; size + 2];
+    io.read_exact(&mut data).await.ok()?;
+    data.truncate(size);
+    Some(data)
+}
+
+/// The next non-empty data frame of a response body; `None` at its end.
+async fn next_data(body: &mut hyper::body::Incoming) -> Option<Bytes> {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("a frame within 5 s");
+        match frame? {
+            Ok(f) => match f.into_data() {
+                Ok(d) if !d.is_empty() => return Some(d),
+                _ => continue,
+            },
+            Err(_) => return None,
+        }
+    }
+}
+
+async fn gateway_for(instance: &RawInstance) -> RunningGateway {
+    gateway(&event_function(
+        "raw",
+        &[instance.addr],
+        "instance_concurrency = 1",
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_responses_are_decoded_and_the_connection_is_kept() {
+    let instance = RawInstance::start().await;
+    let gw = gateway_for(&instance).await;
+    for _ in 0..3 {
+        let answer = invoke(gw.listen_addr(), "raw", &[("x-raw", "chunked")], "{}").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body, "hello, world");
+        assert_eq!(answer.headers["x-extra"], "1");
+    }
+    // Three exchanges, all on the connection the first one opened (warm-ups aside, a
+    // kept connection means no new accept per invocation).
+    let before = instance.accepted();
+    invoke(gw.listen_addr(), "raw", &[("x-raw", "chunked")], "{}").await;
+    assert_eq!(instance.accepted(), before, "the connection was reused");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_delimited_http10_bodies_arrive_whole_and_the_connection_is_not_reused() {
+    let instance = RawInstance::start().await;
+    let gw = gateway_for(&instance).await;
+    let answer = invoke(gw.listen_addr(), "raw", &[("x-raw", "http10")], "{}").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "until the connection closes");
+    assert_eq!(answer.headers["x-old"], "yes");
+    // The next invocation works on another connection.
+    let answer = invoke(gw.listen_addr(), "raw", &[], "{}").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "ok");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_responses_are_skipped_and_204_has_no_body() {
+    let instance = RawInstance::start().await;
+    let gw = gateway_for(&instance).await;
+    let answer = invoke(gw.listen_addr(), "raw", &[("x-raw", "continue")], "{}").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "after");
+    let answer = invoke(gw.listen_addr(), "raw", &[("x-raw", "no-content")], "{}").await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT);
+    assert!(answer.body.is_empty());
+    assert_eq!(answer.headers["x-empty"], "1");
+    // Both left the connection usable.
+    let answer = invoke(gw.listen_addr(), "raw", &[], "{}").await;
+    assert_eq!(answer.body, "ok");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_response_is_a_502_405_that_says_so() {
+    let instance = RawInstance::start().await;
+    let gw = gateway_for(&instance).await;
+    let answer = invoke(gw.listen_addr(), "raw", &[("x-raw", "garbage")], "{}").await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(answer.error_code(), 405);
+    let message = answer.json()["errorMessage"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(message.contains("invalid HTTP response"), "{message}");
+    let answer = invoke(gw.listen_addr(), "raw", &[], "{}").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_keep_their_framing_on_the_way_to_the_instance() {
+    let instance = RawInstance::start().await;
+    let gw = gateway_for(&instance).await;
+    // Unknown length: chunked on both legs.
+    let (tx, body) = ChannelBody::new(None);
+    let req = Request::post("/v1/functions/raw/invocations")
+        .header("host", "gw")
+        .body(body)
+        .unwrap();
+    let sending = tokio::spawn(async move {
+        for part in ["{\"a\":", "1", "}"] {
+            tx.send(Bytes::from(part)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let answer = send(gw.listen_addr(), req).await.unwrap();
+    sending.await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    let seen = instance.last();
+    assert!(
+        seen.head.contains("transfer-encoding: chunked\r\n"),
+        "{}",
+        seen.head
+    );
+    assert!(!seen.head.contains("content-length"), "{}", seen.head);
+    assert_eq!(seen.body, b"{\"a\":1}");
+
+    // Known length: passed as it came; an empty POST says so.
+    invoke(gw.listen_addr(), "raw", &[], "{\"b\":2}").await;
+    let seen = instance.last();
+    assert!(
+        seen.head.starts_with("post /event-invoke http/1.1\r\n"),
+        "{}",
+        seen.head
+    );
+    assert!(seen.head.contains("content-length: 7\r\n"), "{}", seen.head);
+    assert_eq!(seen.body, b"{\"b\":2}");
+    let req = Request::post("/v1/functions/raw/invocations")
+        .header("host", "gw")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        send(gw.listen_addr(), req).await.unwrap().status,
+        StatusCode::OK
+    );
+    assert!(instance.last().head.contains("content-length: 0\r\n"));
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_can_stream_while_the_request_body_still_flows() {
+    let instance = RawInstance::start().await;
+    let gw = gateway_for(&instance).await;
+    let (tx, body) = ChannelBody::new(None);
+    let req = Request::post("/v1/functions/raw/invocations")
+        .header("host", "gw")
+        .header("x-raw", "echo")
+        .body(body)
+        .unwrap();
+    let stream = TcpStream::connect(gw.listen_addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    tx.send(Bytes::from_static(b"ping-1")).await.unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .expect("the head came before the request body ended")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    assert_eq!(next_data(&mut body).await.unwrap(), "ping-1");
+    tx.send(Bytes::from_static(b"ping-2")).await.unwrap();
+    assert_eq!(next_data(&mut body).await.unwrap(), "ping-2");
+    drop(tx);
+    assert!(
+        next_data(&mut body).await.is_none(),
+        "the echo ends with the request"
+    );
+    gw.shutdown().await;
+}

@@ -1089,6 +1089,11 @@ def instructions(args):
                         for f in os.listdir(workdir) if f.startswith(f"{name}.") and ".out" in f)
             n = w["requests"]
             results[name] = {"requests": n, "ir": total, "ir_per_request": round(total / max(n, 1))}
+            if args.keep:
+                os.makedirs(args.keep, exist_ok=True)
+                for f in os.listdir(workdir):
+                    if f.startswith(f"{name}.") and ".out" in f:
+                        shutil.copy(os.path.join(workdir, f), args.keep)
             log(f"{name}: {n} requests, {total:,} Ir, {total / max(n, 1):,.0f} Ir/request")
     finally:
         procs.stop_all()
@@ -1136,6 +1141,7 @@ def main():
     ins.add_argument("--connections", type=int, default=16)
     ins.add_argument("--gateway", default=None, help="another scf-gateway binary to measure")
     ins.add_argument("--only", default=None, help="gateway,nginx")
+    ins.add_argument("--keep", default=None, help="copy the callgrind dumps into this folder")
     args = ap.parse_args()
     if args.cmd == "profile":
         args.server_cpus = None

@@ -287,7 +287,11 @@ impl Gateway {
         let body = InvocationBody::new(incoming, exchange.deadline, limit, lease);
         match held {
             None => Response::from_parts(parts, GatewayBody::Invocation(body)),
-            Some((rx, instance)) => with_log_tail(parts, body, rx, &request_id, instance).await,
+            // Off the hot path: boxed, so its state does not weigh on every invocation's
+            // future (which is moved several times per request).
+            Some((rx, instance)) => {
+                Box::pin(with_log_tail(parts, body, rx, &request_id, instance)).await
+            }
         }
     }
 
@@ -312,7 +316,7 @@ impl Gateway {
                     .get(EXPECT)
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
                 if !expects_continue {
-                    let _ = tokio::time::timeout(DRAIN_TIME, body::discard(body)).await;
+                    let _ = tokio::time::timeout(DRAIN_TIME, Box::pin(body::discard(body))).await;
                 }
                 return Err(BodyTooLarge {
                     limit: self.max_body_bytes,
@@ -329,8 +333,8 @@ impl Gateway {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let mut headers = headers::strip_request(parts.headers, function.stamp.len() + 4);
-        function.stamp.apply(&mut headers, request_id);
+        // The stamp itself is written straight into the request head (see `send`).
+        let mut headers = headers::strip_request(parts.headers, 4);
         let (method, uri) = match target {
             Target::Invoke { .. } => (Method::POST, Uri::from_static(EVENT_INVOKE)),
             Target::Web { strip, .. } => {
@@ -349,6 +353,7 @@ impl Gateway {
 
         // Queue and pick an instance, then forward. An instance that refuses the
         // connection got nothing, so the invocation moves on to another one.
+        let stamp = &function.stamp.lines(request_id);
         let pool = function.pool();
         let mut attempts = pool.max_attempts();
         loop {
@@ -374,7 +379,8 @@ impl Gateway {
             let deadline = handed_over + function.timeout;
             let memory = begin_invocation(&instance, request_id, pool);
             let sent =
-                tokio::time::timeout_at(deadline, send(conn, upstream, &instance, pool)).await;
+                tokio::time::timeout_at(deadline, send(conn, upstream, stamp, &instance, pool))
+                    .await;
             let failure = match sent {
                 Ok(Ok(response)) => {
                     return Ok(Exchange {
@@ -400,7 +406,7 @@ impl Gateway {
                     }
                     upstream = req;
                 }
-                Failure::Failed(e) => return Err(failed(&instance, function, e).await),
+                Failure::Failed(e) => return Err(Box::pin(failed(&instance, function, e)).await),
                 Failure::TimedOut => return Err(function.timeout_error().into()),
             }
         }
@@ -443,7 +449,8 @@ async fn connection(instance: &Instance, pool: &Pool) -> Option<PooledConn> {
             pool.metrics().connection(true);
             Some(conn)
         }
-        None => instance.connect(pool.metrics()).await.ok(),
+        // Opening a connection is the slow path; boxed to keep the hot future small.
+        None => Box::pin(instance.connect(pool.metrics())).await.ok(),
     }
 }
 
@@ -453,19 +460,29 @@ async fn connection(instance: &Instance, pool: &Pool) -> Option<PooledConn> {
 async fn send(
     conn: PooledConn,
     req: Request<UpstreamBody>,
+    stamp: &[&[u8]],
     instance: &Instance,
     pool: &Pool,
 ) -> Result<Response<ResponseBody>, Failure> {
-    let req = match h1::send(conn, req).await {
-        Ok(response) => return Ok(response),
-        Err(SendError::Failed(e)) => return Err(Failure::Failed(e)),
-        Err(SendError::Unsent(req)) => req,
-    };
+    match h1::send(conn, req, stamp).await {
+        Ok(response) => Ok(response),
+        Err(SendError::Failed(e)) => Err(Failure::Failed(e)),
+        Err(SendError::Unsent(req)) => Box::pin(send_fresh(req, stamp, instance, pool)).await,
+    }
+}
+
+/// The second try of [`send`], on a connection opened for it.
+async fn send_fresh(
+    req: Request<UpstreamBody>,
+    stamp: &[&[u8]],
+    instance: &Instance,
+    pool: &Pool,
+) -> Result<Response<ResponseBody>, Failure> {
     let fresh = match instance.connect(pool.metrics()).await {
         Ok(conn) => conn,
         Err(_) => return Err(Failure::Refused(req)),
     };
-    match h1::send(fresh, req).await {
+    match h1::send(fresh, req, stamp).await {
         Ok(response) => Ok(response),
         Err(SendError::Failed(e)) => Err(Failure::Failed(e)),
         Err(SendError::Unsent(req)) => Err(Failure::Refused(req)),

@@ -452,6 +452,7 @@ fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 fn encode_head(
     out: &mut Vec<u8>,
     parts: &http::request::Parts,
+    extra: &[&[u8]],
     empty_body: bool,
     exact_len: Option<u64>,
 ) -> Framing {
@@ -463,6 +464,9 @@ fn encode_head(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
         put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    for lines in extra {
+        out.extend_from_slice(lines);
     }
     let framing = if parts.headers.contains_key(CONTENT_LENGTH) {
         Framing::Length
@@ -488,16 +492,24 @@ fn encode_head(
 
 // === exchange ===
 
-/// Sends `req` on `conn` and waits for the response head. The body streams on inside
+/// Sends `req` on `conn`, with `extra` (complete header lines, already encoded) after
+/// its headers, and waits for the response head. The body streams on inside
 /// the returned response's [`ResponseBody`], which also owns the connection until the
 /// body ends.
 pub async fn send(
     mut conn: PooledConn,
     req: Request<UpstreamBody>,
+    extra: &[&[u8]],
 ) -> Result<Response<ResponseBody>, SendError> {
     let (parts, body) = req.into_parts();
     let empty = body.is_end_stream();
-    let framing = encode_head(&mut conn.h1.out, &parts, empty, body.size_hint().exact());
+    let framing = encode_head(
+        &mut conn.h1.out,
+        &parts,
+        extra,
+        empty,
+        body.size_hint().exact(),
+    );
     let mut exchange = Exchange {
         out: Outgoing {
             body,
@@ -890,17 +902,17 @@ mod tests {
     fn heads_carry_the_target_headers_and_framing() {
         let mut out = Vec::new();
         let parts = request(Method::POST, &[("content-length", "2"), ("x-a", "b")]);
-        let framing = encode_head(&mut out, &parts, false, None);
+        let framing = encode_head(&mut out, &parts, &[b"x-b: c\r\n"], false, None);
         assert_eq!(framing, Framing::Length);
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
-            "POST /web/a?x=1 HTTP/1.1\r\ncontent-length: 2\r\nx-a: b\r\n\r\n"
+            "POST /web/a?x=1 HTTP/1.1\r\ncontent-length: 2\r\nx-a: b\r\nx-b: c\r\n\r\n"
         );
         let parts = request(Method::POST, &[]);
-        encode_head(&mut out, &parts, true, None);
+        encode_head(&mut out, &parts, &[], true, None);
         assert!(out.ends_with(b"content-length: 0\r\n\r\n"));
         let parts = request(Method::GET, &[]);
-        encode_head(&mut out, &parts, true, None);
+        encode_head(&mut out, &parts, &[], true, None);
         assert!(out.ends_with(b"HTTP/1.1\r\n\r\n"));
     }
 }

@@ -237,9 +237,10 @@ pub fn new_request_id() -> HeaderValue {
     let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_ne_bytes()).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     id.hyphenated().encode_lower(&mut buf);
-    // Built on shared `Bytes`, so the clones for the instance, the response and the
-    // logs are reference counts, not copies.
-    HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(&buf)).unwrap_or(
+    // Owned by one shared allocation from the start, so the clones for the response and
+    // the logs are reference counts: no copy, and no second allocation when a
+    // `copy_from_slice` buffer is promoted on its first clone.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf)).unwrap_or(
         HeaderValue::from_static("00000000-0000-4000-8000-000000000000"),
     )
 }

@@ -174,6 +174,8 @@ pub struct Gateway {
     max_body_bytes: u64,
     access_log: bool,
     registry: Registry,
+    /// `/event-invoke`, parsed once (`Uri::from_static` parses on every call).
+    event_uri: Uri,
 }
 
 impl Gateway {
@@ -194,6 +196,7 @@ impl Gateway {
             max_body_bytes: config.server.max_body_bytes,
             access_log: config.server.access_log,
             registry,
+            event_uri: Uri::from_static(EVENT_INVOKE),
         }
     }
 
@@ -334,9 +337,15 @@ impl Gateway {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         // The stamp itself is written straight into the request head (see `send`).
-        let mut headers = headers::strip_request(parts.headers, 4);
+        // Room for what is added: events only replace `Host`; web requests add up to
+        // four (a map at capacity would otherwise be rehashed for them).
+        let room = match target {
+            Target::Invoke { .. } => 0,
+            Target::Web { .. } => 4,
+        };
+        let mut headers = headers::strip_request(parts.headers, room);
         let (method, uri) = match target {
-            Target::Invoke { .. } => (Method::POST, Uri::from_static(EVENT_INVOKE)),
+            Target::Invoke { .. } => (Method::POST, self.event_uri.clone()),
             Target::Web { strip, .. } => {
                 if let Some(host) = &original_host {
                     headers.insert(HOST, host.clone());

@@ -434,7 +434,14 @@ impl Outgoing {
         self.out_pos += from_out;
         n -= from_out;
         let from_data = n.min(self.data.len());
-        self.data.advance(from_data);
+        if from_data == self.data.len() {
+            // Drop the frame rather than keep an empty slice of it: it shares the
+            // client connection's read buffer, which hyper can reuse only once no
+            // slice of it is left (else it allocates a new one for the next request).
+            self.data = Bytes::new();
+        } else {
+            self.data.advance(from_data);
+        }
         n -= from_data;
         self.tail = &self.tail[n.min(self.tail.len())..];
     }

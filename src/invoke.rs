@@ -8,7 +8,9 @@
 //! Each stage raises its own error type; they meet here as [`GatewayError`], which is
 //! rendered in one place (`error.rs`). Nothing on this path buffers a body.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -253,7 +255,23 @@ impl Gateway {
             }
         };
 
-        // Respond: stream the answer back; the invocation ends with its body.
+        match self.respond(function, exchange, accounting, wants_tail, request_id) {
+            Responded::Now(response) => response,
+            Responded::Held(held) => held.await,
+        }
+    }
+
+    /// Respond: stream the answer back; the invocation ends with its body. Synchronous,
+    /// so none of its values occupy the invocation's future (which hyper moves a few
+    /// times per request).
+    fn respond(
+        &self,
+        function: &Function,
+        exchange: Exchange,
+        accounting: Accounting,
+        wants_tail: bool,
+        request_id: HeaderValue,
+    ) -> Responded {
         let (mut parts, incoming) = exchange.response.into_parts();
         if content_length(&parts.headers).is_some_and(|l| l > function.response_limit) {
             let e = GatewayError::from(ForwardError::ResponseTooLarge);
@@ -265,7 +283,7 @@ impl Gateway {
                 None,
             );
             accounting.finish(e.outcome());
-            return e.into_response(&request_id);
+            return Responded::Now(e.into_response(&request_id));
         }
         headers::strip_response(&mut parts.headers, &request_id);
         let tail = (wants_tail && exchange.slot.instance().is_launched()).then(oneshot::channel);
@@ -289,12 +307,10 @@ impl Gateway {
         let held = tail_rx.map(|rx| (rx, lease.slot.instance().name().to_owned()));
         let body = InvocationBody::new(incoming, exchange.deadline, limit, lease);
         match held {
-            None => Response::from_parts(parts, GatewayBody::Invocation(body)),
-            // Off the hot path: boxed, so its state does not weigh on every invocation's
-            // future (which is moved several times per request).
-            Some((rx, instance)) => {
-                Box::pin(with_log_tail(parts, body, rx, &request_id, instance)).await
-            }
+            None => Responded::Now(Response::from_parts(parts, GatewayBody::Invocation(body))),
+            Some((rx, instance)) => Responded::Held(Box::pin(with_log_tail(
+                parts, body, rx, request_id, instance,
+            ))),
         }
     }
 
@@ -420,6 +436,16 @@ impl Gateway {
             }
         }
     }
+}
+
+/// What [`Gateway::respond`] makes of a response head: the response, or (for a Tail
+/// invocation) the future that holds it until the log tail is known.
+// Returned by value once per invocation, never stored: boxing the common variant would
+// cost an allocation to save bytes nobody keeps.
+#[allow(clippy::large_enum_variant)]
+enum Responded {
+    Now(Response<GatewayBody>),
+    Held(Pin<Box<dyn Future<Output = Response<GatewayBody>> + Send>>),
 }
 
 /// An invocation whose response head has arrived. Its body owns the connection.
@@ -591,7 +617,7 @@ async fn with_log_tail(
     mut parts: http::response::Parts,
     body: InvocationBody,
     tail: oneshot::Receiver<String>,
-    request_id: &HeaderValue,
+    request_id: HeaderValue,
     instance: String,
 ) -> Response<GatewayBody> {
     use http_body_util::BodyExt;
@@ -605,7 +631,7 @@ async fn with_log_tail(
                     what: format!("failed while sending the response: {e}"),
                 }),
             };
-            return error.into_response(request_id);
+            return error.into_response(&request_id);
         }
     };
     let text = tail.await.unwrap_or_default();

@@ -146,11 +146,15 @@ async fn an_instance_that_never_listens_gives_503_405_and_is_killed() {
         wait_until(Duration::from_secs(1), || running(&m).is_empty()).await,
         "the process is gone"
     );
-    // The gateway logged the same line.
-    assert!(gw
-        .records()
-        .iter()
-        .any(|r| r["message"] == message.as_str()));
+    // The gateway logged the same line (the answer may overtake the log write).
+    assert!(
+        wait_until(Duration::from_secs(2), || gw
+            .records()
+            .iter()
+            .any(|r| r["message"] == message.as_str()))
+        .await,
+        "logged: {message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -358,68 +358,90 @@ impl Outgoing {
 
     /// Writes what is pending and pulls the next body frames, until the body is sent
     /// (`Ready(Ok)`), the socket or the body is not ready (`Pending`), or it fails.
+    ///
+    /// A frame that is already there is pulled before writing, so a head and a small
+    /// body leave in one `writev` (one syscall and one segment, not two).
     fn poll_send(
         &mut self,
         conn: &mut Connection,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), UpstreamError>> {
         loop {
-            while self.pending() {
-                let bufs = [
-                    IoSlice::new(&conn.out[self.out_pos..self.out_end]),
-                    IoSlice::new(&self.data),
-                    IoSlice::new(self.tail),
-                ];
-                let n = match ready!(Pin::new(&mut conn.io).poll_write_vectored(cx, &bufs)) {
-                    Ok(0) => return Poll::Ready(Err(UpstreamError::BrokenPipe)),
-                    Ok(n) => n,
-                    Err(e) => return Poll::Ready(Err(UpstreamError::io(e, false))),
-                };
-                self.written = true;
-                self.advance(n);
+            if self.data.is_empty() && self.tail.is_empty() && !self.body_done {
+                match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Ready(frame) => {
+                        self.take(conn, frame)?;
+                        continue;
+                    }
+                    Poll::Pending if !self.pending() => return Poll::Pending,
+                    Poll::Pending => {}
+                }
             }
-            if self.body_done {
+            if !self.pending() {
+                // Nothing to write and the body ended (a pending body returned above).
                 return Poll::Ready(Ok(()));
             }
-            let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                Some(Ok(frame)) => frame,
-                Some(Err(e)) => {
-                    self.body_done = true;
-                    return Poll::Ready(Err(UpstreamError::RequestBody(e)));
-                }
-                None => {
-                    self.body_done = true;
-                    if self.framing == Framing::Chunked {
-                        self.tail = b"0\r\n\r\n";
-                    }
-                    continue;
-                }
+            let bufs = [
+                IoSlice::new(&conn.out[self.out_pos..self.out_end]),
+                IoSlice::new(&self.data),
+                IoSlice::new(self.tail),
+            ];
+            let n = match ready!(Pin::new(&mut conn.io).poll_write_vectored(cx, &bufs)) {
+                Ok(0) => return Poll::Ready(Err(UpstreamError::BrokenPipe)),
+                Ok(n) => n,
+                Err(e) => return Poll::Ready(Err(UpstreamError::io(e, false))),
             };
-            match frame.into_data() {
-                Ok(data) if data.is_empty() => {}
-                Ok(data) => {
-                    if self.framing == Framing::Chunked {
-                        conn.out.clear();
-                        self.out_pos = 0;
-                        // Writing into a Vec cannot fail.
-                        let _ = write!(conn.out, "{:x}\r\n", data.len());
-                        self.out_end = conn.out.len();
-                        self.tail = b"\r\n";
-                    }
-                    self.data = data;
+            self.written = true;
+            self.advance(n);
+        }
+    }
+
+    /// Queues a body frame (or the body's end) for writing, framed as the head said.
+    fn take(
+        &mut self,
+        conn: &mut Connection,
+        frame: Option<Result<Frame<Bytes>, BoxError>>,
+    ) -> Result<(), UpstreamError> {
+        let chunked = self.framing == Framing::Chunked;
+        let frame = match frame {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                self.body_done = true;
+                return Err(UpstreamError::RequestBody(e));
+            }
+            None => {
+                self.body_done = true;
+                if chunked {
+                    self.tail = b"0\r\n\r\n";
                 }
-                Err(frame) => {
-                    // Trailers end the body; only chunked framing can carry them.
-                    let Ok(trailers) = frame.into_trailers() else {
-                        continue;
-                    };
+                return Ok(());
+            }
+        };
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => {}
+            Ok(data) => {
+                // The body's end is often known with its last frame: say so now, in
+                // the same write.
+                let last = self.body.is_end_stream();
+                if chunked {
+                    let out = self.reuse_out(conn);
+                    // Writing into a Vec cannot fail.
+                    let _ = write!(out, "{:x}\r\n", data.len());
+                    self.out_end = conn.out.len();
+                    self.tail = if last { b"\r\n0\r\n\r\n" } else { b"\r\n" };
+                }
+                self.body_done = last;
+                self.data = data;
+            }
+            Err(frame) => {
+                // Trailers end the body; only chunked framing can carry them.
+                if let Ok(trailers) = frame.into_trailers() {
                     self.body_done = true;
-                    if self.framing == Framing::Chunked {
-                        conn.out.clear();
-                        self.out_pos = 0;
-                        conn.out.extend_from_slice(b"0\r\n");
+                    if chunked {
+                        let out = self.reuse_out(conn);
+                        out.extend_from_slice(b"0\r\n");
                         for (name, value) in &trailers {
-                            put_header(&mut conn.out, name.as_str().as_bytes(), value.as_bytes());
+                            put_header(out, name.as_str().as_bytes(), value.as_bytes());
                         }
                         self.out_end = conn.out.len();
                         self.tail = b"\r\n";
@@ -427,6 +449,17 @@ impl Outgoing {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The connection's `out` buffer, to append framing to: emptied first if all of it
+    /// was written, else kept (the head may still be waiting to go with this frame).
+    fn reuse_out<'c>(&mut self, conn: &'c mut Connection) -> &'c mut Vec<u8> {
+        if self.out_pos == self.out_end {
+            conn.out.clear();
+            self.out_pos = 0;
+        }
+        &mut conn.out
     }
 
     fn advance(&mut self, mut n: usize) {

@@ -659,3 +659,56 @@ async fn functions_on_the_same_instance_share_its_connections() {
     );
     gw.shutdown().await;
 }
+
+/// Two hundred functions on one instance address: the address keeps as many warm
+/// connections as the largest function needs (not one set per function), reuses them
+/// while invocations come, and lets them go without reconnecting once it is quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_functions_on_one_address_keep_one_set_of_warm_connections() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let instance = FakeInstance::start().await;
+    let mut functions = event_function("f0", &[instance.addr], "instance_concurrency = 8");
+    for i in 1..200 {
+        functions += &event_function(&format!("f{i}"), &[instance.addr], "");
+    }
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         upstream_idle_timeout = \"400ms\"\n{functions}"
+    );
+    let gw = scf_gateway::RunningGateway::start(&config(&text))
+        .await
+        .unwrap();
+    let upstream = gw.gateway().functions()[1].pool().instances()[0].clone();
+    for i in 1..40 {
+        let answer = invoke(gw.listen_addr(), &format!("f{i}"), &[], "{}").await;
+        assert_eq!(answer.status, StatusCode::OK, "f{i}");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let opened = instance.record.connections.load(SeqCst);
+    assert_eq!(
+        upstream.live_connections(),
+        8,
+        "warm connections: the largest target of the functions sharing the address"
+    );
+    assert!(opened <= 9, "{opened} connections opened for 200 functions");
+    // Quiet: the connections go, and nothing reconnects.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        upstream.live_connections(),
+        0,
+        "idle connections were closed"
+    );
+    let settled = instance.record.connections.load(SeqCst);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        instance.record.connections.load(SeqCst),
+        settled,
+        "no reconnects while idle"
+    );
+    // Demand wakes the tending keeper again.
+    let answer = invoke(gw.listen_addr(), "f150", &[], "{}").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(upstream.live_connections(), 8, "warm again after use");
+    gw.shutdown().await;
+}

@@ -11,6 +11,12 @@
 //! lets its connections go and its keeper sleeps until the next invocation wakes it.
 //! Keeping every configured slot connected forever would cost a reconnect per slot per
 //! idle period, which for thousands of quiet instances is a storm of connects.
+//!
+//! Every (function, instance) has a keeper, but an [`Upstream`] shared by many static
+//! pools is tended by one of them at a time: the others sleep without a timer until
+//! their own pool takes the instance out of rotation (then they probe it) or the tender
+//! leaves (then one of them takes over). 1,000 functions over four addresses wake four
+//! keepers a tick, not 4,000.
 
 use std::collections::HashMap;
 use std::io;
@@ -70,6 +76,12 @@ pub struct Upstream {
     created: Instant,
     /// The keeper sleeps until the instance is used again.
     parked: AtomicBool,
+    /// A keeper tends this upstream (warm-up and eviction); the others sleep.
+    tended: AtomicBool,
+    /// Wakes the sleeping keepers when the tender leaves.
+    tender_left: Notify,
+    /// Warm connections to keep: the largest target of the pools sharing it.
+    warm_target: AtomicUsize,
 }
 
 /// Upstreams by address, for sharing between static pools.
@@ -210,13 +222,20 @@ impl Upstream {
             last_used_ms: AtomicU64::new(0),
             created: Instant::now(),
             parked: AtomicBool::new(false),
+            tended: AtomicBool::new(false),
+            tender_left: Notify::new(),
+            warm_target: AtomicUsize::new(0),
         }
     }
 
     /// Records a hand-over; wakes the keeper if it was parked for lack of demand.
     pub fn touch(&self) {
         let ms = self.created.elapsed().as_millis() as u64 + 1;
-        self.last_used_ms.store(ms, Ordering::Relaxed);
+        // Written once per millisecond at most: the line is shared by every function
+        // using this address, and by every worker thread.
+        if self.last_used_ms.load(Ordering::Relaxed) != ms {
+            self.last_used_ms.store(ms, Ordering::Relaxed);
+        }
         if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
             self.closed.notify_one();
         }
@@ -324,6 +343,25 @@ impl Upstream {
     pub fn clear_idle(&self) {
         lock(&self.idle).clear();
     }
+
+    /// Makes the calling keeper the tender, unless another one is.
+    fn claim(self: &Arc<Self>) -> Option<Tending> {
+        self.tended
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| Tending(self.clone()))
+    }
+}
+
+/// The right to tend an upstream; given up on drop (also when the keeper task is
+/// aborted), which wakes the sleeping keepers so one of them takes over.
+struct Tending(Arc<Upstream>);
+
+impl Drop for Tending {
+    fn drop(&mut self) {
+        self.0.tended.store(false, Ordering::Release);
+        self.0.tender_left.notify_waiters();
+    }
 }
 
 /// Counts a connection as gone and wakes the keeper, however its driver task ends
@@ -346,20 +384,40 @@ impl Drop for LiveGuard {
 
 /// The keeper of one instance: tops up warm connections while the instance is up, and
 /// probes it with backoff while it is down. Ends when the instance leaves the pool.
+/// Of the keepers whose instances share an upstream, only the tender warms and evicts;
+/// the others wait for their instance to go down or for the tender to leave.
 pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>) {
     let idle_timeout = pool.idle_timeout;
     let tick = (idle_timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let metrics = pool.metrics().clone();
+    let upstream = instance.upstream().clone();
+    upstream
+        .warm_target
+        .fetch_max(pool.warm_target, Ordering::AcqRel);
     let mut backoff = PROBE_BACKOFF_MIN;
+    let mut tending: Option<Tending> = None;
     loop {
-        let upstream = instance.upstream();
+        // Registered before the state is read, so a change in between is not missed.
+        let changed = pool.changed.notified();
+        let left = upstream.tender_left.notified();
         match pool.instance_state(index, &instance) {
             None => return,
             Some(true) => {
                 backoff = PROBE_BACKOFF_MIN;
+                if tending.is_none() {
+                    tending = upstream.claim();
+                }
+                if tending.is_none() {
+                    tokio::select! {
+                        _ = changed => {}
+                        _ = left => {}
+                    }
+                    continue;
+                }
                 upstream.evict_idle(idle_timeout);
                 let active = upstream.recently_used(idle_timeout);
-                while active && upstream.reserve_warm(pool.warm_target) {
+                let target = upstream.warm_target.load(Ordering::Acquire);
+                while active && upstream.reserve_warm(target) {
                     match upstream.open(&metrics).await {
                         Ok(conn) => instance.checkin(conn),
                         Err(_) => {
@@ -369,20 +427,27 @@ pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>)
                     }
                 }
                 if !active && instance.live_connections() == 0 {
-                    // Nothing to keep warm: sleep until an invocation touches it.
+                    // Nothing to keep warm: sleep until an invocation touches it (or
+                    // this pool takes the instance out of rotation).
                     upstream.parked.store(true, Ordering::Release);
                     if !upstream.recently_used(idle_timeout) {
-                        upstream.closed.notified().await;
+                        tokio::select! {
+                            _ = upstream.closed.notified() => {}
+                            _ = changed => {}
+                        }
                     }
                     upstream.parked.store(false, Ordering::Release);
                     continue;
                 }
                 tokio::select! {
                     _ = upstream.closed.notified() => {}
+                    _ = changed => {}
                     _ = tokio::time::sleep(tick) => {}
                 }
             }
             Some(false) => {
+                // Another keeper tends the upstream while this one probes.
+                tending = None;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(PROBE_BACKOFF_MAX);
                 if let Ok(conn) = instance.connect(&metrics).await {

@@ -10,8 +10,8 @@
 //! [`Launcher`] that starts processes on demand (see [`scale`]). The state is one small
 //! mutex per pool, held for a few instructions and never across an await. Instances
 //! that refuse connections are marked down; the per-instance keeper task (see
-//! [`connection`]) probes them back in with backoff and keeps warm keep-alive
-//! connections ready.
+//! [`connection`]) probes them back in with backoff, and one keeper per address keeps
+//! warm keep-alive connections ready.
 
 pub mod connection;
 mod scale;
@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
@@ -47,6 +47,8 @@ pub struct Pool {
     launcher: Option<Arc<Launcher>>,
     state: Mutex<State>,
     tasks: Mutex<Vec<AbortHandle>>,
+    /// Wakes this pool's keepers when an instance goes out of rotation.
+    changed: Notify,
 }
 
 struct State {
@@ -118,6 +120,7 @@ impl Pool {
                 launch: scale::LaunchState::default(),
             }),
             tasks: Mutex::new(Vec::new()),
+            changed: Notify::new(),
         });
         pool.publish_instances(&lock(&pool.state));
         pool
@@ -376,6 +379,7 @@ impl Pool {
                 VecDeque::new()
             }
         };
+        self.changed.notify_waiters();
         tracing::warn!(
             function = %self.function,
             instance = %instance.name(),

@@ -84,16 +84,30 @@ pub struct Upstream {
     warm_target: AtomicUsize,
 }
 
-/// Upstreams by address, for sharing between static pools.
+/// Upstreams by address, for sharing between static pools, and the `Host` values of
+/// their authorities (one buffer per authority, not one per function).
 #[derive(Default)]
-pub struct Upstreams(Mutex<HashMap<SocketAddr, Arc<Upstream>>>);
+pub struct Upstreams {
+    by_addr: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
+    hosts: Mutex<HashMap<String, HeaderValue>>,
+}
 
 impl Upstreams {
     /// The upstream of `addr`, created on first use.
     pub fn get(&self, addr: SocketAddr) -> Arc<Upstream> {
-        lock(&self.0)
+        lock(&self.by_addr)
             .entry(addr)
             .or_insert_with(|| Arc::new(Upstream::new(addr)))
+            .clone()
+    }
+
+    fn host(&self, authority: &str) -> HeaderValue {
+        lock(&self.hosts)
+            .entry(authority.to_owned())
+            .or_insert_with(|| {
+                HeaderValue::from_str(authority)
+                    .unwrap_or_else(|_| HeaderValue::from_static("localhost"))
+            })
             .clone()
     }
 }
@@ -113,15 +127,15 @@ impl Drop for PooledConn {
 }
 
 impl Instance {
-    /// A static instance at `addr`, reached with `Host: authority`, over `upstream`.
-    pub fn new(authority: &str, upstream: Arc<Upstream>) -> Instance {
+    /// A static instance at `addr`, reached with `Host: authority`, over the upstream
+    /// it shares with the other static pools listing `addr`.
+    pub fn new(authority: &str, addr: SocketAddr, upstreams: &Upstreams) -> Instance {
         Instance {
             name: authority.to_owned(),
-            addr: upstream.addr,
+            addr,
             launched: None,
-            host: HeaderValue::from_str(authority)
-                .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
-            upstream,
+            host: upstreams.host(authority),
+            upstream: upstreams.get(addr),
         }
     }
 

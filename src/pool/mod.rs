@@ -91,7 +91,7 @@ impl Pool {
                 .iter()
                 .map(|i| {
                     Some(Entry {
-                        instance: Arc::new(Instance::new(&i.authority, upstreams.get(i.addr))),
+                        instance: Arc::new(Instance::new(&i.authority, i.addr, upstreams)),
                         inflight: 0,
                         up: true,
                         idle_since: now,

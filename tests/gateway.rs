@@ -712,3 +712,47 @@ async fn many_functions_on_one_address_keep_one_set_of_warm_connections() {
     assert_eq!(upstream.live_connections(), 8, "warm again after use");
     gw.shutdown().await;
 }
+
+/// An address shared by several functions that refused connections is probed back into
+/// rotation for each of them once it listens again (the pools that did not start the
+/// address's keeper get a probing keeper of their own while it is out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_instance_comes_back_for_every_function_listing_it() {
+    let live = FakeInstance::start().await;
+    let dead = refusing_addr().await;
+    let functions: String = (0..3)
+        .map(|i| event_function(&format!("f{i}"), &[live.addr, dead], ""))
+        .collect();
+    let gw = gateway(&functions).await;
+    for round in 0..10 {
+        for i in 0..3 {
+            let answer = invoke(gw.listen_addr(), &format!("f{i}"), &[], "{}").await;
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "round {round}: {:?}",
+                answer.body
+            );
+        }
+    }
+    let back = FakeInstance::start_on(dead).await;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let served = |name: &str| {
+        back.record
+            .seen()
+            .iter()
+            .any(|s| header_map(s).get("x-scf-name").map(String::as_str) == Some(name))
+    };
+    while !(0..3).all(|i| served(&format!("f{i}"))) {
+        assert!(
+            Instant::now() < deadline,
+            "every function sends to the instance again"
+        );
+        for i in 0..3 {
+            let answer = invoke(gw.listen_addr(), &format!("f{i}"), &[], "{}").await;
+            assert_eq!(answer.status, StatusCode::OK);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.shutdown().await;
+}

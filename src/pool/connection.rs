@@ -12,11 +12,11 @@
 //! Keeping every configured slot connected forever would cost a reconnect per slot per
 //! idle period, which for thousands of quiet instances is a storm of connects.
 //!
-//! Every (function, instance) has a keeper, but an [`Upstream`] shared by many static
-//! pools is tended by one of them at a time: the others sleep without a timer until
-//! their own pool takes the instance out of rotation (then they probe it) or the tender
-//! leaves (then one of them takes over). 1,000 functions over four addresses wake four
-//! keepers a tick, not 4,000.
+//! An [`Upstream`] shared by many static pools has one keeper, started by the first
+//! pool listing its address; another pool's instance at that address gets a keeper of
+//! its own only while that pool has it out of rotation (to probe it), and that keeper
+//! ends once the instance is back and the address is tended. 1,000 functions over four
+//! addresses run four keeper tasks, not 4,000.
 
 use std::collections::HashMap;
 use std::io;
@@ -76,10 +76,10 @@ pub struct Upstream {
     created: Instant,
     /// The keeper sleeps until the instance is used again.
     parked: AtomicBool,
-    /// A keeper tends this upstream (warm-up and eviction); the others sleep.
+    /// A keeper tends this upstream (warm-up and eviction).
     tended: AtomicBool,
-    /// Wakes the sleeping keepers when the tender leaves.
-    tender_left: Notify,
+    /// A pool has started a keeper for this upstream.
+    adopted: AtomicBool,
     /// Warm connections to keep: the largest target of the pools sharing it.
     warm_target: AtomicUsize,
 }
@@ -237,7 +237,7 @@ impl Upstream {
             created: Instant::now(),
             parked: AtomicBool::new(false),
             tended: AtomicBool::new(false),
-            tender_left: Notify::new(),
+            adopted: AtomicBool::new(false),
             warm_target: AtomicUsize::new(0),
         }
     }
@@ -358,6 +358,11 @@ impl Upstream {
         lock(&self.idle).clear();
     }
 
+    /// True for the first pool to ask: it starts the keeper of this upstream.
+    pub(super) fn adopt(&self) -> bool {
+        !self.adopted.swap(true, Ordering::AcqRel)
+    }
+
     /// Makes the calling keeper the tender, unless another one is.
     fn claim(self: &Arc<Self>) -> Option<Tending> {
         self.tended
@@ -368,13 +373,12 @@ impl Upstream {
 }
 
 /// The right to tend an upstream; given up on drop (also when the keeper task is
-/// aborted), which wakes the sleeping keepers so one of them takes over.
+/// aborted), so that a keeper probing it back into rotation can take it over.
 struct Tending(Arc<Upstream>);
 
 impl Drop for Tending {
     fn drop(&mut self) {
         self.0.tended.store(false, Ordering::Release);
-        self.0.tender_left.notify_waiters();
     }
 }
 
@@ -399,7 +403,7 @@ impl Drop for LiveGuard {
 /// The keeper of one instance: tops up warm connections while the instance is up, and
 /// probes it with backoff while it is down. Ends when the instance leaves the pool.
 /// Of the keepers whose instances share an upstream, only the tender warms and evicts;
-/// the others wait for their instance to go down or for the tender to leave.
+/// another one ends once its instance is back in rotation.
 pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>) {
     let idle_timeout = pool.idle_timeout;
     let tick = (idle_timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -413,7 +417,6 @@ pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>)
     loop {
         // Registered before the state is read, so a change in between is not missed.
         let changed = pool.changed.notified();
-        let left = upstream.tender_left.notified();
         match pool.instance_state(index, &instance) {
             None => return,
             Some(true) => {
@@ -422,9 +425,8 @@ pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>)
                     tending = upstream.claim();
                 }
                 if tending.is_none() {
-                    tokio::select! {
-                        _ = changed => {}
-                        _ = left => {}
+                    if pool.retire_keeper(index, &instance) {
+                        return;
                     }
                     continue;
                 }

@@ -9,9 +9,9 @@
 //! Instances come from a source: a static list (fixed for the pool's life), or a
 //! [`Launcher`] that starts processes on demand (see [`scale`]). The state is one small
 //! mutex per pool, held for a few instructions and never across an await. Instances
-//! that refuse connections are marked down; the per-instance keeper task (see
-//! [`connection`]) probes them back in with backoff, and one keeper per address keeps
-//! warm keep-alive connections ready.
+//! that refuse connections are marked down; a keeper task (see [`connection`]) probes
+//! them back in with backoff, and one keeper per address keeps warm keep-alive
+//! connections ready.
 
 pub mod connection;
 mod scale;
@@ -68,6 +68,8 @@ struct Entry {
     up: bool,
     /// When `inflight` last dropped to zero (for idle scale-down).
     idle_since: Instant,
+    /// A keeper task runs for this entry (see [`connection::keep`]).
+    keeper: bool,
 }
 
 type WaitResult = Result<Slot, AdmitError>;
@@ -95,6 +97,7 @@ impl Pool {
                         inflight: 0,
                         up: true,
                         idle_since: now,
+                        keeper: false,
                     })
                 })
                 .collect(),
@@ -126,15 +129,21 @@ impl Pool {
         pool
     }
 
-    /// Starts the background work: one keeper per static instance (warm connections,
-    /// health probes); for launched functions the scaler and the `min_instances`.
-    /// Needs a Tokio runtime.
+    /// Starts the background work: a keeper for each static instance whose address no
+    /// other pool keeps yet (warm connections; a pool's other instances get a keeper
+    /// when they go out of rotation, to probe them); for launched functions the scaler
+    /// and the `min_instances`. Needs a Tokio runtime.
     pub fn start(self: &Arc<Self>) {
-        let indices: Vec<usize> = {
+        let adopted: Vec<usize> = {
             let state = lock(&self.state);
-            (0..state.entries.len()).collect()
+            (0..state.entries.len())
+                .filter(|&i| match &state.entries[i] {
+                    Some(e) => e.instance.upstream().adopt(),
+                    None => false,
+                })
+                .collect()
         };
-        for index in indices {
+        for index in adopted {
             self.spawn_keeper(index);
         }
         if self.launcher.is_some() {
@@ -144,12 +153,32 @@ impl Pool {
     }
 
     fn spawn_keeper(self: &Arc<Self>, index: usize) {
-        let instance = match lock(&self.state).entries.get(index) {
-            Some(Some(e)) => e.instance.clone(),
+        let instance = match lock(&self.state).entries.get_mut(index) {
+            Some(Some(e)) if !e.keeper => {
+                e.keeper = true;
+                e.instance.clone()
+            }
             _ => return,
         };
         let task = tokio::spawn(connection::keep(self.clone(), index, instance));
-        lock(&self.tasks).push(task.abort_handle());
+        let mut tasks = lock(&self.tasks);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task.abort_handle());
+    }
+
+    /// Ends the keeper of an instance that is up while another keeper tends its
+    /// upstream. False if the instance went down meanwhile: then it still has to probe.
+    fn retire_keeper(&self, index: usize, instance: &Arc<Instance>) -> bool {
+        let mut state = lock(&self.state);
+        match state.entries.get_mut(index).and_then(Option::as_mut) {
+            Some(e) if Arc::ptr_eq(&e.instance, instance) => {
+                if e.up {
+                    e.keeper = false;
+                }
+                e.up
+            }
+            _ => true,
+        }
     }
 
     /// Stops the background tasks and, for launched functions, every instance.
@@ -360,8 +389,8 @@ impl Pool {
 
     /// Takes an instance out of rotation after it refused a connection. Returns true
     /// when this call changed its state.
-    pub fn mark_down(&self, index: usize, instance: &Arc<Instance>) -> bool {
-        let dropped_waiters = {
+    pub fn mark_down(self: &Arc<Self>, index: usize, instance: &Arc<Instance>) -> bool {
+        let (dropped_waiters, probe) = {
             let mut state = lock(&self.state);
             let Some(entry) = state.entries.get_mut(index).and_then(Option::as_mut) else {
                 return false;
@@ -370,15 +399,21 @@ impl Pool {
                 return false;
             }
             entry.up = false;
+            // Probing it back is a keeper's job; start one unless it has one.
+            let probe = !entry.keeper;
             state.up_count -= 1;
             self.publish_instances(&state);
-            if state.up_count == 0 && self.launcher.is_none() {
+            let dropped = if state.up_count == 0 && self.launcher.is_none() {
                 self.metrics.queue_depth.set(0.0);
                 std::mem::take(&mut state.waiters)
             } else {
                 VecDeque::new()
-            }
+            };
+            (dropped, probe)
         };
+        if probe {
+            self.spawn_keeper(index);
+        }
         self.changed.notify_waiters();
         tracing::warn!(
             function = %self.function,
@@ -545,6 +580,7 @@ impl State {
             inflight: 0,
             up: true,
             idle_since: Instant::now(),
+            keeper: false,
         };
         self.live += 1;
         self.up_count += 1;

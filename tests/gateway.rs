@@ -756,3 +756,35 @@ async fn a_shared_instance_comes_back_for_every_function_listing_it() {
     }
     gw.shutdown().await;
 }
+
+/// Functions whose pools list the same instances spread their invocations over those
+/// addresses by the load of every function on them, not each by its own (which, with
+/// many functions each seeing idle instances, is a coin toss per invocation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_sharing_instances_balance_by_address_load() {
+    let a = FakeInstance::start().await;
+    let b = FakeInstance::start().await;
+    let functions: String = (0..40)
+        .map(|i| event_function(&format!("f{i}"), &[a.addr, b.addr], ""))
+        .collect();
+    let gw = gateway(&functions).await;
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        let addr = gw.listen_addr();
+        calls.push(tokio::spawn(async move {
+            invoke(addr, &format!("f{i}"), &[("x-test-sleep-ms", "600")], "{}").await
+        }));
+        // Each invocation is in flight before the next one is picked.
+        tokio::time::sleep(Duration::from_millis(8)).await;
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap().status, StatusCode::OK);
+    }
+    let counts = by_instance(&[&a.record, &b.record]);
+    assert_eq!(counts.iter().sum::<usize>(), 40);
+    assert!(
+        counts[0].abs_diff(counts[1]) <= 2,
+        "per-address balance: {counts:?}"
+    );
+    gw.shutdown().await;
+}

@@ -82,6 +82,8 @@ pub struct Upstream {
     adopted: AtomicBool,
     /// Warm connections to keep: the largest target of the pools sharing it.
     warm_target: AtomicUsize,
+    /// Invocations holding a slot on this address, across the pools sharing it.
+    inflight: AtomicUsize,
 }
 
 /// Upstreams by address, for sharing between static pools, and the `Host` values of
@@ -239,6 +241,7 @@ impl Upstream {
             tended: AtomicBool::new(false),
             adopted: AtomicBool::new(false),
             warm_target: AtomicUsize::new(0),
+            inflight: AtomicUsize::new(0),
         }
     }
 
@@ -356,6 +359,21 @@ impl Upstream {
 
     pub fn clear_idle(&self) {
         lock(&self.idle).clear();
+    }
+
+    /// Counts a slot taken on this address (by any pool).
+    pub(super) fn slot_taken(&self) {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a slot given back.
+    pub(super) fn slot_freed(&self) {
+        self.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Invocations in flight on this address, across the pools sharing it.
+    pub(super) fn load(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
     }
 
     /// True for the first pool to ask: it starts the keeper of this upstream.

@@ -2,8 +2,9 @@
 //!
 //! Each instance has `instance_concurrency` slots; an invocation holds one [`Slot`] from
 //! hand-over until its response body ends, and a slot is never lent twice. A new
-//! invocation takes a free slot on the least-loaded instance that is up (two random
-//! choices, falling back to a scan), or waits in a bounded FIFO queue. A released slot
+//! invocation takes a free slot on the least-loaded instance that is up (load counted
+//! per address, across the functions sharing it; two random choices, falling back to a
+//! scan), or waits in a bounded FIFO queue. A released slot
 //! goes straight to the oldest waiter, so a burst cannot overtake the queue.
 //!
 //! Instances come from a source: a static list (fixed for the pool's life), or a
@@ -338,6 +339,7 @@ impl Pool {
     fn take_slot(self: &Arc<Self>, state: &mut State, index: usize) -> Option<Slot> {
         let entry = state.entries.get_mut(index)?.as_mut()?;
         entry.inflight += 1;
+        entry.instance.upstream().slot_taken();
         Some(Slot {
             pool: self.clone(),
             index,
@@ -350,10 +352,12 @@ impl Pool {
         let waiter = {
             let mut state = lock(&self.state);
             let Some(entry) = state.entries.get_mut(index).and_then(Option::as_mut) else {
+                instance.upstream().slot_freed();
                 return;
             };
             if !Arc::ptr_eq(&entry.instance, instance) {
                 // The instance is gone and its place reused: nothing to give back.
+                instance.upstream().slot_freed();
                 return;
             }
             let up = entry.up;
@@ -364,6 +368,7 @@ impl Pool {
                     w
                 }
                 None => {
+                    instance.upstream().slot_freed();
                     if let Some(entry) = state.entries[index].as_mut() {
                         entry.inflight -= 1;
                         if entry.inflight == 0 {
@@ -541,13 +546,16 @@ impl Pool {
 }
 
 impl State {
-    /// The least-loaded instance that is up and has a free slot. Two random choices
-    /// keep the cost flat for large pools; a scan from a random start catches the case
-    /// where both choices are full, and spreads ties.
+    /// The least-loaded instance that is up and has a free slot. Load is counted per
+    /// address, across every function whose pool lists it: a thousand functions that
+    /// each see their own instances idle would otherwise pile onto one address at
+    /// random (measured: 12 to 35 connections per address instead of 16 each). Two
+    /// random choices keep the cost flat for large pools; a scan from a random start
+    /// catches the case where both choices are full, and spreads ties.
     fn pick(&self, per_instance: u32) -> Option<usize> {
         let n = self.entries.len();
         let load = |i: usize| match &self.entries[i] {
-            Some(e) if e.up && e.inflight < per_instance => Some(e.inflight),
+            Some(e) if e.up && e.inflight < per_instance => Some(e.instance.upstream().load()),
             _ => None,
         };
         if n > 4 {
@@ -561,7 +569,7 @@ impl State {
             }
         }
         let start = if n > 1 { fastrand::usize(..n) } else { 0 };
-        let mut best: Option<(usize, u32)> = None;
+        let mut best: Option<(usize, usize)> = None;
         for k in 0..n {
             let i = (start + k) % n;
             if let Some(l) = load(i) {

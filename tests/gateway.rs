@@ -667,10 +667,13 @@ async fn functions_on_the_same_instance_share_its_connections() {
 async fn many_functions_on_one_address_keep_one_set_of_warm_connections() {
     use std::sync::atomic::Ordering::SeqCst;
     let instance = FakeInstance::start().await;
-    let mut functions = event_function("f0", &[instance.addr], "instance_concurrency = 8");
-    for i in 1..200 {
+    // The function wanting the most warm connections is the last one, not the one whose
+    // pool starts the address's keeper.
+    let mut functions = String::new();
+    for i in 0..199 {
         functions += &event_function(&format!("f{i}"), &[instance.addr], "");
     }
+    functions += &event_function("f199", &[instance.addr], "instance_concurrency = 8");
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
          upstream_idle_timeout = \"400ms\"\n{functions}"

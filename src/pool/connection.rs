@@ -376,6 +376,14 @@ impl Upstream {
         self.inflight.load(Ordering::Relaxed)
     }
 
+    /// Raises the number of warm connections to keep to at least `target`.
+    pub(super) fn want_warm(&self, target: usize) {
+        if self.warm_target.fetch_max(target, Ordering::AcqRel) < target {
+            // The keeper tops up at once rather than at its next tick.
+            self.closed.notify_one();
+        }
+    }
+
     /// True for the first pool to ask: it starts the keeper of this upstream.
     pub(super) fn adopt(&self) -> bool {
         !self.adopted.swap(true, Ordering::AcqRel)
@@ -427,9 +435,7 @@ pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>)
     let tick = (idle_timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let metrics = pool.metrics().clone();
     let upstream = instance.upstream().clone();
-    upstream
-        .warm_target
-        .fetch_max(pool.warm_target, Ordering::AcqRel);
+    upstream.want_warm(pool.warm_target);
     let mut backoff = PROBE_BACKOFF_MIN;
     let mut tending: Option<Tending> = None;
     loop {

@@ -139,7 +139,11 @@ impl Pool {
             let state = lock(&self.state);
             (0..state.entries.len())
                 .filter(|&i| match &state.entries[i] {
-                    Some(e) => e.instance.upstream().adopt(),
+                    Some(e) => {
+                        // The address's keeper may be another pool's: tell it the target.
+                        e.instance.upstream().want_warm(self.warm_target);
+                        e.instance.upstream().adopt()
+                    }
                     None => false,
                 })
                 .collect()

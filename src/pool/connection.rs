@@ -486,7 +486,7 @@ pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>)
                 }
             }
             Some(false) => {
-                // Another keeper tends the upstream while this one probes.
+                // Probing: a keeper whose pool still has the instance up may tend it.
                 tending = None;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(PROBE_BACKOFF_MAX);

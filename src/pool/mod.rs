@@ -4,8 +4,8 @@
 //! hand-over until its response body ends, and a slot is never lent twice. A new
 //! invocation takes a free slot on the least-loaded instance that is up (load counted
 //! per address, across the functions sharing it; two random choices, falling back to a
-//! scan), or waits in a bounded FIFO queue. A released slot
-//! goes straight to the oldest waiter, so a burst cannot overtake the queue.
+//! scan), or waits in a bounded FIFO queue. A released slot goes straight to the oldest
+//! waiter, so a burst cannot overtake the queue.
 //!
 //! Instances come from a source: a static list (fixed for the pool's life), or a
 //! [`Launcher`] that starts processes on demand (see [`scale`]). The state is one small

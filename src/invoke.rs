@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use crate::body::{self, GatewayBody, InvocationBody, Lease, LimitedBody, UpstreamBody};
 use crate::config::{Config, FunctionConfig, FunctionKind, InstanceSource, EVENT_RESPONSE_LIMIT};
 use crate::error::{seconds_text, BodyTooLarge, ForwardError, GatewayError};
-use crate::headers::{self, Stamp};
+use crate::headers::{self, Stamp, StampValues};
 use crate::instance::cgroup::MemoryProbe;
 use crate::instance::logs::{self, Report};
 use crate::instance::Launcher;
@@ -63,6 +63,7 @@ impl Function {
         f: &FunctionConfig,
         registry: &Registry,
         upstreams: &Upstreams,
+        stamps: &mut StampValues,
     ) -> Function {
         let metrics = registry.function(&f.name, &f.namespace);
         let launcher = match &f.source {
@@ -80,7 +81,7 @@ impl Function {
                 FunctionKind::Event => EVENT_RESPONSE_LIMIT,
                 FunctionKind::Http => u64::MAX,
             },
-            stamp: Stamp::new(config, f),
+            stamp: Stamp::shared(config, f, stamps),
             pool: Pool::new(
                 f,
                 config.server.upstream_idle_timeout,
@@ -186,10 +187,12 @@ impl Gateway {
         let registry = Registry::new();
         // Static instances at the same address share their keep-alive connections.
         let upstreams = Upstreams::default();
+        // Equal stamp values are built once and shared by every function.
+        let mut stamps = StampValues::default();
         let functions = config
             .functions
             .iter()
-            .map(|f| Arc::new(Function::new(config, f, &registry, &upstreams)))
+            .map(|f| Arc::new(Function::new(config, f, &registry, &upstreams, &mut stamps)))
             .collect();
         Gateway {
             router: Router::new(config),

@@ -659,3 +659,135 @@ async fn functions_on_the_same_instance_share_its_connections() {
     );
     gw.shutdown().await;
 }
+
+/// Two hundred functions on one instance address: the address keeps as many warm
+/// connections as the largest function needs (not one set per function), reuses them
+/// while invocations come, and lets them go without reconnecting once it is quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_functions_on_one_address_keep_one_set_of_warm_connections() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let instance = FakeInstance::start().await;
+    // The function wanting the most warm connections is the last one, not the one whose
+    // pool starts the address's keeper.
+    let mut functions = String::new();
+    for i in 0..199 {
+        functions += &event_function(&format!("f{i}"), &[instance.addr], "");
+    }
+    functions += &event_function("f199", &[instance.addr], "instance_concurrency = 8");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         upstream_idle_timeout = \"400ms\"\n{functions}"
+    );
+    let gw = scf_gateway::RunningGateway::start(&config(&text))
+        .await
+        .unwrap();
+    let upstream = gw.gateway().functions()[1].pool().instances()[0].clone();
+    for i in 1..40 {
+        let answer = invoke(gw.listen_addr(), &format!("f{i}"), &[], "{}").await;
+        assert_eq!(answer.status, StatusCode::OK, "f{i}");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let opened = instance.record.connections.load(SeqCst);
+    assert_eq!(
+        upstream.live_connections(),
+        8,
+        "warm connections: the largest target of the functions sharing the address"
+    );
+    assert!(opened <= 9, "{opened} connections opened for 200 functions");
+    // Quiet: the connections go, and nothing reconnects.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        upstream.live_connections(),
+        0,
+        "idle connections were closed"
+    );
+    let settled = instance.record.connections.load(SeqCst);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        instance.record.connections.load(SeqCst),
+        settled,
+        "no reconnects while idle"
+    );
+    // Demand wakes the tending keeper again.
+    let answer = invoke(gw.listen_addr(), "f150", &[], "{}").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(upstream.live_connections(), 8, "warm again after use");
+    gw.shutdown().await;
+}
+
+/// An address shared by several functions that refused connections is probed back into
+/// rotation for each of them once it listens again (the pools that did not start the
+/// address's keeper get a probing keeper of their own while it is out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_instance_comes_back_for_every_function_listing_it() {
+    let live = FakeInstance::start().await;
+    let dead = refusing_addr().await;
+    let functions: String = (0..3)
+        .map(|i| event_function(&format!("f{i}"), &[live.addr, dead], ""))
+        .collect();
+    let gw = gateway(&functions).await;
+    for round in 0..10 {
+        for i in 0..3 {
+            let answer = invoke(gw.listen_addr(), &format!("f{i}"), &[], "{}").await;
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "round {round}: {:?}",
+                answer.body
+            );
+        }
+    }
+    let back = FakeInstance::start_on(dead).await;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let served = |name: &str| {
+        back.record
+            .seen()
+            .iter()
+            .any(|s| header_map(s).get("x-scf-name").map(String::as_str) == Some(name))
+    };
+    while !(0..3).all(|i| served(&format!("f{i}"))) {
+        assert!(
+            Instant::now() < deadline,
+            "every function sends to the instance again"
+        );
+        for i in 0..3 {
+            let answer = invoke(gw.listen_addr(), &format!("f{i}"), &[], "{}").await;
+            assert_eq!(answer.status, StatusCode::OK);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.shutdown().await;
+}
+
+/// Functions whose pools list the same instances spread their invocations over those
+/// addresses by the load of every function on them, not each by its own (which, with
+/// many functions each seeing idle instances, is a coin toss per invocation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_sharing_instances_balance_by_address_load() {
+    let a = FakeInstance::start().await;
+    let b = FakeInstance::start().await;
+    let functions: String = (0..40)
+        .map(|i| event_function(&format!("f{i}"), &[a.addr, b.addr], ""))
+        .collect();
+    let gw = gateway(&functions).await;
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        let addr = gw.listen_addr();
+        calls.push(tokio::spawn(async move {
+            invoke(addr, &format!("f{i}"), &[("x-test-sleep-ms", "600")], "{}").await
+        }));
+        // Each invocation is in flight before the next one is picked.
+        tokio::time::sleep(Duration::from_millis(8)).await;
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap().status, StatusCode::OK);
+    }
+    let counts = by_instance(&[&a.record, &b.record]);
+    assert_eq!(counts.iter().sum::<usize>(), 40);
+    assert!(
+        counts[0].abs_diff(counts[1]) <= 2,
+        "per-address balance: {counts:?}"
+    );
+    gw.shutdown().await;
+}

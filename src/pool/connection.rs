@@ -11,6 +11,12 @@
 //! lets its connections go and its keeper sleeps until the next invocation wakes it.
 //! Keeping every configured slot connected forever would cost a reconnect per slot per
 //! idle period, which for thousands of quiet instances is a storm of connects.
+//!
+//! An [`Upstream`] shared by many static pools has one keeper, started by the first
+//! pool listing its address; another pool's instance at that address gets a keeper of
+//! its own only while that pool has it out of rotation (to probe it), and that keeper
+//! ends once the instance is back and the address is tended. 1,000 functions over four
+//! addresses run four keeper tasks, not 4,000.
 
 use std::collections::HashMap;
 use std::io;
@@ -64,18 +70,40 @@ pub struct Upstream {
     created: Instant,
     /// The keeper sleeps until the instance is used again.
     parked: AtomicBool,
+    /// A keeper tends this upstream (warm-up and eviction).
+    tended: AtomicBool,
+    /// A pool has started a keeper for this upstream.
+    adopted: AtomicBool,
+    /// Warm connections to keep: the largest target of the pools sharing it.
+    warm_target: AtomicUsize,
+    /// Invocations holding a slot on this address, across the pools sharing it.
+    inflight: AtomicUsize,
 }
 
-/// Upstreams by address, for sharing between static pools.
+/// Upstreams by address, for sharing between static pools, and the `Host` values of
+/// their authorities (one buffer per authority, not one per function).
 #[derive(Default)]
-pub struct Upstreams(Mutex<HashMap<SocketAddr, Arc<Upstream>>>);
+pub struct Upstreams {
+    by_addr: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
+    hosts: Mutex<HashMap<String, HeaderValue>>,
+}
 
 impl Upstreams {
     /// The upstream of `addr`, created on first use.
     pub fn get(&self, addr: SocketAddr) -> Arc<Upstream> {
-        lock(&self.0)
+        lock(&self.by_addr)
             .entry(addr)
             .or_insert_with(|| Arc::new(Upstream::new(addr)))
+            .clone()
+    }
+
+    fn host(&self, authority: &str) -> HeaderValue {
+        lock(&self.hosts)
+            .entry(authority.to_owned())
+            .or_insert_with(|| {
+                HeaderValue::from_str(authority)
+                    .unwrap_or_else(|_| HeaderValue::from_static("localhost"))
+            })
             .clone()
     }
 }
@@ -91,15 +119,15 @@ pub struct PooledConn {
 }
 
 impl Instance {
-    /// A static instance at `addr`, reached with `Host: authority`, over `upstream`.
-    pub fn new(authority: &str, upstream: Arc<Upstream>) -> Instance {
+    /// A static instance at `addr`, reached with `Host: authority`, over the upstream
+    /// it shares with the other static pools listing `addr`.
+    pub fn new(authority: &str, addr: SocketAddr, upstreams: &Upstreams) -> Instance {
         Instance {
             name: authority.to_owned(),
-            addr: upstream.addr,
+            addr,
             launched: None,
-            host: HeaderValue::from_str(authority)
-                .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
-            upstream,
+            host: upstreams.host(authority),
+            upstream: upstreams.get(addr),
         }
     }
 
@@ -200,13 +228,21 @@ impl Upstream {
             last_used_ms: AtomicU64::new(0),
             created: Instant::now(),
             parked: AtomicBool::new(false),
+            tended: AtomicBool::new(false),
+            adopted: AtomicBool::new(false),
+            warm_target: AtomicUsize::new(0),
+            inflight: AtomicUsize::new(0),
         }
     }
 
     /// Records a hand-over; wakes the keeper if it was parked for lack of demand.
     pub fn touch(&self) {
         let ms = self.created.elapsed().as_millis() as u64 + 1;
-        self.last_used_ms.store(ms, Ordering::Relaxed);
+        // Written once per millisecond at most: the line is shared by every function
+        // using this address, and by every worker thread.
+        if self.last_used_ms.load(Ordering::Relaxed) != ms {
+            self.last_used_ms.store(ms, Ordering::Relaxed);
+        }
         if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
             self.closed.notify_one();
         }
@@ -292,6 +328,52 @@ impl Upstream {
     pub fn clear_idle(&self) {
         lock(&self.idle).clear();
     }
+
+    /// Counts a slot taken on this address (by any pool).
+    pub(super) fn slot_taken(&self) {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a slot given back.
+    pub(super) fn slot_freed(&self) {
+        self.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Invocations in flight on this address, across the pools sharing it.
+    pub(super) fn load(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Raises the number of warm connections to keep to at least `target`.
+    pub(super) fn want_warm(&self, target: usize) {
+        if self.warm_target.fetch_max(target, Ordering::AcqRel) < target {
+            // The keeper tops up at once rather than at its next tick.
+            self.closed.notify_one();
+        }
+    }
+
+    /// True for the first pool to ask: it starts the keeper of this upstream.
+    pub(super) fn adopt(&self) -> bool {
+        !self.adopted.swap(true, Ordering::AcqRel)
+    }
+
+    /// Makes the calling keeper the tender, unless another one is.
+    fn claim(self: &Arc<Self>) -> Option<Tending> {
+        self.tended
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| Tending(self.clone()))
+    }
+}
+
+/// The right to tend an upstream; given up on drop (also when the keeper task is
+/// aborted), so that a keeper probing it back into rotation can take it over.
+struct Tending(Arc<Upstream>);
+
+impl Drop for Tending {
+    fn drop(&mut self) {
+        self.0.tended.store(false, Ordering::Release);
+    }
 }
 
 /// Counts a connection (or an attempt to open one) as gone and wakes the keeper,
@@ -310,20 +392,36 @@ impl Drop for LiveGuard {
 
 /// The keeper of one instance: tops up warm connections while the instance is up, and
 /// probes it with backoff while it is down. Ends when the instance leaves the pool.
+/// Of the keepers whose instances share an upstream, only the tender warms and evicts;
+/// another one ends once its instance is back in rotation.
 pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>) {
     let idle_timeout = pool.idle_timeout;
     let tick = (idle_timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let metrics = pool.metrics().clone();
+    let upstream = instance.upstream().clone();
+    upstream.want_warm(pool.warm_target);
     let mut backoff = PROBE_BACKOFF_MIN;
+    let mut tending: Option<Tending> = None;
     loop {
-        let upstream = instance.upstream();
+        // Registered before the state is read, so a change in between is not missed.
+        let changed = pool.changed.notified();
         match pool.instance_state(index, &instance) {
             None => return,
             Some(true) => {
                 backoff = PROBE_BACKOFF_MIN;
+                if tending.is_none() {
+                    tending = upstream.claim();
+                }
+                if tending.is_none() {
+                    if pool.retire_keeper(index, &instance) {
+                        return;
+                    }
+                    continue;
+                }
                 upstream.evict_idle(idle_timeout);
                 let active = upstream.recently_used(idle_timeout);
-                while active && upstream.reserve_warm(pool.warm_target) {
+                let target = upstream.warm_target.load(Ordering::Acquire);
+                while active && upstream.reserve_warm(target) {
                     match upstream.open(&metrics).await {
                         Ok(conn) => instance.checkin(conn),
                         Err(_) => {
@@ -333,20 +431,27 @@ pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>)
                     }
                 }
                 if !active && instance.live_connections() == 0 {
-                    // Nothing to keep warm: sleep until an invocation touches it.
+                    // Nothing to keep warm: sleep until an invocation touches it (or
+                    // this pool takes the instance out of rotation).
                     upstream.parked.store(true, Ordering::Release);
                     if !upstream.recently_used(idle_timeout) {
-                        upstream.closed.notified().await;
+                        tokio::select! {
+                            _ = upstream.closed.notified() => {}
+                            _ = changed => {}
+                        }
                     }
                     upstream.parked.store(false, Ordering::Release);
                     continue;
                 }
                 tokio::select! {
                     _ = upstream.closed.notified() => {}
+                    _ = changed => {}
                     _ = tokio::time::sleep(tick) => {}
                 }
             }
             Some(false) => {
+                // Probing: a keeper whose pool still has the instance up may tend it.
+                tending = None;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(PROBE_BACKOFF_MAX);
                 if let Ok(conn) = instance.connect(&metrics).await {

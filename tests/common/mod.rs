@@ -68,7 +68,12 @@ pub struct FakeInstance {
 
 impl FakeInstance {
     pub async fn start() -> FakeInstance {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        FakeInstance::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// An instance on a given address (one that refused connections until now, say).
+    pub async fn start_on(addr: SocketAddr) -> FakeInstance {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let record = Arc::new(Record::default());
         let rec = record.clone();

@@ -765,9 +765,12 @@ async fn memory_upkeep(period: Duration, min_released: usize) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if RELEASED.load(Ordering::Relaxed) >= min_released {
+        let released = RELEASED.load(Ordering::Relaxed);
+        if released >= min_released {
             RELEASED.store(0, Ordering::Relaxed);
+            let start = Instant::now();
             trim_heap();
+            tracing::debug!(released, took = ?start.elapsed(), "heap trimmed");
         }
     }
 }

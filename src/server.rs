@@ -4,23 +4,27 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulConnection;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep};
 
 use crate::admin;
 use crate::body::GatewayBody;
@@ -31,6 +35,10 @@ use crate::invoke::Gateway;
 const INSTANCE_STOP_GRACE: Duration = Duration::from_secs(3);
 /// How often histogram samples are folded into buckets when nobody scrapes.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+/// How often released connection memory may be given back to the system, and after how
+/// many released connections (see `memory_upkeep`).
+const TRIM_PERIOD: Duration = Duration::from_secs(1);
+const TRIM_AFTER_RELEASED: usize = 256;
 
 /// A started gateway: its listeners are bound and serving.
 pub struct RunningGateway {
@@ -71,10 +79,17 @@ impl RunningGateway {
 
         let (stop_invocations, stop) = watch::channel(false);
         let gw = gateway.clone();
-        let invocations = tokio::spawn(serve(listener, stop, grace, move |req, peer| {
-            let gw = gw.clone();
-            async move { gw.handle(req, peer).await }
-        }));
+        let invocations = tokio::spawn(serve(
+            listener,
+            stop,
+            grace,
+            CLIENT_TIMERS,
+            Arc::default(),
+            move |req, peer| {
+                let gw = gw.clone();
+                async move { gw.handle(req, peer).await }
+            },
+        ));
 
         let (stop_admin, stop) = watch::channel(false);
         let state = admin::AdminState {
@@ -86,18 +101,31 @@ impl RunningGateway {
                 .map(|f| f.pool().clone())
                 .collect(),
         };
-        let admin = tokio::spawn(serve(admin_listener, stop, grace, move |req, _| {
-            let state = state.clone();
-            async move { admin::handle(&state, req) }
-        }));
+        let admin = tokio::spawn(serve(
+            admin_listener,
+            stop,
+            grace,
+            CLIENT_TIMERS,
+            Arc::default(),
+            move |req, _| {
+                let state = state.clone();
+                async move { admin::handle(&state, req) }
+            },
+        ));
 
         let registry = gateway.registry().clone();
-        let upkeep = tokio::spawn(async move {
+        let metrics_upkeep = async move {
             let mut tick = tokio::time::interval(METRICS_UPKEEP);
             loop {
                 tick.tick().await;
                 registry.run_upkeep();
             }
+        };
+        let upkeep = tokio::spawn(async move {
+            tokio::join!(
+                metrics_upkeep,
+                memory_upkeep(TRIM_PERIOD, TRIM_AFTER_RELEASED)
+            );
         });
 
         ready.store(true, Ordering::Release);
@@ -159,47 +187,66 @@ async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
+/// How client connections are timed. The contract is silent; the values follow what an
+/// nginx operator expects (README, "Client connections").
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClientTimers {
+    /// A new connection must send its first byte within this, and a request head must
+    /// be complete this long after its first byte (slow clients, slowloris).
+    pub header: Duration,
+    /// A keep-alive connection with no request in flight is closed after this.
+    pub idle: Duration,
+    /// Granularity of both checks, and how long an HTTP/1 connection must be quiet
+    /// before it is parked (its HTTP state and buffers released).
+    pub tick: Duration,
+}
+
+/// The daemon's client timers: `header` is hyper's former default (what clients got
+/// before), `idle` is nginx's `keepalive_timeout`.
+pub(crate) const CLIENT_TIMERS: ClientTimers = ClientTimers {
+    header: Duration::from_secs(30),
+    idle: Duration::from_secs(75),
+    tick: Duration::from_millis(500),
+};
+
 /// Accepts connections until told to stop, then drains them for at most `grace`.
 async fn serve<F, Fut>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
+    timers: ClientTimers,
+    drain: Arc<Drain>,
     handler: F,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<GatewayBody>> + Send + 'static,
 {
+    // No hyper timer for HTTP/1: its header-read timeout allocates and arms a timer per
+    // request. The connection task keeps one coarse timer instead (see `serve_http1`).
     let mut http1 = hyper::server::conn::http1::Builder::new();
-    http1.timer(TokioTimer::new()).keep_alive(true);
+    http1.keep_alive(true).header_read_timeout(None);
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2.timer(TokioTimer::new());
     let builders = Arc::new((http1, http2));
-    let drain = Arc::new(Drain::default());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     // Small request/response exchanges must not wait for Nagle.
                     let _ = stream.set_nodelay(true);
-                    let handler = handler.clone();
-                    let service = service_fn(move |req| {
-                        let response = handler(req, peer);
-                        async move { Ok::<_, Infallible>(response.await) }
-                    });
-                    let drain = drain.clone();
-                    let builders = builders.clone();
-                    tokio::spawn(async move {
-                        // HTTP/2 with prior knowledge, told apart from HTTP/1.1 by one
-                        // peek per connection rather than a rewinding reader per read.
-                        // A client that goes away mid-request is not the gateway's error.
-                        if is_h2_preface(&stream).await {
-                            let conn = builders.1.serve_connection(TokioIo::new(stream), service);
-                            let _ = drain.watch(conn).await;
-                        } else {
-                            let conn = builders.0.serve_connection(TokioIo::new(stream), service);
-                            let _ = drain.watch(conn).await;
-                        }
-                    });
+                    // The connection's long-lived allocations (task, registration,
+                    // activity) are made here, side by side, not between the short-lived
+                    // buffers of requests: that keeps the heap of many idle
+                    // connections dense (see `memory_upkeep`).
+                    tokio::spawn(client_connection(
+                        stream,
+                        peer,
+                        handler.clone(),
+                        builders.clone(),
+                        drain.enter(),
+                        Arc::new(Activity::default()),
+                        timers,
+                    ));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -222,6 +269,389 @@ async fn serve<F, Fut>(
     }
 }
 
+/// One client connection, from accept to close. A client that goes away mid-request is
+/// not the gateway's error, so connection errors end the task silently.
+async fn client_connection<F, Fut>(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    handler: F,
+    builders: Arc<(http1::Builder, http2::Builder<TokioExecutor>)>,
+    open: Open,
+    activity: Arc<Activity>,
+    timers: ClientTimers,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<GatewayBody>> + Send + 'static,
+{
+    open.register().await;
+    let drain = &*open.drain;
+    // One timer for the connection's whole life, reset (never reallocated) per phase.
+    let mut timer = pin!(tokio::time::sleep(timers.header));
+    // No HTTP state (hyper's buffers) until the client sends something, and a client
+    // that sends nothing is closed after `timers.header`.
+    if wait_readable(
+        &stream,
+        timer.as_mut(),
+        Instant::now() + timers.header,
+        drain,
+    )
+    .await
+        != Wake::Readable
+    {
+        return;
+    }
+    // HTTP/2 with prior knowledge, told apart from HTTP/1.1 by one peek per connection
+    // rather than a rewinding reader per read.
+    if is_h2_preface(&stream, timer.as_mut()).await {
+        let service = service_fn(move |req| {
+            let response = handler(req, peer);
+            async move { Ok::<_, Infallible>(response.await) }
+        });
+        let mut conn = Box::pin(builders.1.serve_connection(TokioIo::new(stream), service));
+        let mut told = false;
+        let _ = poll_fn(|cx| {
+            if !told && drain.is_closing() {
+                conn.as_mut().graceful_shutdown();
+                told = true;
+            }
+            conn.as_mut().poll(cx)
+        })
+        .await;
+        return;
+    }
+    let handler = move |req| handler(req, peer);
+    serve_http1(
+        &mut stream,
+        handler,
+        &builders.0,
+        drain,
+        activity,
+        timers,
+        timer,
+    )
+    .await;
+}
+
+/// Serves HTTP/1.1 on a connection, parking it whenever it is quiet.
+///
+/// hyper keeps an 8 KB read buffer, an 8 KB header write buffer, the last header map and
+/// the in-flight handler's slot for as long as a connection lives: about 22 KB per idle
+/// keep-alive connection, measured. So a connection with nothing in flight and no byte
+/// moved for a whole `tick` is parked: hyper is shut down without closing the socket
+/// (any bytes of a next request head it had read are kept), and the task waits for the
+/// socket to become readable with nothing but the socket, this state and one timer; a
+/// new hyper connection takes over when bytes arrive. A busy connection pays nothing per
+/// request for this (a few counters) and one timer fire per `tick`.
+///
+/// The same tick enforces `timers.header` (no request started for that long while bytes
+/// trickle in or an exchange is stuck: closed) and, while parked, `timers.idle`.
+async fn serve_http1<F, Fut>(
+    stream: &mut TcpStream,
+    handler: F,
+    http1: &http1::Builder,
+    drain: &Drain,
+    activity: Arc<Activity>,
+    timers: ClientTimers,
+    mut timer: Pin<&mut Sleep>,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<GatewayBody>> + Send + 'static,
+{
+    // Bytes of a request head hyper had read when the connection was parked.
+    let mut leftover = Bytes::new();
+    // Ticks in a row without a request in flight or started.
+    let mut quiet: u32 = 0;
+    loop {
+        activity.parking.store(false, Ordering::Relaxed);
+        let service = {
+            let handler = handler.clone();
+            let activity = activity.clone();
+            service_fn(move |req| {
+                activity.requests.fetch_add(1, Ordering::Relaxed);
+                let in_flight = InFlight::new(activity.clone());
+                let response = handler(req);
+                async move {
+                    let response = response.await.map(|body| Tracked {
+                        body,
+                        _in_flight: in_flight,
+                    });
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
+        let leftover_was_empty = leftover.is_empty();
+        let io = ClientIo {
+            stream: &mut *stream,
+            prefix: std::mem::take(&mut leftover),
+            activity: &activity,
+        };
+        // Boxed so that a parked connection's task stays small.
+        let mut conn = Box::new(http1.serve_connection(TokioIo::new(io), service));
+        let mut told = false;
+        let mut seen = (activity.requests(), activity.moved());
+        // A new hyper connection closes on a graceful shutdown only before it reads
+        // anything or after an exchange; with half a head read it would instead answer
+        // that request with `Connection: close`. So it is not parked in between.
+        let resumed = seen;
+        let replaying = !leftover_was_empty;
+        timer.as_mut().reset(Instant::now() + timers.tick);
+        let ended = poll_fn(|cx| loop {
+            if !told && drain.is_closing() {
+                activity.parking.store(false, Ordering::Relaxed);
+                Pin::new(&mut *conn).graceful_shutdown();
+                told = true;
+            }
+            if let Poll::Ready(result) = Pin::new(&mut *conn).poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = (activity.requests(), activity.moved());
+            let busy = activity.in_flight.load(Ordering::Relaxed) > 0 || now.0 != seen.0;
+            quiet = if busy { 0 } else { quiet.saturating_add(1) };
+            let parking = activity.parking.load(Ordering::Relaxed);
+            let parkable = now.0 != resumed.0 || (now.1 == resumed.1 && !replaying);
+            if !busy
+                && now.1 == seen.1
+                && parkable
+                && !told
+                && !parking
+                && !activity.write_blocked.load(Ordering::Relaxed)
+            {
+                // Idle: hyper finishes at once (it closes an idle connection on a
+                // graceful shutdown); the socket stays open, see `ClientIo`.
+                activity.parking.store(true, Ordering::Relaxed);
+                Pin::new(&mut *conn).graceful_shutdown();
+            } else if !busy && timers.tick * quiet >= timers.header {
+                return Poll::Ready(None);
+            }
+            seen = now;
+            timer.as_mut().reset(Instant::now() + timers.tick);
+        })
+        .await;
+        // Closed by the client, not keep-alive, an error, drained or too slow: done.
+        if !matches!(ended, Some(Ok(()))) || told || !activity.parking.load(Ordering::Relaxed) {
+            return;
+        }
+        // The bytes only: hyper's read buffer (8 KB) is what parking is meant to free.
+        leftover = Bytes::copy_from_slice(&(*conn).into_parts().read_buf);
+        drain.parked.fetch_add(1, Ordering::Relaxed);
+        RELEASED.fetch_add(1, Ordering::Relaxed);
+        // Parked. A partial head keeps its header deadline; otherwise the connection is
+        // idle (for `quiet` ticks so far) and the next head's deadline starts afresh.
+        let limit = if leftover.is_empty() {
+            timers.idle
+        } else {
+            timers.header
+        };
+        let deadline = Instant::now() + limit.saturating_sub(timers.tick * quiet);
+        if wait_readable(stream, timer.as_mut(), deadline, drain).await != Wake::Readable {
+            return;
+        }
+        if leftover.is_empty() {
+            quiet = 0;
+        }
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Wake {
+    Readable,
+    Expired,
+    /// Shutting down, or the socket failed.
+    Gone,
+}
+
+/// Waits until the socket has bytes to read, the client closes, the deadline passes or
+/// the gateway drains.
+async fn wait_readable(
+    stream: &TcpStream,
+    mut timer: Pin<&mut Sleep>,
+    deadline: Instant,
+    drain: &Drain,
+) -> Wake {
+    timer.as_mut().reset(deadline);
+    poll_fn(|cx| {
+        if drain.is_closing() {
+            return Poll::Ready(Wake::Gone);
+        }
+        // A peek, not `poll_read_ready`: readiness may be reported spuriously (it is
+        // for a new connection), and a client that only closed is gone.
+        let mut byte = [0u8; 1];
+        match stream.poll_peek(cx, &mut ReadBuf::new(&mut byte)) {
+            Poll::Ready(Ok(n)) if n > 0 => return Poll::Ready(Wake::Readable),
+            Poll::Ready(_) => return Poll::Ready(Wake::Gone),
+            Poll::Pending => {}
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Wake::Expired),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Connections parked or closed since the last `malloc_trim` (see `memory_upkeep`).
+static RELEASED: AtomicUsize = AtomicUsize::new(0);
+
+/// What a client connection's task and its requests share: counters read once per tick.
+/// Everything runs on the connection's task (relaxed atomics only for `Send`).
+#[derive(Default)]
+struct Activity {
+    /// Socket reads and writes that moved bytes.
+    moved: AtomicU64,
+    /// Request heads handed to the handler.
+    requests: AtomicU64,
+    /// Requests whose response body hyper has not dropped yet.
+    in_flight: AtomicUsize,
+    /// The last socket write would have blocked: hyper holds unsent response bytes.
+    write_blocked: AtomicBool,
+    /// hyper is being shut down only to park the connection: keep the socket open.
+    parking: AtomicBool,
+}
+
+impl Activity {
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    fn moved(&self) -> u64 {
+        self.moved.load(Ordering::Relaxed)
+    }
+
+    fn bump_moved(&self) {
+        // One writer (the connection's task): no read-modify-write needed.
+        self.moved.store(self.moved() + 1, Ordering::Relaxed);
+    }
+
+    fn wrote(&self, poll: &Poll<io::Result<usize>>) {
+        match poll {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.bump_moved();
+                self.write_blocked.store(false, Ordering::Relaxed);
+            }
+            Poll::Pending => self.write_blocked.store(true, Ordering::Relaxed),
+            _ => {}
+        }
+    }
+}
+
+/// Counts a request as in flight from its head to the drop of its response body.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted in flight until hyper drops it.
+struct Tracked<B> {
+    body: B,
+    _in_flight: InFlight,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The socket as hyper sees it: borrowed (so hyper can be dropped without closing it),
+/// first replaying the bytes kept from a parked connection, counting what moves.
+struct ClientIo<'a> {
+    stream: &'a mut TcpStream,
+    prefix: Bytes,
+    activity: &'a Activity,
+}
+
+impl AsyncRead for ClientIo<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut *this.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.bump_moved();
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for ClientIo<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut *this.stream).poll_write(cx, buf);
+        this.activity.wrote(&poll);
+        poll
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut *this.stream).poll_write_vectored(cx, bufs);
+        this.activity.wrote(&poll);
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.activity.parking.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut *this.stream).poll_shutdown(cx)
+    }
+}
+
 /// Tells every open connection to finish what is in flight and close, at no cost per
 /// request: a connection registers its task's waker once, then checks one flag when
 /// polled (hyper-util's watcher re-registers on a watch channel at every poll).
@@ -232,18 +662,22 @@ struct Drain {
     next_id: AtomicU64,
     open: AtomicUsize,
     all_closed: Notify,
+    /// HTTP/1 connections parked so far (a figure for tests).
+    parked: AtomicUsize,
 }
 
 impl Drain {
-    fn watch<C: GracefulConnection>(self: &Arc<Self>, conn: C) -> Draining<C> {
+    /// Counts a connection as open until the guard drops.
+    fn enter(self: &Arc<Self>) -> Open {
         self.open.fetch_add(1, Ordering::AcqRel);
-        Draining {
-            conn: Box::pin(conn),
+        Open {
             drain: self.clone(),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            registered: false,
-            told: false,
         }
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     fn open(&self) -> usize {
@@ -269,39 +703,28 @@ impl Drain {
     }
 }
 
-/// A connection under a [`Drain`].
-struct Draining<C> {
-    conn: Pin<Box<C>>,
+/// A connection counted by a [`Drain`].
+struct Open {
     drain: Arc<Drain>,
     id: u64,
-    registered: bool,
-    told: bool,
 }
 
-impl<C: GracefulConnection> Future for Draining<C> {
-    type Output = C::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
-        let this = self.get_mut();
-        if !this.told {
-            if !this.registered {
-                lock(&this.drain.wakers).insert(this.id, cx.waker().clone());
-                this.registered = true;
-            }
-            if this.drain.closing.load(Ordering::Acquire) {
-                this.conn.as_mut().graceful_shutdown();
-                this.told = true;
-            }
-        }
-        this.conn.as_mut().poll(cx)
+impl Open {
+    /// Registers the calling task to be woken when draining starts (a task's waker
+    /// stays valid for the task's life, so once is enough).
+    async fn register(&self) {
+        poll_fn(|cx| {
+            lock(&self.drain.wakers).insert(self.id, cx.waker().clone());
+            Poll::Ready(())
+        })
+        .await
     }
 }
 
-impl<C> Drop for Draining<C> {
+impl Drop for Open {
     fn drop(&mut self) {
-        if self.registered {
-            lock(&self.drain.wakers).remove(&self.id);
-        }
+        lock(&self.drain.wakers).remove(&self.id);
+        RELEASED.fetch_add(1, Ordering::Relaxed);
         if self.drain.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.drain.all_closed.notify_waiters();
         }
@@ -313,8 +736,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Whether a new connection starts with the HTTP/2 connection preface. Peeks without
-/// consuming; waits (bounded) while the bytes so far are a prefix of the preface.
-async fn is_h2_preface(stream: &tokio::net::TcpStream) -> bool {
+/// consuming; waits (bounded, on the connection's timer) while the bytes so far are a
+/// prefix of the preface.
+async fn is_h2_preface(stream: &TcpStream, mut timer: Pin<&mut Sleep>) -> bool {
     const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut buf = [0u8; 24];
     for _ in 0..1000 {
@@ -329,10 +753,46 @@ async fn is_h2_preface(stream: &tokio::net::TcpStream) -> bool {
             return true;
         }
         // A prefix of the preface so far: the rest is on its way.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        timer
+            .as_mut()
+            .reset(Instant::now() + Duration::from_millis(5));
+        timer.as_mut().await;
     }
     false
 }
+
+/// Gives the heap pages of released connections back to the system.
+///
+/// glibc's `free` returns memory only from the top of the heap; the 8 KB buffers of
+/// thousands of parked or closed connections sit between live allocations, so without a
+/// trim the RSS of a burst of connections stays at its peak forever. `malloc_trim(0)`
+/// releases every free page; it is run at most once per `period`, and only after at
+/// least `min_released` connections were parked or closed since the last one.
+async fn memory_upkeep(period: Duration, min_released: usize) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let released = RELEASED.load(Ordering::Relaxed);
+        if released >= min_released {
+            RELEASED.store(0, Ordering::Relaxed);
+            let start = Instant::now();
+            trim_heap();
+            tracing::debug!(released, took = ?start.elapsed(), "heap trimmed");
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim has no preconditions; it only takes the allocator's locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
 
 /// Runs the daemon until SIGTERM or SIGINT, then shuts down gracefully.
 ///
@@ -370,5 +830,265 @@ async fn wait_for_signal() -> io::Result<()> {
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => tracing::warn!("SIGHUP received: reloading the config is not supported yet; ignored"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Short timers so the tests run in well under a second each.
+    const TIMERS: ClientTimers = ClientTimers {
+        header: Duration::from_millis(400),
+        idle: Duration::from_millis(400),
+        tick: Duration::from_millis(50),
+    };
+    /// Generous bounds: other builds share the machine.
+    const SOON: Duration = Duration::from_secs(3);
+
+    struct Server {
+        addr: SocketAddr,
+        drain: Arc<Drain>,
+        stop: watch::Sender<bool>,
+        task: JoinHandle<()>,
+    }
+
+    /// A server whose handler answers `ok`, after sleeping `?sleep=MS` if asked.
+    async fn start(timers: ClientTimers) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let drain = Arc::new(Drain::default());
+        let (stop, stopped) = watch::channel(false);
+        let handler = |req: Request<Incoming>, _| async move {
+            if let Some(ms) = req.uri().query().and_then(|q| q.strip_prefix("sleep=")) {
+                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            }
+            Response::new(GatewayBody::full(Bytes::from_static(b"ok")))
+        };
+        let task = tokio::spawn(serve(
+            listener,
+            stopped,
+            Duration::from_secs(5),
+            timers,
+            drain.clone(),
+            handler,
+        ));
+        Server {
+            addr,
+            drain,
+            stop,
+            task,
+        }
+    }
+
+    fn parked(server: &Server) -> usize {
+        server.drain.parked.load(Ordering::Relaxed)
+    }
+
+    /// Waits (bounded) until `n` connections were parked.
+    async fn wait_parked(server: &Server, n: usize) {
+        let start = Instant::now();
+        while parked(server) < n {
+            assert!(start.elapsed() < SOON, "never parked");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Sends `GET path` and reads the whole response; returns its head.
+    async fn exchange(stream: &mut TcpStream, path: &str) -> String {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.unwrap();
+        read_response(stream).await
+    }
+
+    async fn read_response(stream: &mut TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !buf.ends_with(b"\r\n\r\nok") {
+            let n = tokio::time::timeout(SOON, stream.read(&mut chunk))
+                .await
+                .expect("a response in time")
+                .unwrap();
+            assert!(
+                n > 0,
+                "closed mid-response: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let head = String::from_utf8(buf).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        head
+    }
+
+    /// Waits for the server to close the connection; returns how long that took.
+    async fn closed_after(stream: &mut TcpStream) -> Duration {
+        let start = Instant::now();
+        let mut chunk = [0u8; 64];
+        match tokio::time::timeout(SOON, stream.read(&mut chunk)).await {
+            Err(_) => panic!("still open after {SOON:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => start.elapsed(),
+            Ok(Ok(n)) => panic!("unexpected bytes: {:?}", &chunk[..n]),
+        }
+    }
+
+    async fn still_open(stream: &mut TcpStream, for_: Duration) -> bool {
+        let mut chunk = [0u8; 64];
+        tokio::time::timeout(for_, stream.read(&mut chunk))
+            .await
+            .is_err()
+    }
+
+    #[tokio::test]
+    async fn a_quiet_connection_is_parked_and_then_serves_again() {
+        let server = start(TIMERS).await;
+        let mut client = TcpStream::connect(server.addr).await.unwrap();
+        exchange(&mut client, "/").await;
+        // Quiet for a tick: parked, still open.
+        wait_parked(&server, 1).await;
+        assert!(still_open(&mut client, TIMERS.tick).await);
+        let head = exchange(&mut client, "/").await;
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+        // Pipelined requests are all answered.
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let both = read_response(&mut client).await;
+        if both.matches("\r\n\r\nok").count() < 2 {
+            read_response(&mut client).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_split_across_a_park_is_kept() {
+        let server = start(TIMERS).await;
+        let mut client = TcpStream::connect(server.addr).await.unwrap();
+        exchange(&mut client, "/").await;
+        client.write_all(b"GET / HTTP/1.1\r\nHost").await.unwrap();
+        // hyper read the partial head; the connection is parked with those bytes.
+        wait_parked(&server, 1).await;
+        assert!(still_open(&mut client, TIMERS.tick * 2).await);
+        client.write_all(b": test\r\n\r\n").await.unwrap();
+        let head = read_response(&mut client).await;
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+        // A head that starts while parked is not parked again half-way (hyper would
+        // answer it with `Connection: close`), and is served.
+        wait_parked(&server, 2).await;
+        client.write_all(b"GET / HTTP/1.1\r\nHost").await.unwrap();
+        assert!(still_open(&mut client, TIMERS.tick * 3).await);
+        assert_eq!(parked(&server), 2);
+        client.write_all(b": test\r\n\r\n").await.unwrap();
+        let head = read_response(&mut client).await;
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+        let server = start(TIMERS).await;
+        let mut client = TcpStream::connect(server.addr).await.unwrap();
+        exchange(&mut client, "/").await;
+        let waited = closed_after(&mut client).await;
+        assert!(
+            waited >= TIMERS.idle - TIMERS.tick * 2,
+            "closed after {waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_new_connection_is_closed_after_the_header_timeout() {
+        let server = start(TIMERS).await;
+        let mut client = TcpStream::connect(server.addr).await.unwrap();
+        let waited = closed_after(&mut client).await;
+        assert!(
+            waited >= TIMERS.header - TIMERS.tick,
+            "closed after {waited:?}"
+        );
+        assert_eq!(parked(&server), 0);
+    }
+
+    #[tokio::test]
+    async fn a_head_trickling_in_is_cut_at_the_header_timeout() {
+        let server = start(TIMERS).await;
+        // A byte faster than a tick (never quiet) and slower than two ticks (parked in
+        // between, with its partial head).
+        for pause in [TIMERS.tick / 2, TIMERS.tick * 3] {
+            let mut client = TcpStream::connect(server.addr).await.unwrap();
+            exchange(&mut client, "/").await;
+            let start = Instant::now();
+            let mut gone = false;
+            for line in
+                std::iter::once(&b"GET / HTTP/1.1\r\n"[..]).chain(std::iter::repeat(&b"X"[..]))
+            {
+                if client.write_all(line).await.is_err() || !still_open(&mut client, pause).await {
+                    gone = true;
+                    break;
+                }
+                if start.elapsed() > SOON {
+                    break;
+                }
+            }
+            assert!(
+                gone,
+                "a trickling head (a byte every {pause:?}) was never cut"
+            );
+            let waited = start.elapsed();
+            assert!(
+                waited >= TIMERS.header - TIMERS.tick * 2,
+                "cut after {waited:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_request_in_flight_is_neither_parked_nor_cut() {
+        let server = start(TIMERS).await;
+        let mut client = TcpStream::connect(server.addr).await.unwrap();
+        // Longer than the header and idle timeouts, many ticks.
+        let head = exchange(&mut client, "/?sleep=700").await;
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+        assert_eq!(parked(&server), 0);
+        exchange(&mut client, "/").await;
+    }
+
+    #[tokio::test]
+    async fn draining_closes_parked_connections_at_once_and_lets_busy_ones_finish() {
+        let server = start(TIMERS).await;
+        let mut idle = TcpStream::connect(server.addr).await.unwrap();
+        exchange(&mut idle, "/").await;
+        wait_parked(&server, 1).await;
+        let mut busy = TcpStream::connect(server.addr).await.unwrap();
+        busy.write_all(b"GET /?sleep=300 HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(TIMERS.tick).await;
+        let start = Instant::now();
+        server.stop.send(true).unwrap();
+        // At once: not after the idle timeout or the grace.
+        assert!(closed_after(&mut idle).await < TIMERS.idle / 2);
+        let head = read_response(&mut busy).await;
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+        closed_after(&mut busy).await;
+        tokio::time::timeout(SOON, server.task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(start.elapsed() < Duration::from_secs(2));
     }
 }

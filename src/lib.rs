@@ -10,7 +10,7 @@
 //! | admit: body limit | [`invoke`], [`body`] |
 //! | strip and stamp `X-Scf-*` | [`headers`] |
 //! | queue, slots, balancing, warm connections | [`pool`] |
-//! | forward, deadline, stream the response | [`invoke`], [`body`] |
+//! | forward (HTTP/1.1 to the instance), deadline, stream the response | [`invoke`], [`pool::h1`], [`body`] |
 //! | map failures to the contract's errors | [`error`] |
 //! | record | [`metrics`], [`admin`] |
 //!

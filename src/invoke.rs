@@ -17,6 +17,7 @@ use std::time::Duration;
 use http::header::{HeaderValue, CONTENT_LENGTH, EXPECT, HOST};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -276,7 +277,12 @@ impl Gateway {
         request_id: HeaderValue,
     ) -> Responded {
         let (mut parts, incoming) = exchange.response.into_parts();
-        if content_length(&parts.headers).is_some_and(|l| l > function.response_limit) {
+        // The announced length, as the client parsed it from `Content-Length`.
+        if incoming
+            .size_hint()
+            .exact()
+            .is_some_and(|l| l > function.response_limit)
+        {
             let e = GatewayError::from(ForwardError::ResponseTooLarge);
             end_invocation(
                 &exchange.slot,
@@ -329,7 +335,8 @@ impl Gateway {
         let (parts, body) = req.into_parts();
 
         // Admit: a body announced too large is refused before any instance is touched.
-        if let Some(len) = content_length(&parts.headers) {
+        // hyper's body knows the announced `Content-Length` (no second header lookup).
+        if let Some(len) = body.size_hint().exact() {
             if len > self.max_body_bytes {
                 // With `Expect: 100-continue` the client has not sent the body yet and
                 // will not; otherwise read it away so the client can read the answer.
@@ -659,13 +666,6 @@ fn classify(instance: &Instance, e: UpstreamError) -> GatewayError {
         what: e.to_string(),
     }
     .into()
-}
-
-fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The request target a web function sees: the original path and query, minus the

@@ -95,7 +95,15 @@ pub struct Connection {
     next_read: usize,
     /// Request heads and chunk framing on their way out; kept for its capacity.
     out: Vec<u8>,
+    /// Header names as this instance spells them, parsed once: an instance answers
+    /// with the same few names in the same order every time, and parsing a name
+    /// (lower-casing, matching the standard set, copying an unknown one) was the
+    /// largest single cost of reading a response head.
+    names: Vec<(Box<[u8]>, HeaderName)>,
 }
+
+/// At most this many spellings are remembered per connection.
+const NAME_CACHE: usize = 32;
 
 impl Connection {
     pub fn new(io: TcpStream) -> Connection {
@@ -104,6 +112,7 @@ impl Connection {
             read: BytesMut::new(),
             next_read: MIN_READ,
             out: Vec::with_capacity(1024),
+            names: Vec::new(),
         }
     }
 
@@ -131,6 +140,25 @@ impl Connection {
             self.next_read *= 2;
         }
         Poll::Ready(Ok(n))
+    }
+
+    /// The name spelled `raw`, from the names this connection has seen (first where the
+    /// last response had its `i`-th header), else parsed and remembered.
+    fn header_name(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, UpstreamError> {
+        if let Some((seen, name)) = self.names.get(i) {
+            if **seen == *raw {
+                return Ok(name.clone());
+            }
+        }
+        if let Some((_, name)) = self.names.iter().find(|(seen, _)| **seen == *raw) {
+            return Ok(name.clone());
+        }
+        let name = HeaderName::from_bytes(raw)
+            .map_err(|_| UpstreamError::Invalid("invalid header name"))?;
+        if self.names.len() < NAME_CACHE {
+            self.names.push((raw.into(), name.clone()));
+        }
+        Ok(name)
     }
 
     /// Parses a complete response head off the read buffer, skipping interim (1xx)
@@ -184,9 +212,8 @@ impl Connection {
             }
             let head = self.read.split_to(len).freeze();
             let mut headers = HeaderMap::with_capacity(count);
-            for &span in &spans[..count] {
-                let name = HeaderName::from_bytes(&head[span.name()])
-                    .map_err(|_| UpstreamError::Invalid("invalid header name"))?;
+            for (i, &span) in spans[..count].iter().enumerate() {
+                let name = self.header_name(i, &head[span.name()])?;
                 let value = HeaderValue::from_maybe_shared(head.slice(span.value()))
                     .map_err(|_| UpstreamError::Invalid("invalid header value"))?;
                 headers.append(name, value);

@@ -84,6 +84,15 @@ async fn serve(stream: TcpStream, received: Arc<Mutex<Vec<Received>>>) {
                 .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_owned))
         };
         let scenario = header("x-raw").unwrap_or_default();
+        if scenario == "stall" {
+            // A head and a first chunk, then silence with the connection open.
+            let _ = io
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+                .await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            return;
+        }
         if scenario == "echo" {
             // Answer at once, then echo each request chunk as it arrives.
             io.get_mut()
@@ -326,5 +335,43 @@ async fn a_response_can_stream_while_the_request_body_still_flows() {
         next_data(&mut body).await.is_none(),
         "the echo ends with the request"
     );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_that_stalls_after_its_head_is_cut_at_the_timeout() {
+    let instance = RawInstance::start().await;
+    let gw = gateway(&event_function(
+        "raw",
+        &[instance.addr],
+        "timeout = \"700ms\"\ninstance_concurrency = 1",
+    ))
+    .await;
+    let req = Request::post("/v1/functions/raw/invocations")
+        .header("host", "gw")
+        .header("x-raw", "stall")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let stream = TcpStream::connect(gw.listen_addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let started = std::time::Instant::now();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    assert_eq!(next_data(&mut body).await.unwrap(), "first");
+    // The instance says nothing more, yet the stream ends at the deadline: not when
+    // the instance would have (10 s), nor at the connection's next 500 ms tick (1 s).
+    assert!(next_data(&mut body).await.is_none(), "the stream is cut");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(650) && took < Duration::from_millis(900),
+        "{took:?}"
+    );
+    // And the slot was freed: the next invocation is answered.
+    let answer = invoke(gw.listen_addr(), "raw", &[], "{}").await;
+    assert_eq!(answer.status, StatusCode::OK);
     gw.shutdown().await;
 }

@@ -367,13 +367,7 @@ async fn an_instance_crashing_mid_request_gives_502_405() {
         .header("x-test-crash", "after-headers")
         .body(Full::new(Bytes::from_static(b"{}")))
         .unwrap();
-    let stream = tokio::net::TcpStream::connect(gw.listen_addr())
-        .await
-        .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = connect(gw.listen_addr()).await.unwrap();
     let response = sender.send_request(req).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(
@@ -409,11 +403,7 @@ async fn event_responses_over_6mb_are_refused_or_cut() {
         .header("x-test-chunked", "1")
         .body(Full::new(Bytes::from_static(b"{}")))
         .unwrap();
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = connect(addr).await.unwrap();
     let response = sender.send_request(req).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();

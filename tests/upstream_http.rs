@@ -14,7 +14,6 @@ use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use scf_gateway::RunningGateway;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -315,11 +314,7 @@ async fn a_response_can_stream_while_the_request_body_still_flows() {
         .header("x-raw", "echo")
         .body(body)
         .unwrap();
-    let stream = TcpStream::connect(gw.listen_addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = connect(gw.listen_addr()).await.unwrap();
     tx.send(Bytes::from_static(b"ping-1")).await.unwrap();
     let response = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
         .await
@@ -352,11 +347,7 @@ async fn a_response_that_stalls_after_its_head_is_cut_at_the_timeout() {
         .header("x-raw", "stall")
         .body(Full::new(Bytes::from_static(b"{}")))
         .unwrap();
-    let stream = TcpStream::connect(gw.listen_addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = connect(gw.listen_addr()).await.unwrap();
     let started = std::time::Instant::now();
     let response = sender.send_request(req).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);

@@ -297,6 +297,22 @@ impl Answer {
     }
 }
 
+/// A new HTTP/1.1 client connection to `addr`, driven in the background: for tests that
+/// read a response as it streams.
+pub async fn connect<B>(
+    addr: SocketAddr,
+) -> Result<hyper::client::conn::http1::SendRequest<B>, BoxError>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let stream = TcpStream::connect(addr).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
 /// Sends one request on a new connection and reads the whole answer.
 pub async fn send<B>(addr: SocketAddr, req: Request<B>) -> Result<Answer, BoxError>
 where
@@ -304,9 +320,7 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let stream = TcpStream::connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
+    let mut sender = connect(addr).await?;
     let response = sender.send_request(req).await?;
     let (parts, body) = response.into_parts();
     let body = body.collect().await?.to_bytes();

@@ -414,8 +414,18 @@ impl Gateway {
             let deadline = handed_over + function.timeout;
             let memory = begin_invocation(&instance, request_id, pool);
             let sent =
-                tokio::time::timeout_at(deadline, send(conn, upstream, stamp, &instance, pool))
-                    .await;
+                match tokio::time::timeout_at(deadline, h1::send(conn, upstream, stamp)).await {
+                    Ok(Ok(response)) => Ok(Ok(response)),
+                    Ok(Err(SendError::Failed(e))) => Ok(Err(Failure::Failed(e))),
+                    // A pooled connection found closed before any byte was written: one
+                    // fresh connection gets the request (once a byte went out, it is never
+                    // sent again). Rare, so boxed: the hot future stays small.
+                    Ok(Err(SendError::Unsent(req))) => {
+                        let fresh = Box::pin(send_fresh(req, stamp, &instance, pool));
+                        tokio::time::timeout_at(deadline, fresh).await
+                    }
+                    Err(elapsed) => Err(elapsed),
+                };
             let failure = match sent {
                 Ok(Ok(response)) => {
                     return Ok(Exchange {
@@ -499,24 +509,8 @@ async fn connection(instance: &Instance, pool: &Pool) -> Option<PooledConn> {
     }
 }
 
-/// Sends the request. A pooled connection that turns out to be closed before any
-/// byte was written is replaced by a fresh one once; once a byte went out, the
-/// request is never sent again.
-async fn send(
-    conn: PooledConn,
-    req: Request<UpstreamBody>,
-    stamp: &[&[u8]],
-    instance: &Instance,
-    pool: &Pool,
-) -> Result<Response<ResponseBody>, Failure> {
-    match h1::send(conn, req, stamp).await {
-        Ok(response) => Ok(response),
-        Err(SendError::Failed(e)) => Err(Failure::Failed(e)),
-        Err(SendError::Unsent(req)) => Box::pin(send_fresh(req, stamp, instance, pool)).await,
-    }
-}
-
-/// The second try of [`send`], on a connection opened for it.
+/// The second try of a request whose pooled connection was found closed, on a
+/// connection opened for it.
 async fn send_fresh(
     req: Request<UpstreamBody>,
     stamp: &[&[u8]],

@@ -112,7 +112,10 @@ impl Upstreams {
 /// [`Instance::checkin`] keeps it for the next invocation. No task drives it: the
 /// invocation using it does (see [`h1`]).
 pub struct PooledConn {
-    pub(super) h1: h1::Connection,
+    /// Boxed: a pooled connection is moved several times per invocation (out of the
+    /// pool, into the exchange, into the response body, back), and travels inside
+    /// the response body that hyper moves too.
+    pub(super) h1: Box<h1::Connection>,
     idle_since: Instant,
     /// Counts the connection as open until it is dropped.
     _live: LiveGuard,
@@ -311,7 +314,7 @@ impl Upstream {
         stream.set_nodelay(true)?;
         metrics.connection(false);
         Ok(PooledConn {
-            h1: h1::Connection::new(stream),
+            h1: Box::new(h1::Connection::new(stream)),
             idle_since: Instant::now(),
             _live: live,
         })

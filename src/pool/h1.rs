@@ -19,7 +19,7 @@
 //! upgrades (the gateway strips `Upgrade` before a request gets here), pipelining, and
 //! response trailers (read and dropped, as the gateway's clients get none).
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io::{self, IoSlice, Write};
 use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
@@ -563,11 +563,12 @@ fn encode_head(
 /// its headers, and waits for the response head. The body streams on inside
 /// the returned response's [`ResponseBody`], which also owns the connection until the
 /// body ends.
-pub async fn send(
-    mut conn: PooledConn,
-    req: Request<UpstreamBody>,
-    extra: &[&[u8]],
-) -> Result<Response<ResponseBody>, SendError> {
+///
+/// The head is encoded here, before the first poll; the returned future holds the
+/// exchange and the request's head once (an `async fn` would keep its arguments and
+/// their moved-in copies side by side, and this future lives inside every
+/// invocation's state).
+pub fn send(mut conn: PooledConn, req: Request<UpstreamBody>, extra: &[&[u8]]) -> Sending {
     let (parts, body) = req.into_parts();
     let empty = body.is_end_stream();
     let framing = encode_head(
@@ -577,7 +578,7 @@ pub async fn send(
         empty,
         body.size_hint().exact(),
     );
-    let mut exchange = Exchange {
+    let exchange = Exchange {
         out: Outgoing {
             body,
             body_done: empty,
@@ -592,26 +593,55 @@ pub async fn send(
         conn,
         write_error: None,
     };
-    let head = match poll_fn(|cx| exchange.poll_head(cx, &parts.method)).await {
-        Ok(head) => head,
-        Err(e) if !exchange.out.written && !matches!(e, UpstreamError::RequestBody(_)) => {
-            // Nothing went out: the connection was dead before the request touched it.
-            // The body was not polled either (the head goes first), so it is whole.
-            let body = exchange.out.body;
-            return Err(SendError::Unsent(Request::from_parts(parts, body)));
-        }
-        Err(e) => return Err(SendError::Failed(e)),
-    };
-    let mut response = Response::new(ResponseBody {
-        decode: head.decode,
-        keep_alive: head.keep_alive,
-        out: exchange.out,
-        conn: Some(exchange.conn),
-    });
-    *response.status_mut() = head.status;
-    *response.version_mut() = head.version;
-    *response.headers_mut() = head.headers;
-    Ok(response)
+    Sending {
+        pending: Some((exchange, parts)),
+    }
+}
+
+/// The future of [`send`]: the response head, or why there is none.
+pub struct Sending {
+    /// `None` once it has completed.
+    pending: Option<(Exchange, http::request::Parts)>,
+}
+
+impl Future for Sending {
+    type Output = Result<Response<ResponseBody>, SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        // Completed already: like a fused future, it stays pending.
+        let Some((exchange, parts)) = this.pending.as_mut() else {
+            return Poll::Pending;
+        };
+        let result = ready!(exchange.poll_head(cx, &parts.method));
+        let Some((exchange, parts)) = this.pending.take() else {
+            return Poll::Pending;
+        };
+        Poll::Ready(match result {
+            Ok(head) => {
+                let mut response = Response::new(ResponseBody {
+                    decode: head.decode,
+                    keep_alive: head.keep_alive,
+                    out: exchange.out,
+                    conn: Some(exchange.conn),
+                });
+                *response.status_mut() = head.status;
+                *response.version_mut() = head.version;
+                *response.headers_mut() = head.headers;
+                Ok(response)
+            }
+            Err(e) if !exchange.out.written && !matches!(e, UpstreamError::RequestBody(_)) => {
+                // Nothing went out: the connection was dead before the request touched
+                // it. The body was not polled either (the head goes first), so it is
+                // whole.
+                Err(SendError::Unsent(Request::from_parts(
+                    parts,
+                    exchange.out.body,
+                )))
+            }
+            Err(e) => Err(SendError::Failed(e)),
+        })
+    }
 }
 
 struct Exchange {

@@ -217,7 +217,7 @@ impl Gateway {
     /// Serves one request from `client`. Never fails: errors become the contract's
     /// error responses, each with its `X-Scf-Request-Id`.
     pub async fn handle(
-        &self,
+        self: Arc<Self>,
         req: Request<Incoming>,
         client: SocketAddr,
     ) -> Response<GatewayBody> {
@@ -248,10 +248,15 @@ impl Gateway {
             .get(LOG_TYPE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"tail"));
 
-        let exchange = match self
-            .forward(function, req, target, client, &request_id)
-            .await
-        {
+        let upstream = match self.prepare(req, target, client) {
+            Ok(upstream) => upstream,
+            Err(refused) => {
+                let e = Box::pin(refused.drain()).await;
+                accounting.finish(e.outcome());
+                return e.into_response(&request_id);
+            }
+        };
+        let exchange = match self.forward(function, upstream, &request_id).await {
             Ok(exchange) => exchange,
             Err(e) => {
                 accounting.finish(e.outcome());
@@ -323,15 +328,14 @@ impl Gateway {
         }
     }
 
-    /// Admit, stamp, queue, pick and forward: everything up to the response head.
-    async fn forward(
+    /// Admit and stamp: the request as the instance will see it. Synchronous, so the
+    /// client's request is gone from the invocation's future before its first await.
+    fn prepare(
         &self,
-        function: &Function,
         req: Request<Incoming>,
         target: Target,
         client: SocketAddr,
-        request_id: &HeaderValue,
-    ) -> Result<Exchange, GatewayError> {
+    ) -> Result<Request<UpstreamBody>, TooLarge> {
         let (parts, body) = req.into_parts();
 
         // Admit: a body announced too large is refused before any instance is touched.
@@ -339,30 +343,27 @@ impl Gateway {
         if let Some(len) = body.size_hint().exact() {
             if len > self.max_body_bytes {
                 // With `Expect: 100-continue` the client has not sent the body yet and
-                // will not; otherwise read it away so the client can read the answer.
+                // will not; otherwise it is read away so the client can read the answer.
                 let expects_continue = parts
                     .headers
                     .get(EXPECT)
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-                if !expects_continue {
-                    let _ = tokio::time::timeout(DRAIN_TIME, Box::pin(body::discard(body))).await;
-                }
-                return Err(BodyTooLarge {
+                return Err(TooLarge {
                     limit: self.max_body_bytes,
-                }
-                .into());
+                    unread: (!expects_continue).then_some(body),
+                });
             }
         }
 
-        // Stamp: the request as the instance will see it (events get the instance as
-        // `Host` once one is picked; web requests keep theirs).
+        // Stamp: events get the instance as `Host` once one is picked; web requests
+        // keep theirs.
         let original_host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
                 .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        // The stamp itself is written straight into the request head (see `send`).
+        // The stamp itself is written straight into the request head (see `h1::send`).
         // Room for what is added: events only replace `Host`; web requests add up to
         // four (a map at capacity would otherwise be rehashed for them).
         let room = match target {
@@ -385,7 +386,16 @@ impl Gateway {
         *upstream.uri_mut() = uri;
         *upstream.version_mut() = Version::HTTP_11;
         *upstream.headers_mut() = headers;
+        Ok(upstream)
+    }
 
+    /// Queue, pick and forward: everything up to the response head.
+    async fn forward(
+        &self,
+        function: &Function,
+        mut upstream: Request<UpstreamBody>,
+        request_id: &HeaderValue,
+    ) -> Result<Exchange, GatewayError> {
         // Queue and pick an instance, then forward. An instance that refuses the
         // connection got nothing, so the invocation moves on to another one.
         let stamp = &function.stamp.lines(request_id);
@@ -475,6 +485,24 @@ struct Exchange {
     handed_over: Instant,
     deadline: Instant,
     memory: MemoryProbe,
+}
+
+/// A request refused at admission for its announced body size.
+struct TooLarge {
+    limit: u64,
+    /// The body, unless the client waits for `100 Continue` and so never sends it.
+    unread: Option<Incoming>,
+}
+
+impl TooLarge {
+    /// Reads the body away (bounded in time) so the client can read the answer, and
+    /// gives the answer.
+    async fn drain(self) -> GatewayError {
+        if let Some(body) = self.unread {
+            let _ = tokio::time::timeout(DRAIN_TIME, body::discard(body)).await;
+        }
+        BodyTooLarge { limit: self.limit }.into()
+    }
 }
 
 /// Why forwarding failed.

@@ -86,10 +86,8 @@ impl RunningGateway {
             grace,
             CLIENT_TIMERS,
             Arc::default(),
-            move |req, peer| {
-                let gw = gw.clone();
-                async move { gw.handle(req, peer).await }
-            },
+            // The handler's own future, not one wrapping it: hyper keeps and moves it.
+            move |req, peer| gw.clone().handle(req, peer),
         ));
 
         let (stop_admin, stop) = watch::channel(false);
@@ -390,6 +388,8 @@ async fn serve_http1<F, Fut>(
         let resumed = seen;
         let replaying = !leftover_was_empty;
         timer.as_mut().reset(Instant::now() + timers.tick);
+        // The waker the tick is registered with, once it is.
+        let mut ticking: Option<Waker> = None;
         let ended = poll_fn(|cx| loop {
             if !told && drain.is_closing() {
                 activity.parking.store(false, Ordering::Relaxed);
@@ -399,9 +399,16 @@ async fn serve_http1<F, Fut>(
             if let Poll::Ready(result) = Pin::new(&mut *conn).poll(cx) {
                 return Poll::Ready(Some(result));
             }
-            if timer.as_mut().poll(cx).is_pending() {
+            // A registered tick wakes this task by itself: polling it again on every
+            // wake-up (several per request) would only re-register the same waker.
+            if ticking.as_ref().is_some_and(|w| w.will_wake(cx.waker())) && !timer.is_elapsed() {
                 return Poll::Pending;
             }
+            if timer.as_mut().poll(cx).is_pending() {
+                ticking = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            ticking = None;
             let now = (activity.requests(), activity.moved());
             let busy = activity.in_flight.load(Ordering::Relaxed) > 0 || now.0 != seen.0;
             quiet = if busy { 0 } else { quiet.saturating_add(1) };

@@ -1145,6 +1145,14 @@ def runtime_round(gws, instance_pids, duration, connections, threads):
     return res
 
 
+def runtime_ratios(rounds):
+    """Per-round ratios between models, medians over the rounds."""
+    ratios = {}
+    for a, b in (("stealing2", "current1"), ("tpc2", "current1"), ("tpc2", "stealing2")):
+        ratios[f"{a}/{b}"] = {k: median([r[a][k] / r[b][k] for r in rounds if r[b][k]]) for k, _, _ in RUNTIME_FIGURES}
+    return ratios
+
+
 def runtime_md(report, args):
     models = [m[0] for m in RUNTIME_MODELS]
     desc = {m[0]: m[3] for m in RUNTIME_MODELS}
@@ -1175,6 +1183,20 @@ def runtime_md(report, args):
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, figs in ratios.items():
         lines.append("| " + " | ".join([key] + [fmt(figs.get(k), "{:.2f}") for k, _, _ in RUNTIME_FIGURES]) + " |")
+    if "clean_median" in report:
+        cm, cr = report["clean_median"], report["clean_ratios"]
+        lines += ["", f"Only the rounds with other load ≤ {args.clean_below} cores in every model (rounds "
+                  + ", ".join(str(i) for i in report["clean_rounds"]) + "):", "",
+                  "| " + " | ".join(["model"] + [h for _, h, _ in RUNTIME_FIGURES]) + " |",
+                  "|" + "---|" * (len(RUNTIME_FIGURES) + 1)]
+        for m in models:
+            lines.append("| " + " | ".join([m] + [fmt(cm[m].get(k), f) for k, _, f in RUNTIME_FIGURES]) + " |")
+        lines += ["", "| " + " | ".join(["ratio (same rounds)"] + [h for _, h, _ in RUNTIME_FIGURES]) + " |",
+                  "|" + "---|" * (len(RUNTIME_FIGURES) + 1)]
+        for key, figs in cr.items():
+            lines.append("| " + " | ".join([key] + [fmt(figs.get(k), "{:.2f}") for k, _, _ in RUNTIME_FIGURES]) + " |")
+    elif not report["clean_rounds"]:
+        lines += ["", f"No round had other load ≤ {args.clean_below} cores in every model: every figure is disturbed."]
     lines += ["", "Per round (req/s; CPU s/100k; ctx sw/req; other load in cores):", ""]
     for i, row in enumerate(report["rounds"]):
         lines.append(f"- round {i + 1}: " + "; ".join(
@@ -1248,10 +1270,14 @@ def runtime(args):
     keys = [k for k in rounds[0][models[0]] if k != "split"]
     med = {m: {k: median([r[m][k] for r in rounds]) for k in keys} for m in models}
     spread = {m: {k: (min(r[m][k] for r in rounds), max(r[m][k] for r in rounds)) for k in keys} for m in models}
-    ratios = {}
-    for a, b in (("stealing2", "current1"), ("tpc2", "current1"), ("tpc2", "stealing2")):
-        ratios[f"{a}/{b}"] = {k: median([r[a][k] / r[b][k] for r in rounds if r[b][k]]) for k, _, _ in RUNTIME_FIGURES}
-    report.update({"rounds": rounds, "median": med, "spread": spread, "ratios": ratios})
+    report.update({"rounds": rounds, "median": med, "spread": spread, "ratios": runtime_ratios(rounds)})
+    # Rounds in which nothing outside the benchmark used more than --clean-below cores
+    # during any model's run (the machine is shared; the lock is a convention).
+    clean = [r for r in rounds if max(r[m]["foreign_cores"] for m in models) <= args.clean_below]
+    report["clean_rounds"] = [i + 1 for i, r in enumerate(rounds) if r in clean]
+    if clean and len(clean) < len(rounds):
+        report["clean_median"] = {m: {k: median([r[m][k] for r in clean]) for k in keys} for m in models}
+        report["clean_ratios"] = runtime_ratios(clean)
     text = runtime_md(report, args)
     print(text)
     tag = args.tag or ("smoke-runtime" if args.smoke else "runtime")
@@ -1390,6 +1416,8 @@ def main():
     rt.add_argument("--instances", type=int, default=1, help="example-function processes behind every gateway")
     rt.add_argument("--instance-threads", type=int, default=None,
                     help="run each instance on a multi_thread runtime with N workers")
+    rt.add_argument("--clean-below", type=float, default=0.1,
+                    help="also summarize the rounds where other processes used at most this many cores")
     rt.add_argument("--smoke", action="store_true")
     rt.add_argument("--tag", default=None, help="results file name (default runtime, smoke-runtime)")
     rt.add_argument("--out", default=None)

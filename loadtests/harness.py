@@ -1050,6 +1050,13 @@ RUNTIME_FIGURES = [
 ]
 
 
+def steal_s():
+    """CPU seconds the hypervisor gave to other guests (/proc/stat `steal`), all cores."""
+    with open("/proc/stat") as f:
+        v = f.readline().split()[1:]
+    return int(v[7]) / CLK_TCK if len(v) > 7 else 0.0
+
+
 def ctx_switches(pids):
     """(voluntary, nonvoluntary) context switches summed over every thread of pids."""
     vol = nonvol = 0
@@ -1106,11 +1113,11 @@ def runtime_round(gws, instance_pids, duration, connections, threads):
     u0, s0 = cpu_ticks(pids)
     iu0, is0 = cpu_ticks(instance_pids)
     v0, n0 = ctx_switches(pids)
-    m0, c0 = machine_busy(), children_cpu()
+    m0, c0, st0 = machine_busy(), children_cpu(), steal_s()
     t0 = time.time()
     w = run_wrk(url, duration, connections, threads, addrs=addrs)
     wall = time.time() - t0
-    m1, c1 = machine_busy(), children_cpu()
+    m1, c1, st1 = machine_busy(), children_cpu(), steal_s()
     v1, n1 = ctx_switches(pids)
     u1, s1 = cpu_ticks(pids)
     iu1, is1 = cpu_ticks(instance_pids)
@@ -1141,6 +1148,8 @@ def runtime_round(gws, instance_pids, duration, connections, threads):
         "gateway_threads": thread_count(pids),
         "wall_s": round(wall, 2),
         "foreign_cores": max(0.0, (m1 - m0 - ours) / wall),
+        # part of foreign_cores: time the hypervisor gave to other guests
+        "steal_cores": (st1 - st0) / wall,
     }
     return res
 
@@ -1207,7 +1216,8 @@ def runtime_md(report, args):
                            for i in range(2)),
               "", "Cores used during the rounds (median): " + "; ".join(
                   f"{m}: gateway {med[m]['gateway_cores']:.2f}, instance {med[m]['instance_cores']:.2f}, "
-                  f"wrk {med[m]['wrk_cores']:.2f}, other {med[m]['foreign_cores']:.2f}" for m in models),
+                  f"wrk {med[m]['wrk_cores']:.2f}, other {med[m]['foreign_cores']:.2f} (of it steal "
+                  f"{med[m]['steal_cores']:.2f})" for m in models),
               "", "Gateway threads per model: " + ", ".join(f"{m} {report['threads'][m]}" for m in models)]
     return "\n".join(lines) + "\n"
 
@@ -1258,7 +1268,7 @@ def runtime(args):
                     f"p99 {x['p99_us']:6d} µs  user {x['user_s_100k']:.2f} sys {x['sys_s_100k']:.2f} s/100k  "
                     f"cs/req {x['cs_per_req']:.3f}  split {x['split']}  errors {x['errors']}  "
                     f"gateway {x['gateway_cores']:.2f} instance {x['instance_cores']:.2f} "
-                    f"wrk {x['wrk_cores']:.2f} other {x['foreign_cores']:.2f} cores")
+                    f"wrk {x['wrk_cores']:.2f} other {x['foreign_cores']:.2f} (steal {x['steal_cores']:.2f}) cores")
             rounds.append(row)
     except BaseException:
         log(f"runtime failed; process logs kept in {workdir}")

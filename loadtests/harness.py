@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Load-test harness for scf-gateway: the side-by-side comparison with nginx and HAProxy
-(`compare`) and the scale runs (`scale`). Driven by compare.sh / scale.sh, which build
-the binaries and install the tools first; standard library only.
+(`compare`), the scale runs (`scale`) and the runtime models for workers > 1
+(`runtime`). Driven by compare.sh / scale.sh / runtime.sh, which build the binaries and
+install the tools first; standard library only.
 
 Everything runs on loopback, every load is bounded in time, and every process started
 here is ended (in its own process group) however the run ends.
@@ -360,14 +361,17 @@ def check_parity(targets):
 
 # ---------------------------------------------------------------------------------- wrk
 
-def run_wrk(url, duration, connections, threads, cpus=None, extra=None, timeout_s="5s"):
+def run_wrk(url, duration, connections, threads, cpus=None, extra=None, timeout_s="5s", addrs=None):
+    """`addrs` (host:port list): wrk's threads connect to these in turn (post.lua's
+    setup), whatever address the URL names."""
     argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s",
             "--timeout", timeout_s, "--latency", "-s", os.path.join(HERE, "post.lua"), url]
     if extra:
         argv += ["--"] + extra
     if cpus and shutil.which("taskset"):
         argv = ["taskset", "-c", cpus] + argv
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    env = dict(os.environ, WRK_ADDRS=",".join(addrs)) if addrs else None
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, env=env)
     m = re.search(r"^WRKJSON (\{.*\})$", r.stdout, re.M)
     if not m:
         raise RuntimeError(f"wrk printed no figures (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
@@ -1023,6 +1027,278 @@ def profile(args):
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+# ------------------------------------------------------------------------------ runtime
+
+# The runtime models compared by `runtime` (runtime.sh): name, gateway processes, workers
+# per process. "tpc" is thread-per-core emulated without product changes: two processes
+# with one current_thread worker each (own runtime, own listener, own upstream pool to the
+# same instances), wrk's two threads sent one to each, as SO_REUSEPORT would split them.
+RUNTIME_MODELS = [
+    ("current1", 1, 1, "(a) 1 gateway, workers = 1 (current_thread)"),
+    ("stealing2", 1, 2, "(b) 1 gateway, workers = 2 (multi_thread, work-stealing)"),
+    ("tpc2", 2, 1, "(c) 2 gateways x workers = 1 (thread-per-core emulated: wrk thread 1 to one, thread 2 to the other)"),
+]
+
+RUNTIME_FIGURES = [
+    ("rps", "req/s", "{:,.0f}"),
+    ("p50_us", "p50 µs", "{:,.0f}"),
+    ("p99_us", "p99 µs", "{:,.0f}"),
+    ("user_s_100k", "user s/100k", "{:.2f}"),
+    ("sys_s_100k", "sys s/100k", "{:.2f}"),
+    ("cpu_s_100k", "CPU s/100k", "{:.2f}"),
+    ("cs_per_req", "ctx sw/req", "{:.3f}"),
+]
+
+
+def steal_s():
+    """CPU seconds the hypervisor gave to other guests (/proc/stat `steal`), all cores."""
+    with open("/proc/stat") as f:
+        v = f.readline().split()[1:]
+    return int(v[7]) / CLK_TCK if len(v) > 7 else 0.0
+
+
+def ctx_switches(pids):
+    """(voluntary, nonvoluntary) context switches summed over every thread of pids."""
+    vol = nonvol = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            vol += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches:"):
+                            nonvol += int(line.split()[1])
+            except (OSError, ValueError):
+                pass
+    return vol, nonvol
+
+
+def thread_count(pids):
+    n = 0
+    for pid in pids:
+        try:
+            n += len(os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            pass
+    return n
+
+
+def invocations(admin_port):
+    """Invocations the gateway counted so far (all outcomes), from its /metrics."""
+    try:
+        status, _, body = request(admin_port, "GET", "/metrics", timeout=5.0)
+    except OSError:
+        return None
+    if status != 200:
+        return None
+    total = 0.0
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith("scf_gateway_invocations_total"):
+            total += float(line.rsplit(None, 1)[1])
+    return total
+
+
+def runtime_round(gws, instance_pids, duration, connections, threads):
+    """One wrk run against the gateway process(es) of one model: wrk's threads take the
+    processes' addresses in turn (one process: every thread the same address)."""
+    pids = [pid for g in gws for pid in proc_tree(g["proc"].pid)]
+    addrs = [f"127.0.0.1:{g['port']}" for g in gws]
+    url = f"http://{addrs[0]}{INVOKE_PATH}"
+    inv0 = [invocations(g["admin"]) for g in gws]
+    u0, s0 = cpu_ticks(pids)
+    iu0, is0 = cpu_ticks(instance_pids)
+    v0, n0 = ctx_switches(pids)
+    m0, c0, st0 = machine_busy(), children_cpu(), steal_s()
+    t0 = time.time()
+    w = run_wrk(url, duration, connections, threads, addrs=addrs)
+    wall = time.time() - t0
+    m1, c1, st1 = machine_busy(), children_cpu(), steal_s()
+    v1, n1 = ctx_switches(pids)
+    u1, s1 = cpu_ticks(pids)
+    iu1, is1 = cpu_ticks(instance_pids)
+    inv1 = [invocations(g["admin"]) for g in gws]
+    ours = (u1 - u0 + s1 - s0) + (iu1 - iu0 + is1 - is0) + (c1 - c0)
+    n = max(w["requests"], 1)
+    per100k = 100_000 / n
+    errors = sum(w[k] for k in ("errors_connect", "errors_read", "errors_write", "errors_status", "errors_timeout"))
+    split = [(b - a) if a is not None and b is not None else None for a, b in zip(inv0, inv1)]
+    res = {
+        "rps": w["requests"] / (w["duration_us"] / 1e6),
+        "p50_us": w["p50_us"],
+        "p99_us": w["p99_us"],
+        "requests": w["requests"],
+        "errors": errors,
+        "user_s_100k": (u1 - u0) * per100k,
+        "sys_s_100k": (s1 - s0) * per100k,
+        "cpu_s_100k": (u1 - u0 + s1 - s0) * per100k,
+        "gateway_cores": (u1 - u0 + s1 - s0) / wall,
+        "cs_per_req": ((v1 - v0) + (n1 - n0)) / n,
+        "cs_vol_per_req": (v1 - v0) / n,
+        "cs_nonvol_per_req": (n1 - n0) / n,
+        "instance_cpu_s_100k": (iu1 - iu0 + is1 - is0) * per100k,
+        "instance_cores": (iu1 - iu0 + is1 - is0) / wall,
+        "wrk_cores": (c1 - c0) / wall,
+        # invocations counted by each gateway process during the run (the load split)
+        "split": split,
+        "gateway_threads": thread_count(pids),
+        "wall_s": round(wall, 2),
+        "foreign_cores": max(0.0, (m1 - m0 - ours) / wall),
+        # part of foreign_cores: time the hypervisor gave to other guests
+        "steal_cores": (st1 - st0) / wall,
+    }
+    return res
+
+
+def runtime_ratios(rounds):
+    """Per-round ratios between models, medians over the rounds."""
+    ratios = {}
+    for a, b in (("stealing2", "current1"), ("tpc2", "current1"), ("tpc2", "stealing2")):
+        ratios[f"{a}/{b}"] = {k: median([r[a][k] / r[b][k] for r in rounds if r[b][k]]) for k, _, _ in RUNTIME_FIGURES}
+    return ratios
+
+
+def runtime_md(report, args):
+    models = [m[0] for m in RUNTIME_MODELS]
+    desc = {m[0]: m[3] for m in RUNTIME_MODELS}
+    med, spread, ratios = report["median"], report["spread"], report["ratios"]
+    s = report["settings"]
+    lines = [f"# runtime.sh {'--smoke ' if args.smoke else ''}results", "",
+             f"{report['time']}, {report['machine'].get('cpu')} x{report['machine']['nproc']}; "
+             f"{s['rounds']} round(s) x {s['duration_s']} s per model, alternating; wrk -t{s['wrk_threads']} "
+             f"-c{s['connections']} (its threads take the model's gateway addresses in turn), POST "
+             f"{len(EVENT)}-byte JSON to {INVOKE_PATH}; {s['instances']} example-function instance process(es) "
+             f"({s['instance_runtime']}), listed by every gateway, instance_concurrency {s['connections']}. "
+             "Medians over rounds; CPU and context switches are the gateway processes' (all threads, "
+             "all processes of the model summed) per 100k requests / per request.", ""]
+    for m in models:
+        lines.append(f"- **{m}**: {desc[m]}")
+    head = ["model"] + [h for _, h, _ in RUNTIME_FIGURES]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in models:
+        lines.append("| " + " | ".join([m] + [fmt(med[m].get(k), f) for k, _, f in RUNTIME_FIGURES]) + " |")
+    lines += ["", "Per-round range (min - max):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in models:
+        row = [m]
+        for k, _, f in RUNTIME_FIGURES:
+            lo, hi = spread[m].get(k, (None, None))
+            row.append("-" if lo is None else f"{fmt(lo, f)} - {fmt(hi, f)}")
+        lines.append("| " + " | ".join(row) + " |")
+    head = ["ratio (median of per-round ratios)"] + [h for _, h, _ in RUNTIME_FIGURES]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, figs in ratios.items():
+        lines.append("| " + " | ".join([key] + [fmt(figs.get(k), "{:.2f}") for k, _, _ in RUNTIME_FIGURES]) + " |")
+    if "clean_median" in report:
+        cm, cr = report["clean_median"], report["clean_ratios"]
+        lines += ["", f"Only the rounds with other load ≤ {args.clean_below} cores in every model (rounds "
+                  + ", ".join(str(i) for i in report["clean_rounds"]) + "):", "",
+                  "| " + " | ".join(["model"] + [h for _, h, _ in RUNTIME_FIGURES]) + " |",
+                  "|" + "---|" * (len(RUNTIME_FIGURES) + 1)]
+        for m in models:
+            lines.append("| " + " | ".join([m] + [fmt(cm[m].get(k), f) for k, _, f in RUNTIME_FIGURES]) + " |")
+        lines += ["", "| " + " | ".join(["ratio (same rounds)"] + [h for _, h, _ in RUNTIME_FIGURES]) + " |",
+                  "|" + "---|" * (len(RUNTIME_FIGURES) + 1)]
+        for key, figs in cr.items():
+            lines.append("| " + " | ".join([key] + [fmt(figs.get(k), "{:.2f}") for k, _, _ in RUNTIME_FIGURES]) + " |")
+    elif not report["clean_rounds"]:
+        lines += ["", f"No round had other load ≤ {args.clean_below} cores in every model: every figure is disturbed."]
+    lines += ["", "Per round (req/s; CPU s/100k; ctx sw/req; other load in cores):", ""]
+    for i, row in enumerate(report["rounds"]):
+        lines.append(f"- round {i + 1}: " + "; ".join(
+            f"{m} {row[m]['rps']:,.0f} / {row[m]['cpu_s_100k']:.2f} / {row[m]['cs_per_req']:.3f} / "
+            f"{row[m]['foreign_cores']:.2f}" for m in models))
+    lines += ["", "Load split between the two processes of tpc2 (invocations each counted, median over rounds): "
+              + " / ".join(fmt(median([r["tpc2"]["split"][i] for r in report["rounds"]]), "{:,.0f}")
+                           for i in range(2)),
+              "", "Cores used during the rounds (median): " + "; ".join(
+                  f"{m}: gateway {med[m]['gateway_cores']:.2f}, instance {med[m]['instance_cores']:.2f}, "
+                  f"wrk {med[m]['wrk_cores']:.2f}, other {med[m]['foreign_cores']:.2f} (of it steal "
+                  f"{med[m]['steal_cores']:.2f})" for m in models),
+              "", "Gateway threads per model: " + ", ".join(f"{m} {report['threads'][m]}" for m in models)]
+    return "\n".join(lines) + "\n"
+
+
+def runtime(args):
+    """Runtime models for workers > 1 (see RUNTIME_MODELS), against the same instance(s),
+    with the same wrk load generator, in alternating rounds."""
+    procs = Procs()
+    workdir = tempfile.mkdtemp(prefix="scf-runtime-")
+    results_dir = args.out or os.path.join(HERE, "results")
+    os.makedirs(results_dir, exist_ok=True)
+    raise_nofile()
+    report = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(), "settings": {
+        "rounds": args.rounds, "duration_s": args.duration, "connections": args.connections,
+        "wrk_threads": args.threads, "instances": args.instances,
+        "instance_runtime": f"multi_thread x{args.instance_threads}" if args.instance_threads else "current_thread"}}
+    try:
+        fn_ports, instance_procs = [], []
+        for _ in range(args.instances):
+            port = free_port()
+            argv = [FUNCTION_BIN, "--port", str(port)]
+            if args.instance_threads:
+                argv += ["--threads", str(args.instance_threads)]
+            p = procs.start(f"function-{port}", argv, workdir)
+            wait_port(port, p)
+            fn_ports.append(port)
+            instance_procs.append(p)
+        gateways = {}
+        for name, nproc, workers, _ in RUNTIME_MODELS:
+            gateways[name] = []
+            for i in range(nproc):
+                port, admin = free_port(), free_port()
+                text = gateway_toml(port, admin, fn_ports, workers=workers, concurrency=args.connections)
+                p = start_gateway(procs, workdir, text, port, name=f"gateway-{name}-{i}")
+                gateways[name].append({"port": port, "admin": admin, "proc": p})
+        time.sleep(0.5)
+        instance_pids = [pid for p in instance_procs for pid in proc_tree(p.pid)]
+        report["threads"] = {m: thread_count([g["proc"].pid for g in gateways[m]]) for m in gateways}
+        for m, gws in gateways.items():  # warm-up, not measured
+            addrs = [f"127.0.0.1:{g['port']}" for g in gws]
+            run_wrk(f"http://{addrs[0]}{INVOKE_PATH}", 1, args.connections, args.threads, addrs=addrs)
+        rounds = []
+        for r in range(args.rounds):
+            row = {}
+            for m, gws in gateways.items():
+                row[m] = x = runtime_round(gws, instance_pids, args.duration, args.connections, args.threads)
+                log(f"round {r + 1}/{args.rounds} {m:9s} {x['rps']:9.0f} req/s  p50 {x['p50_us']:6d} µs  "
+                    f"p99 {x['p99_us']:6d} µs  user {x['user_s_100k']:.2f} sys {x['sys_s_100k']:.2f} s/100k  "
+                    f"cs/req {x['cs_per_req']:.3f}  split {x['split']}  errors {x['errors']}  "
+                    f"gateway {x['gateway_cores']:.2f} instance {x['instance_cores']:.2f} "
+                    f"wrk {x['wrk_cores']:.2f} other {x['foreign_cores']:.2f} (steal {x['steal_cores']:.2f}) cores")
+            rounds.append(row)
+    except BaseException:
+        log(f"runtime failed; process logs kept in {workdir}")
+        raise
+    finally:
+        procs.stop_all()
+
+    models = [m[0] for m in RUNTIME_MODELS]
+    keys = [k for k in rounds[0][models[0]] if k != "split"]
+    med = {m: {k: median([r[m][k] for r in rounds]) for k in keys} for m in models}
+    spread = {m: {k: (min(r[m][k] for r in rounds), max(r[m][k] for r in rounds)) for k in keys} for m in models}
+    report.update({"rounds": rounds, "median": med, "spread": spread, "ratios": runtime_ratios(rounds)})
+    # Rounds in which nothing outside the benchmark used more than --clean-below cores
+    # during any model's run (the machine is shared; the lock is a convention).
+    clean = [r for r in rounds if max(r[m]["foreign_cores"] for m in models) <= args.clean_below]
+    report["clean_rounds"] = [i + 1 for i, r in enumerate(rounds) if r in clean]
+    if clean and len(clean) < len(rounds):
+        report["clean_median"] = {m: {k: median([r[m][k] for r in clean]) for k in keys} for m in models}
+        report["clean_ratios"] = runtime_ratios(clean)
+    text = runtime_md(report, args)
+    print(text)
+    tag = args.tag or ("smoke-runtime" if args.smoke else "runtime")
+    with open(os.path.join(results_dir, f"{tag}.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(results_dir, f"{tag}.json"), "w") as f:
+        json.dump(rounded(report), f, separators=(",", ":"))
+    shutil.rmtree(workdir, ignore_errors=True)
+    return report
+
+
 # -------------------------------------------------------------------------------- main
 
 # --------------------------------------------------------------------------- instructions
@@ -1142,6 +1418,19 @@ def main():
     ins.add_argument("--gateway", default=None, help="another scf-gateway binary to measure")
     ins.add_argument("--only", default=None, help="gateway,nginx")
     ins.add_argument("--keep", default=None, help="copy the callgrind dumps into this folder")
+    rt = sub.add_parser("runtime")
+    rt.add_argument("--rounds", type=int, default=5)
+    rt.add_argument("--duration", type=int, default=10)
+    rt.add_argument("--connections", type=int, default=64)
+    rt.add_argument("--threads", type=int, default=2, help="wrk threads (2: one per gateway process of tpc2)")
+    rt.add_argument("--instances", type=int, default=1, help="example-function processes behind every gateway")
+    rt.add_argument("--instance-threads", type=int, default=None,
+                    help="run each instance on a multi_thread runtime with N workers")
+    rt.add_argument("--clean-below", type=float, default=0.1,
+                    help="also summarize the rounds where other processes used at most this many cores")
+    rt.add_argument("--smoke", action="store_true")
+    rt.add_argument("--tag", default=None, help="results file name (default runtime, smoke-runtime)")
+    rt.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.cmd == "profile":
         args.server_cpus = None
@@ -1162,6 +1451,10 @@ def main():
         scale(args)
     elif args.cmd == "instructions":
         instructions(args)
+    elif args.cmd == "runtime":
+        if args.smoke:
+            args.rounds, args.duration = 1, 2
+        runtime(args)
     else:
         profile(args)
 

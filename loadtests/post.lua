@@ -4,11 +4,33 @@
 -- Optional environment-free configuration through wrk's script args (after `--`):
 --   wrk ... -s post.lua URL -- paths=/a,/b,/c   spread requests over these paths
 --                                               (random choice per request)
+-- Optional environment: WRK_ADDRS=127.0.0.1:P1,127.0.0.1:P2 gives the threads their
+-- target addresses in turn (thread 1 the first, thread 2 the second, ...), the way
+-- SO_REUSEPORT splits connections between per-thread listeners; the URL still names the
+-- path and the Host header. Used by `harness.py runtime` (runtime.sh).
 wrk.method = "POST"
 wrk.body = '{"key1":"value1","key2":"value2","n":42,"source":"wrk"}'
 wrk.headers["Content-Type"] = "application/json"
 
 local paths = nil
+local addrs = nil
+local threads_set = 0
+
+function setup(thread)
+  local list = os.getenv("WRK_ADDRS")
+  if not list or list == "" then
+    return
+  end
+  if not addrs then
+    addrs = {}
+    for hp in list:gmatch("[^,]+") do
+      local host, port = hp:match("^(.*):(%d+)$")
+      addrs[#addrs + 1] = wrk.lookup(host, port)[1]
+    end
+  end
+  thread.addr = addrs[threads_set % #addrs + 1]
+  threads_set = threads_set + 1
+end
 
 function init(args)
   for _, a in ipairs(args) do

@@ -321,7 +321,10 @@ impl Gateway {
         let held = tail_rx.map(|rx| (rx, lease.slot.instance().name().to_owned()));
         let body = InvocationBody::new(incoming, exchange.deadline, limit, lease);
         match held {
-            None => Responded::Now(Response::from_parts(parts, GatewayBody::Invocation(body))),
+            None => Responded::Now(Response::from_parts(
+                parts,
+                GatewayBody::Invocation(Box::new(body)),
+            )),
             Some((rx, instance)) => Responded::Held(Box::pin(with_log_tail(
                 parts, body, rx, request_id, instance,
             ))),

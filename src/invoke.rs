@@ -116,7 +116,7 @@ pub struct Accounting {
 
 impl Accounting {
     fn start(function: Arc<Function>, request_id: &HeaderValue, access_log: bool) -> Self {
-        function.metrics.inflight.increment(1.0);
+        function.metrics.begin();
         Accounting {
             function: Some(function),
             started: Instant::now(),
@@ -147,8 +147,7 @@ impl Accounting {
             return;
         };
         let elapsed = self.started.elapsed();
-        function.metrics.inflight.decrement(1.0);
-        function.metrics.record(outcome, elapsed);
+        function.metrics.end(outcome, elapsed);
         if self.access_log {
             tracing::info!(
                 target: "access",
@@ -173,8 +172,6 @@ impl Drop for Accounting {
 pub struct Gateway {
     router: Router,
     functions: Box<[Arc<Function>]>,
-    /// Requests that matched no function.
-    unmatched: metrics::Counter,
     max_body_bytes: u64,
     access_log: bool,
     registry: Registry,
@@ -198,7 +195,6 @@ impl Gateway {
         Gateway {
             router: Router::new(config),
             functions,
-            unmatched: registry.unmatched(),
             max_body_bytes: config.server.max_body_bytes,
             access_log: config.server.access_log,
             registry,
@@ -235,7 +231,7 @@ impl Gateway {
         let target = match routed {
             Ok(target) => target,
             Err(e) => {
-                self.unmatched.increment(1);
+                self.registry.unmatched();
                 return GatewayError::from(e).into_response(&request_id);
             }
         };

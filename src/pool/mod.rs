@@ -106,7 +106,7 @@ impl Pool {
             InstanceSource::Launch(_) => Vec::new(),
         };
         let n = entries.len();
-        metrics.queue_depth.set(0.0);
+        metrics.set_queue_depth(0);
         let pool = Arc::new(Pool {
             function: function.name.clone(),
             per_instance: function.instance_concurrency,
@@ -296,7 +296,7 @@ impl Pool {
             let id = state.next_waiter;
             state.next_waiter += 1;
             state.waiters.push_back(Waiter { id, tx });
-            self.metrics.queue_depth.set(state.waiters.len() as f64);
+            self.metrics.set_queue_depth(state.waiters.len());
             (id, rx, (limit, for_start))
         };
         let (limit, for_start) = limit;
@@ -369,7 +369,7 @@ impl Pool {
             let waiter = if up { state.waiters.pop_front() } else { None };
             match waiter {
                 Some(w) => {
-                    self.metrics.queue_depth.set(state.waiters.len() as f64);
+                    self.metrics.set_queue_depth(state.waiters.len());
                     w
                 }
                 None => {
@@ -414,7 +414,7 @@ impl Pool {
             state.up_count -= 1;
             self.publish_instances(&state);
             let dropped = if state.up_count == 0 && self.launcher.is_none() {
-                self.metrics.queue_depth.set(0.0);
+                self.metrics.set_queue_depth(0);
                 std::mem::take(&mut state.waiters)
             } else {
                 VecDeque::new()
@@ -476,7 +476,7 @@ impl Pool {
                     state.waiters.push_front(w);
                     return;
                 };
-                self.metrics.queue_depth.set(state.waiters.len() as f64);
+                self.metrics.set_queue_depth(state.waiters.len());
                 (w, slot)
             };
             if let Err(back) = waiter.tx.send(Ok(slot)) {
@@ -645,10 +645,7 @@ impl QueueWait<'_> {
             let mut state = lock(&self.pool.state);
             if let Some(pos) = state.waiters.iter().position(|w| w.id == self.id) {
                 state.waiters.remove(pos);
-                self.pool
-                    .metrics
-                    .queue_depth
-                    .set(state.waiters.len() as f64);
+                self.pool.metrics.set_queue_depth(state.waiters.len());
                 return None;
             }
         }

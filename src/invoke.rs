@@ -45,17 +45,22 @@ const EVENT_INVOKE: &str = "/event-invoke";
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
 /// One function, ready to serve: its pool, its prebuilt headers, its metrics.
+///
+/// `repr(C)` keeps the declared order: the fields every invocation reads come first,
+/// after the `Arc`'s counts, so they share two cache lines; the names (for logs and
+/// errors) come last.
+#[repr(C)]
 pub struct Function {
-    pub name: String,
-    pub namespace: String,
-    pub kind: FunctionKind,
-    memory_mb: u32,
-    timeout: Duration,
-    timeout_text: String,
-    response_limit: u64,
-    stamp: Stamp,
     pool: Arc<Pool>,
     metrics: FunctionMetrics,
+    stamp: Stamp,
+    timeout: Duration,
+    response_limit: u64,
+    memory_mb: u32,
+    pub kind: FunctionKind,
+    pub name: String,
+    pub namespace: String,
+    timeout_text: String,
 }
 
 impl Function {
@@ -116,7 +121,7 @@ pub struct Accounting {
 
 impl Accounting {
     fn start(function: Arc<Function>, request_id: &HeaderValue, access_log: bool) -> Self {
-        function.metrics.inflight.increment(1.0);
+        function.metrics.begin();
         Accounting {
             function: Some(function),
             started: Instant::now(),
@@ -147,8 +152,7 @@ impl Accounting {
             return;
         };
         let elapsed = self.started.elapsed();
-        function.metrics.inflight.decrement(1.0);
-        function.metrics.record(outcome, elapsed);
+        function.metrics.end(outcome, elapsed);
         if self.access_log {
             tracing::info!(
                 target: "access",
@@ -173,8 +177,6 @@ impl Drop for Accounting {
 pub struct Gateway {
     router: Router,
     functions: Box<[Arc<Function>]>,
-    /// Requests that matched no function.
-    unmatched: metrics::Counter,
     max_body_bytes: u64,
     access_log: bool,
     registry: Registry,
@@ -198,7 +200,6 @@ impl Gateway {
         Gateway {
             router: Router::new(config),
             functions,
-            unmatched: registry.unmatched(),
             max_body_bytes: config.server.max_body_bytes,
             access_log: config.server.access_log,
             registry,
@@ -235,7 +236,7 @@ impl Gateway {
         let target = match routed {
             Ok(target) => target,
             Err(e) => {
-                self.unmatched.increment(1);
+                self.registry.unmatched();
                 return GatewayError::from(e).into_response(&request_id);
             }
         };
@@ -403,9 +404,11 @@ impl Gateway {
         // connection got nothing, so the invocation moves on to another one.
         let stamp = &function.stamp.lines(request_id);
         let pool = function.pool();
-        let mut attempts = pool.max_attempts();
+        // Counted down from the pool's limit once an instance has refused: the first
+        // attempt nearly always succeeds, so the limit is not read (under the pool's
+        // lock) before it is needed.
+        let mut attempts: Option<usize> = None;
         loop {
-            attempts = attempts.saturating_sub(1);
             let slot = pool.acquire().await?;
             let instance = slot.instance().clone();
             if function.kind == FunctionKind::Event {
@@ -415,7 +418,7 @@ impl Gateway {
                 Some(conn) => conn,
                 None => {
                     pool.mark_down(slot.index(), &instance);
-                    if attempts == 0 {
+                    if out_of_attempts(&mut attempts, pool) {
                         return Err(refused(&instance));
                     }
                     continue;
@@ -459,7 +462,7 @@ impl Gateway {
             match failure {
                 Failure::Refused(req) => {
                     pool.mark_down(slot.index(), &instance);
-                    if attempts == 0 {
+                    if out_of_attempts(&mut attempts, pool) {
                         return Err(refused(&instance));
                     }
                     upstream = req;
@@ -517,6 +520,14 @@ enum Failure {
     /// The request was (at least partly) sent: it must not be sent again.
     Failed(UpstreamError),
     TimedOut,
+}
+
+/// Counts a refused attempt; true once the pool's limit of attempts is used up (read at
+/// the first refusal: the attempts left before the one that was just refused).
+fn out_of_attempts(left: &mut Option<usize>, pool: &Pool) -> bool {
+    let left = left.get_or_insert_with(|| pool.max_attempts());
+    *left = left.saturating_sub(1);
+    *left == 0
 }
 
 fn refused(instance: &Instance) -> GatewayError {

@@ -34,8 +34,6 @@ use crate::invoke::Gateway;
 
 /// How long launched instances get to exit on SIGTERM before SIGKILL at shutdown.
 const INSTANCE_STOP_GRACE: Duration = Duration::from_secs(3);
-/// How often histogram samples are folded into buckets when nobody scrapes.
-const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 /// How often released connection memory may be given back to the system, and after how
 /// many released connections (see `memory_upkeep`).
 const TRIM_PERIOD: Duration = Duration::from_secs(1);
@@ -112,20 +110,7 @@ impl RunningGateway {
             },
         ));
 
-        let registry = gateway.registry().clone();
-        let metrics_upkeep = async move {
-            let mut tick = tokio::time::interval(METRICS_UPKEEP);
-            loop {
-                tick.tick().await;
-                registry.run_upkeep();
-            }
-        };
-        let upkeep = tokio::spawn(async move {
-            tokio::join!(
-                metrics_upkeep,
-                memory_upkeep(TRIM_PERIOD, TRIM_AFTER_RELEASED)
-            );
-        });
+        let upkeep = tokio::spawn(memory_upkeep(TRIM_PERIOD, TRIM_AFTER_RELEASED));
 
         ready.store(true, Ordering::Release);
         tracing::info!(%listen_addr, %admin_addr, functions = config.functions.len(), "scf-gateway ready");

@@ -137,7 +137,7 @@ async fn start_one(pool: Arc<Pool>) {
                     (pool.per_instance as usize).min(state.waiters.len())
                 };
                 let doomed = state.waiters.drain(..n).collect();
-                pool.metrics.queue_depth.set(state.waiters.len() as f64);
+                pool.metrics.set_queue_depth(state.waiters.len());
                 pool.publish_instances(&state);
                 doomed
             };

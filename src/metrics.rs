@@ -21,6 +21,7 @@ const UPSTREAM_CONNECTIONS: &str = "scf_gateway_upstream_connections_total";
 const INSTANCES: &str = "scf_gateway_instances";
 const COLD_STARTS: &str = "scf_gateway_cold_starts_total";
 const BILLED: &str = "scf_gateway_billed_gb_seconds_total";
+const WORKER_CONNECTIONS: &str = "scf_gateway_worker_connections_total";
 
 /// Seconds: from sub-millisecond proxy hops to the longest function timeouts.
 const DURATION_BUCKETS: [f64; 16] = [
@@ -151,6 +152,15 @@ impl Registry {
     fn histogram(&self, name: &'static str, labels: Vec<Label>) -> Histogram {
         self.recorder
             .register_histogram(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    /// Client connections accepted by one worker thread (`worker="0"`, ...): how the
+    /// shared listening socket spreads connections over the workers.
+    pub fn worker_connections(&self, worker: usize) -> Counter {
+        self.counter(
+            WORKER_CONNECTIONS,
+            vec![Label::new("worker", worker.to_string())],
+        )
     }
 
     /// The counter of requests that matched no function (`function="-"`).

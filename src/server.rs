@@ -95,12 +95,16 @@ impl RunningGateway {
         let grace = config.server.shutdown_grace;
 
         let (stop_invocations, stop) = watch::channel(false);
+        let n = config.server.workers.max(1);
+        let balance = (n > 1).then(|| Arc::new(Balance::new(n)));
+        let drain = |index| Arc::new(Drain::sharing(balance.clone(), index));
         let mut workers = Vec::new();
-        for index in 1..config.server.workers.max(1) {
+        for index in 1..n {
             // A second descriptor of the same socket, not a second socket: a second
             // gateway on the port still fails to bind.
             let shared = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
-            match Worker::spawn(index, shared, stop.clone(), grace, gateway.clone()).await {
+            let (stop, gateway) = (stop.clone(), gateway.clone());
+            match Worker::spawn(index, shared, stop, grace, drain(index), gateway).await {
                 Ok(w) => workers.push(w),
                 Err(e) => {
                     let _ = stop_invocations.send(true);
@@ -114,7 +118,7 @@ impl RunningGateway {
             stop,
             grace,
             CLIENT_TIMERS,
-            Arc::default(),
+            drain(0),
             gateway.registry().worker_connections(0),
             // The handler's own future, not one wrapping it: hyper keeps and moves it.
             move |req, peer| gw.clone().handle(req, peer),
@@ -227,6 +231,7 @@ impl Worker {
         listener: std::net::TcpListener,
         stop: watch::Receiver<bool>,
         grace: Duration,
+        drain: Arc<Drain>,
         gateway: Arc<Gateway>,
     ) -> io::Result<Worker> {
         let (started, accepting) = oneshot::channel::<io::Result<()>>();
@@ -265,7 +270,7 @@ impl Worker {
                         stop,
                         grace,
                         CLIENT_TIMERS,
-                        Arc::default(),
+                        drain,
                         accepted,
                         move |req, peer| gateway.clone().handle(req, peer),
                     )
@@ -310,7 +315,10 @@ pub(crate) const CLIENT_TIMERS: ClientTimers = ClientTimers {
 
 /// Accepts connections until told to stop, then drains them for at most `grace`.
 /// Several workers may serve one listening socket: each is woken by a new connection
-/// and one wins the accept (the others' `EAGAIN` stays inside tokio).
+/// and one wins the accept (the others' `EAGAIN` stays inside tokio). The first to run
+/// would take a whole burst (measured: 56 of 64 wrk connections on one of two workers),
+/// so a worker with more than its share of open connections (see [`Balance`]) leaves
+/// new ones to the others until that changes.
 async fn serve<F, Fut>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
@@ -330,7 +338,20 @@ async fn serve<F, Fut>(
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2.timer(TokioTimer::new());
     let builders = Arc::new((http1, http2));
-    loop {
+    'accepting: loop {
+        if let Some((balance, index)) = &drain.share {
+            loop {
+                // Created before the check: a change in between is not missed.
+                let changed = balance.changed.notified();
+                if !balance.over_share(*index) {
+                    break;
+                }
+                tokio::select! {
+                    _ = changed => {}
+                    _ = stop.changed() => break 'accepting,
+                }
+            }
+        }
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
@@ -807,6 +828,41 @@ impl AsyncWrite for ClientIo<'_> {
     }
 }
 
+/// The open client connections of each worker sharing a listening socket.
+struct Balance {
+    open: Box<[AtomicUsize]>,
+    /// Notified whenever a worker opens or closes a connection.
+    changed: Notify,
+}
+
+/// Connections a worker may have above the least-loaded one and still accept.
+const ACCEPT_SLACK: usize = 1;
+
+impl Balance {
+    fn new(workers: usize) -> Balance {
+        Balance {
+            open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            changed: Notify::new(),
+        }
+    }
+
+    fn over_share(&self, index: usize) -> bool {
+        let mine = self.open[index].load(Ordering::Relaxed);
+        self.open
+            .iter()
+            .any(|o| mine > o.load(Ordering::Relaxed) + ACCEPT_SLACK)
+    }
+
+    fn add(&self, index: usize, opened: bool) {
+        if opened {
+            self.open[index].fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.open[index].fetch_sub(1, Ordering::Relaxed);
+        }
+        self.changed.notify_waiters();
+    }
+}
+
 /// Tells every open connection to finish what is in flight and close, at no cost per
 /// request: a connection registers its task's waker once, then checks one flag when
 /// polled (hyper-util's watcher re-registers on a watch channel at every poll).
@@ -819,12 +875,25 @@ struct Drain {
     all_closed: Notify,
     /// HTTP/1 connections parked so far (a figure for tests).
     parked: AtomicUsize,
+    /// The worker's place among those sharing its listening socket, if any.
+    share: Option<(Arc<Balance>, usize)>,
 }
 
 impl Drain {
+    /// The drain of worker `index`, counting its connections in `balance` too.
+    fn sharing(balance: Option<Arc<Balance>>, index: usize) -> Drain {
+        Drain {
+            share: balance.map(|b| (b, index)),
+            ..Drain::default()
+        }
+    }
+
     /// Counts a connection as open until the guard drops.
     fn enter(self: &Arc<Self>) -> Open {
         self.open.fetch_add(1, Ordering::AcqRel);
+        if let Some((balance, index)) = &self.share {
+            balance.add(*index, true);
+        }
         Open {
             drain: self.clone(),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -879,6 +948,9 @@ impl Open {
 impl Drop for Open {
     fn drop(&mut self) {
         lock(&self.drain.wakers).remove(&self.id);
+        if let Some((balance, index)) = &self.drain.share {
+            balance.add(*index, false);
+        }
         RELEASED.fetch_add(1, Ordering::Relaxed);
         if self.drain.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.drain.all_closed.notify_waiters();

@@ -101,6 +101,9 @@ async fn both_workers_serve_keep_alive_clients_and_share_upstream_connections() 
 
     let clients = clients_on_both_workers(&gw, 32).await;
     let n = clients.len();
+    // A worker with more than its share leaves new connections to the other.
+    let [w0, w1] = accepted(&gw).await;
+    assert!((w0 - w1).abs() <= 8.0, "accepted {w0} / {w1}");
     const ROUNDS: usize = 20;
     let tasks: Vec<_> = clients
         .into_iter()

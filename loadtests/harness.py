@@ -1030,12 +1030,15 @@ def profile(args):
 # ------------------------------------------------------------------------------ runtime
 
 # The runtime models compared by `runtime` (runtime.sh): name, gateway processes, workers
-# per process. "tpc" is thread-per-core emulated without product changes: two processes
+# per process. "workers2" is the product as built with two workers: thread-per-core (two
+# current_thread runtimes accepting on one listening socket, each with its own upstream
+# connections; work-stealing before the thread-per-core branch, "stealing2" in older
+# results). "tpc2" is thread-per-core emulated by processes: two processes
 # with one current_thread worker each (own runtime, own listener, own upstream pool to the
 # same instances), wrk's two threads sent one to each, as SO_REUSEPORT would split them.
 RUNTIME_MODELS = [
     ("current1", 1, 1, "(a) 1 gateway, workers = 1 (current_thread)"),
-    ("stealing2", 1, 2, "(b) 1 gateway, workers = 2 (multi_thread, work-stealing)"),
+    ("workers2", 1, 2, "(b) 1 gateway, workers = 2 (thread-per-core: 2 current_thread workers, one listening socket)"),
     ("tpc2", 2, 1, "(c) 2 gateways x workers = 1 (thread-per-core emulated: wrk thread 1 to one, thread 2 to the other)"),
 ]
 
@@ -1103,6 +1106,20 @@ def invocations(admin_port):
     return total
 
 
+def worker_connections(admin_port):
+    """Client connections each worker of the gateway accepted so far, from its /metrics."""
+    try:
+        status, _, body = request(admin_port, "GET", "/metrics", timeout=5.0)
+    except OSError:
+        return []
+    counts = {}
+    for line in body.decode(errors="replace").splitlines() if status == 200 else []:
+        if line.startswith("scf_gateway_worker_connections_total{"):
+            worker = line.split('worker="', 1)[1].split('"', 1)[0]
+            counts[int(worker)] = float(line.rsplit(None, 1)[1])
+    return [counts[w] for w in sorted(counts)]
+
+
 def runtime_round(gws, instance_pids, duration, connections, threads):
     """One wrk run against the gateway process(es) of one model: wrk's threads take the
     processes' addresses in turn (one process: every thread the same address)."""
@@ -1110,6 +1127,7 @@ def runtime_round(gws, instance_pids, duration, connections, threads):
     addrs = [f"127.0.0.1:{g['port']}" for g in gws]
     url = f"http://{addrs[0]}{INVOKE_PATH}"
     inv0 = [invocations(g["admin"]) for g in gws]
+    wc0 = worker_connections(gws[0]["admin"])
     u0, s0 = cpu_ticks(pids)
     iu0, is0 = cpu_ticks(instance_pids)
     v0, n0 = ctx_switches(pids)
@@ -1122,6 +1140,7 @@ def runtime_round(gws, instance_pids, duration, connections, threads):
     u1, s1 = cpu_ticks(pids)
     iu1, is1 = cpu_ticks(instance_pids)
     inv1 = [invocations(g["admin"]) for g in gws]
+    wc1 = worker_connections(gws[0]["admin"])
     ours = (u1 - u0 + s1 - s0) + (iu1 - iu0 + is1 - is0) + (c1 - c0)
     n = max(w["requests"], 1)
     per100k = 100_000 / n
@@ -1145,6 +1164,8 @@ def runtime_round(gws, instance_pids, duration, connections, threads):
         "wrk_cores": (c1 - c0) / wall,
         # invocations counted by each gateway process during the run (the load split)
         "split": split,
+        # client connections each worker of the (first) gateway process accepted
+        "worker_split": [b - a for a, b in zip(wc0, wc1)] if len(wc0) == len(wc1) else None,
         "gateway_threads": thread_count(pids),
         "wall_s": round(wall, 2),
         "foreign_cores": max(0.0, (m1 - m0 - ours) / wall),
@@ -1157,7 +1178,7 @@ def runtime_round(gws, instance_pids, duration, connections, threads):
 def runtime_ratios(rounds):
     """Per-round ratios between models, medians over the rounds."""
     ratios = {}
-    for a, b in (("stealing2", "current1"), ("tpc2", "current1"), ("tpc2", "stealing2")):
+    for a, b in (("workers2", "current1"), ("tpc2", "current1"), ("tpc2", "workers2")):
         ratios[f"{a}/{b}"] = {k: median([r[a][k] / r[b][k] for r in rounds if r[b][k]]) for k, _, _ in RUNTIME_FIGURES}
     return ratios
 
@@ -1214,6 +1235,9 @@ def runtime_md(report, args):
     lines += ["", "Load split between the two processes of tpc2 (invocations each counted, median over rounds): "
               + " / ".join(fmt(median([r["tpc2"]["split"][i] for r in report["rounds"]]), "{:,.0f}")
                            for i in range(2)),
+              "", "Client connections each worker of workers2 accepted, per round: "
+              + "; ".join(" / ".join(fmt(c, "{:,.0f}") for c in (r["workers2"].get("worker_split") or []))
+                          for r in report["rounds"]),
               "", "Cores used during the rounds (median): " + "; ".join(
                   f"{m}: gateway {med[m]['gateway_cores']:.2f}, instance {med[m]['instance_cores']:.2f}, "
                   f"wrk {med[m]['wrk_cores']:.2f}, other {med[m]['foreign_cores']:.2f} (of it steal "
@@ -1266,7 +1290,7 @@ def runtime(args):
                 row[m] = x = runtime_round(gws, instance_pids, args.duration, args.connections, args.threads)
                 log(f"round {r + 1}/{args.rounds} {m:9s} {x['rps']:9.0f} req/s  p50 {x['p50_us']:6d} µs  "
                     f"p99 {x['p99_us']:6d} µs  user {x['user_s_100k']:.2f} sys {x['sys_s_100k']:.2f} s/100k  "
-                    f"cs/req {x['cs_per_req']:.3f}  split {x['split']}  errors {x['errors']}  "
+                    f"cs/req {x['cs_per_req']:.3f}  split {x['split']} workers {x['worker_split']}  errors {x['errors']}  "
                     f"gateway {x['gateway_cores']:.2f} instance {x['instance_cores']:.2f} "
                     f"wrk {x['wrk_cores']:.2f} other {x['foreign_cores']:.2f} (steal {x['steal_cores']:.2f}) cores")
             rounds.append(row)
@@ -1277,7 +1301,7 @@ def runtime(args):
         procs.stop_all()
 
     models = [m[0] for m in RUNTIME_MODELS]
-    keys = [k for k in rounds[0][models[0]] if k != "split"]
+    keys = [k for k in rounds[0][models[0]] if k not in ("split", "worker_split")]
     med = {m: {k: median([r[m][k] for r in rounds]) for k in keys} for m in models}
     spread = {m: {k: (min(r[m][k] for r in rounds), max(r[m][k] for r in rounds)) for k in keys} for m in models}
     report.update({"rounds": rounds, "median": med, "spread": spread, "ratios": runtime_ratios(rounds)})

@@ -2,8 +2,9 @@
 # Runtime models for workers > 1, against the same example-function instance(s) and the
 # same wrk load (wrk -t2 -c64, post.lua), in alternating rounds:
 #   current1   one gateway, workers = 1 (current_thread runtime)
-#   stealing2  one gateway, workers = 2 (work-stealing multi_thread runtime)
-#   tpc2       thread-per-core, emulated without product changes: two gateway processes
+#   workers2   one gateway, workers = 2 (as built: thread-per-core, two current_thread
+#              workers accepting on one listening socket)
+#   tpc2       thread-per-core emulated by processes: two gateway processes
 #              with workers = 1 each (own runtime, listener and upstream pool), wrk's
 #              thread 1 sent to one and thread 2 to the other, as SO_REUSEPORT splits
 #              connections between per-thread listeners.

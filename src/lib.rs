@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod pool;
 pub mod routing;
 pub mod server;
+pub mod worker;
 
 pub use config::Config;
 pub use server::{run, RunningGateway};

@@ -28,6 +28,7 @@ const INSTANCES: &str = "scf_gateway_instances";
 const COLD_STARTS: &str = "scf_gateway_cold_starts_total";
 const UPSTREAM_CONNECTIONS: &str = "scf_gateway_upstream_connections_total";
 const BILLED: &str = "scf_gateway_billed_gb_seconds_total";
+const WORKER_CONNECTIONS: &str = "scf_gateway_worker_connections_total";
 
 /// The duration buckets' upper bounds (inclusive), in nanoseconds so that a sample is
 /// placed by integer comparison; from sub-millisecond proxy hops to the longest
@@ -255,6 +256,8 @@ pub struct Registry {
 struct Shared {
     /// Requests that matched no function (`function="-"`).
     unmatched: AtomicU64,
+    /// Client connections accepted per worker thread, by worker index.
+    workers: Mutex<Vec<Arc<AtomicU64>>>,
     /// Touched only to register (at start-up) and to render (on scrape).
     functions: Mutex<Functions>,
 }
@@ -404,7 +407,44 @@ impl Registry {
                 micro % 1_000_000
             );
         }
+
+        let workers = lock(&self.shared.workers);
+        if !workers.is_empty() {
+            out.push('\n');
+            family(&mut out, WORKER_CONNECTIONS, "counter");
+            for (worker, cell) in workers.iter().enumerate() {
+                let value = cell.load(Ordering::Relaxed);
+                let _ = writeln!(out, "{WORKER_CONNECTIONS}{{worker=\"{worker}\"}} {value}");
+            }
+        }
         out
+    }
+
+    /// Client connections accepted by one worker thread (`worker="0"`, ...): how the
+    /// shared listening socket spreads connections over the workers.
+    pub fn worker_connections(&self, worker: usize) -> Counter {
+        let mut workers = lock(&self.shared.workers);
+        if workers.len() <= worker {
+            workers.resize_with(worker + 1, Arc::default);
+        }
+        Counter(Some(workers[worker].clone()))
+    }
+}
+
+/// A counter outside the per-function cells: one atomic, shared with the registry.
+#[derive(Clone, Default)]
+pub struct Counter(Option<Arc<AtomicU64>>);
+
+impl Counter {
+    /// A counter that counts nothing, for servers whose figures are not reported.
+    pub fn noop() -> Counter {
+        Counter(None)
+    }
+
+    pub fn increment(&self, n: u64) {
+        if let Some(cell) = &self.0 {
+            cell.fetch_add(n, Ordering::Relaxed);
+        }
     }
 }
 
@@ -805,5 +845,19 @@ mod tests {
             line(&cells.duration_buckets[10] as *const _ as *const u8),
             1
         );
+    }
+
+    #[test]
+    fn worker_connections_render_per_worker_and_only_once_registered() {
+        let registry = Registry::new();
+        assert!(!registry.render().contains(WORKER_CONNECTIONS));
+        registry.worker_connections(1).increment(3);
+        registry.worker_connections(0).increment(1);
+        registry.worker_connections(1).increment(2);
+        Counter::noop().increment(7);
+        let text = registry.render();
+        assert!(text.contains("# TYPE scf_gateway_worker_connections_total counter\n"));
+        assert!(text.contains("scf_gateway_worker_connections_total{worker=\"0\"} 1\n"));
+        assert!(text.contains("scf_gateway_worker_connections_total{worker=\"1\"} 5\n"));
     }
 }

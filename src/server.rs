@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 
@@ -31,6 +32,7 @@ use crate::admin;
 use crate::body::GatewayBody;
 use crate::config::Config;
 use crate::invoke::Gateway;
+use crate::worker;
 
 /// How long launched instances get to exit on SIGTERM before SIGKILL at shutdown.
 const INSTANCE_STOP_GRACE: Duration = Duration::from_secs(3);
@@ -49,12 +51,26 @@ pub struct RunningGateway {
     stop_invocations: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
     invocations: JoinHandle<()>,
+    /// Workers 1..N (thread-per-core), serving the same listening socket.
+    workers: Vec<Worker>,
     admin: JoinHandle<()>,
     upkeep: JoinHandle<()>,
 }
 
+/// A worker thread beyond the first: its own `current_thread` runtime serving the
+/// invocation listener.
+struct Worker {
+    thread: std::thread::JoinHandle<()>,
+    /// Resolves (with an error: the sender is dropped) when the thread is done.
+    done: oneshot::Receiver<()>,
+}
+
 impl RunningGateway {
-    /// Binds the listeners, starts the pools and serves. Must run inside a Tokio runtime.
+    /// Binds the listeners, starts the pools and serves. Must run inside a Tokio runtime,
+    /// which is the first worker: it also runs the admin listener, the pools' keepers
+    /// and launched instances. With `server.workers = N > 1`, N - 1 more worker threads
+    /// (`scf-worker-1`, ...), each with a `current_thread` runtime, accept invocations
+    /// on the same listening socket.
     pub async fn start(config: &Config) -> io::Result<RunningGateway> {
         let listener = bind(config.server.listen).await?;
         let admin_listener = bind(config.server.admin_listen).await?;
@@ -77,13 +93,31 @@ impl RunningGateway {
         let grace = config.server.shutdown_grace;
 
         let (stop_invocations, stop) = watch::channel(false);
+        let n = config.server.workers.max(1);
+        let balance = (n > 1).then(|| Arc::new(Balance::new(n)));
+        let drain = |index| Arc::new(Drain::sharing(balance.clone(), index));
+        let mut workers = Vec::new();
+        for index in 1..n {
+            // A second descriptor of the same socket, not a second socket: a second
+            // gateway on the port still fails to bind.
+            let shared = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
+            let (stop, gateway) = (stop.clone(), gateway.clone());
+            match Worker::spawn(index, shared, stop, grace, drain(index), gateway).await {
+                Ok(w) => workers.push(w),
+                Err(e) => {
+                    let _ = stop_invocations.send(true);
+                    return Err(e);
+                }
+            }
+        }
         let gw = gateway.clone();
         let invocations = tokio::spawn(serve(
             listener,
             stop,
             grace,
             CLIENT_TIMERS,
-            Arc::default(),
+            drain(0),
+            gateway.registry().worker_connections(0),
             // The handler's own future, not one wrapping it: hyper keeps and moves it.
             move |req, peer| gw.clone().handle(req, peer),
         ));
@@ -104,6 +138,7 @@ impl RunningGateway {
             grace,
             CLIENT_TIMERS,
             Arc::default(),
+            crate::metrics::Counter::noop(),
             move |req, _| {
                 let state = state.clone();
                 async move { admin::handle(&state, req) }
@@ -123,6 +158,7 @@ impl RunningGateway {
             stop_invocations,
             stop_admin,
             invocations,
+            workers,
             admin,
             upkeep,
         })
@@ -140,12 +176,17 @@ impl RunningGateway {
         &self.gateway
     }
 
-    /// Stops accepting, lets in-flight invocations finish within `shutdown_grace`
-    /// (`/readyz` answers 503 meanwhile), then stops the admin listener and the pools.
+    /// Stops accepting, lets in-flight invocations finish within `shutdown_grace` on
+    /// every worker (`/readyz` answers 503 meanwhile), joins the worker threads, then
+    /// stops the admin listener and the pools.
     pub async fn shutdown(self) {
         self.ready.store(false, Ordering::Release);
         let _ = self.stop_invocations.send(true);
         let _ = self.invocations.await;
+        for worker in self.workers {
+            let _ = worker.done.await;
+            let _ = worker.thread.join();
+        }
         let _ = self.stop_admin.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(1), self.admin).await;
         self.upkeep.abort();
@@ -162,6 +203,70 @@ impl RunningGateway {
             let _ = stop.await;
         }
         tracing::info!(grace = ?self.grace, "scf-gateway stopped");
+    }
+}
+
+// === impl Worker ===
+
+impl Worker {
+    /// Starts worker `index` on its own thread and runtime, serving `listener` until
+    /// `stop`, then draining for at most `grace`. Returns once it accepts.
+    async fn spawn(
+        index: usize,
+        listener: std::net::TcpListener,
+        stop: watch::Receiver<bool>,
+        grace: Duration,
+        drain: Arc<Drain>,
+        gateway: Arc<Gateway>,
+    ) -> io::Result<Worker> {
+        let (started, accepting) = oneshot::channel::<io::Result<()>>();
+        let (finished, done) = oneshot::channel::<()>();
+        let accepted = gateway.registry().worker_connections(index);
+        let thread = std::thread::Builder::new()
+            .name(format!("scf-worker-{index}"))
+            .spawn(move || {
+                // Dropped last, after the runtime and its connections: "done".
+                let _finished = finished;
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = started.send(Err(e));
+                        return;
+                    }
+                };
+                worker::set(index);
+                runtime.block_on(async move {
+                    let listener = match listener
+                        .set_nonblocking(true)
+                        .and_then(|()| TcpListener::from_std(listener))
+                    {
+                        Ok(listener) => listener,
+                        Err(e) => {
+                            let _ = started.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = started.send(Ok(()));
+                    serve(
+                        listener,
+                        stop,
+                        grace,
+                        CLIENT_TIMERS,
+                        drain,
+                        accepted,
+                        move |req, peer| gateway.clone().handle(req, peer),
+                    )
+                    .await;
+                });
+            })?;
+        match accepting.await {
+            Ok(Ok(())) => Ok(Worker { thread, done }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(io::Error::other(format!("worker {index} failed to start"))),
+        }
     }
 }
 
@@ -194,12 +299,18 @@ pub(crate) const CLIENT_TIMERS: ClientTimers = ClientTimers {
 };
 
 /// Accepts connections until told to stop, then drains them for at most `grace`.
+/// Several workers may serve one listening socket: each is woken by a new connection
+/// and one wins the accept (the others' `EAGAIN` stays inside tokio). The first to run
+/// would take a whole burst (measured: 56 of 64 wrk connections on one of two workers),
+/// so a worker with more than its share of open connections (see [`Balance`]) leaves
+/// new ones to the others until that changes.
 async fn serve<F, Fut>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
     timers: ClientTimers,
     drain: Arc<Drain>,
+    connections: crate::metrics::Counter,
     handler: F,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
@@ -212,10 +323,24 @@ async fn serve<F, Fut>(
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2.timer(TokioTimer::new());
     let builders = Arc::new((http1, http2));
-    loop {
+    'accepting: loop {
+        if let Some((balance, index)) = &drain.share {
+            loop {
+                // Created before the check: a change in between is not missed.
+                let changed = balance.changed.notified();
+                if !balance.over_share(*index) {
+                    break;
+                }
+                tokio::select! {
+                    _ = changed => {}
+                    _ = stop.changed() => break 'accepting,
+                }
+            }
+        }
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    connections.increment(1);
                     // Small request/response exchanges must not wait for Nagle.
                     let _ = stream.set_nodelay(true);
                     // The connection's long-lived allocations (task, registration,
@@ -688,6 +813,41 @@ impl AsyncWrite for ClientIo<'_> {
     }
 }
 
+/// The open client connections of each worker sharing a listening socket.
+struct Balance {
+    open: Box<[AtomicUsize]>,
+    /// Notified whenever a worker opens or closes a connection.
+    changed: Notify,
+}
+
+/// Connections a worker may have above the least-loaded one and still accept.
+const ACCEPT_SLACK: usize = 1;
+
+impl Balance {
+    fn new(workers: usize) -> Balance {
+        Balance {
+            open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            changed: Notify::new(),
+        }
+    }
+
+    fn over_share(&self, index: usize) -> bool {
+        let mine = self.open[index].load(Ordering::Relaxed);
+        self.open
+            .iter()
+            .any(|o| mine > o.load(Ordering::Relaxed) + ACCEPT_SLACK)
+    }
+
+    fn add(&self, index: usize, opened: bool) {
+        if opened {
+            self.open[index].fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.open[index].fetch_sub(1, Ordering::Relaxed);
+        }
+        self.changed.notify_waiters();
+    }
+}
+
 /// Tells every open connection to finish what is in flight and close, at no cost per
 /// request: a connection registers its task's waker once, then checks one flag when
 /// polled (hyper-util's watcher re-registers on a watch channel at every poll).
@@ -700,12 +860,25 @@ struct Drain {
     all_closed: Notify,
     /// HTTP/1 connections parked so far (a figure for tests).
     parked: AtomicUsize,
+    /// The worker's place among those sharing its listening socket, if any.
+    share: Option<(Arc<Balance>, usize)>,
 }
 
 impl Drain {
+    /// The drain of worker `index`, counting its connections in `balance` too.
+    fn sharing(balance: Option<Arc<Balance>>, index: usize) -> Drain {
+        Drain {
+            share: balance.map(|b| (b, index)),
+            ..Drain::default()
+        }
+    }
+
     /// Counts a connection as open until the guard drops.
     fn enter(self: &Arc<Self>) -> Open {
         self.open.fetch_add(1, Ordering::AcqRel);
+        if let Some((balance, index)) = &self.share {
+            balance.add(*index, true);
+        }
         Open {
             drain: self.clone(),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -760,6 +933,9 @@ impl Open {
 impl Drop for Open {
     fn drop(&mut self) {
         lock(&self.drain.wakers).remove(&self.id);
+        if let Some((balance, index)) = &self.drain.share {
+            balance.add(*index, false);
+        }
         RELEASED.fetch_add(1, Ordering::Relaxed);
         if self.drain.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.drain.all_closed.notify_waiters();
@@ -832,19 +1008,15 @@ fn trim_heap() {}
 
 /// Runs the daemon until SIGTERM or SIGINT, then shuts down gracefully.
 ///
-/// One worker runs on a `current_thread` runtime: no work stealing and no cross-thread
-/// wake-ups (measured: 0.12 against 0.31-0.55 context switches per request for the
-/// work-stealing runtime with one worker). More workers use the work-stealing runtime.
+/// Thread-per-core: every worker is a `current_thread` runtime, no work stealing and no
+/// cross-thread wake-ups (measured: 0.12 against 0.31-0.55 context switches per request
+/// for the work-stealing runtime with one worker; README, "Runtime model"). This thread
+/// is the first worker; [`RunningGateway::start`] starts the others.
 pub fn run(config: Config) -> io::Result<()> {
-    let runtime = match config.server.workers {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build()?,
-    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    worker::set(0);
     runtime.block_on(async {
         let running = RunningGateway::start(&config).await?;
         wait_for_signal().await?;
@@ -908,6 +1080,7 @@ mod tests {
             Duration::from_secs(5),
             timers,
             drain.clone(),
+            crate::metrics::Counter::noop(),
             handler,
         ));
         Server {

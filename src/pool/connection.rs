@@ -111,12 +111,19 @@ impl Upstreams {
 /// A keep-alive connection. Dropping it closes the connection; returning it with
 /// [`Instance::checkin`] keeps it for the next invocation. No task drives it: the
 /// invocation using it does (see [`h1`]).
+///
+/// Its socket is registered with the reactor of one worker's runtime, its home (see
+/// [`crate::worker`]): used from another worker it would still work, but every
+/// readiness event would cross threads. So [`Upstream::checkout`] hands a worker its
+/// own connections and moves a foreign one over only when it has none idle.
 pub struct PooledConn {
     /// Boxed: a pooled connection is moved several times per invocation (out of the
     /// pool, into the exchange, into the response body, back), and travels inside
     /// the response body that hyper moves too.
     pub(super) h1: Box<h1::Connection>,
     idle_since: Instant,
+    /// The worker whose reactor the socket is registered with.
+    home: usize,
     /// Counts the connection as open until it is dropped.
     _live: LiveGuard,
 }
@@ -265,17 +272,37 @@ impl Upstream {
         self.live.load(Ordering::Relaxed)
     }
 
-    /// The most recently used idle connection that is still open and not idle too long.
+    /// The calling worker's most recently used idle connection that is still open and
+    /// not idle too long; if it has none, another worker's, moved to this one.
     pub fn checkout(&self, idle_timeout: Duration) -> Option<PooledConn> {
+        let here = crate::worker::current();
         let now = Instant::now();
-        let mut idle = lock(&self.idle);
-        while let Some(mut conn) = idle.pop() {
-            if now.duration_since(conn.idle_since) < idle_timeout && !conn.h1.is_closed() {
+        loop {
+            let conn = {
+                let mut idle = lock(&self.idle);
+                // Tens long at most, and with one worker the last one matches.
+                let i = match idle.iter().rposition(|c| c.home == here) {
+                    Some(i) => i,
+                    None => idle.len().checked_sub(1)?,
+                };
+                idle.remove(i)
+            };
+            // Closed by the instance, or too old to trust: dropped (closes it).
+            if now.duration_since(conn.idle_since) >= idle_timeout {
+                continue;
+            }
+            let mut conn = if conn.home == here {
+                conn
+            } else {
+                match conn.rehome(here) {
+                    Some(conn) => conn,
+                    None => continue,
+                }
+            };
+            if !conn.h1.is_closed() {
                 return Some(conn);
             }
-            // Closed by the instance, or too old to trust: drop (closes it).
         }
-        None
     }
 
     /// Keeps a connection whose last exchange completed cleanly.
@@ -316,6 +343,7 @@ impl Upstream {
         Ok(PooledConn {
             h1: Box::new(h1::Connection::new(stream)),
             idle_since: Instant::now(),
+            home: crate::worker::current(),
             _live: live,
         })
     }
@@ -366,6 +394,27 @@ impl Upstream {
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .ok()
             .map(|_| Tending(self.clone()))
+    }
+}
+
+// === impl PooledConn ===
+
+impl PooledConn {
+    /// Registers the connection with the calling worker's reactor (two `epoll_ctl`
+    /// calls and a peek); `None` if it cannot be moved or the instance closed it.
+    fn rehome(self, here: usize) -> Option<PooledConn> {
+        let PooledConn {
+            h1,
+            idle_since,
+            home: _,
+            _live,
+        } = self;
+        Some(PooledConn {
+            h1: Box::new(h1.rehome().ok()?),
+            idle_since,
+            home: here,
+            _live,
+        })
     }
 }
 
@@ -463,5 +512,84 @@ pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>)
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Registry;
+    use crate::worker;
+
+    const FRESH: Duration = Duration::from_secs(60);
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Two workers' runtimes, driven in turn from this thread (each `block_on` marks
+    /// the thread as that worker): the registrations are as real as on two threads.
+    #[test]
+    fn checkout_prefers_the_workers_own_connections_and_moves_a_foreign_one_over() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted_tx, accepted) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if accepted_tx.send(stream.unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        let upstream = Upstream::new(addr);
+        let metrics = Registry::new().function("f", "default");
+        let (rt0, rt1) = (runtime(), runtime());
+        let on = |index: usize, rt: &tokio::runtime::Runtime, f: &mut dyn FnMut()| {
+            worker::set(index);
+            rt.block_on(async { f() });
+            worker::set(0);
+        };
+
+        // Worker 0 opens a and b.
+        let (a, b) = rt0.block_on(async {
+            let a = upstream.connect(&metrics).await.unwrap();
+            let b = upstream.connect(&metrics).await.unwrap();
+            let ids = (a.h1.local_addr(), b.h1.local_addr());
+            upstream.checkin(a);
+            upstream.checkin(b);
+            ids
+        });
+        let server_a = accepted.recv().unwrap();
+        let _server_b = accepted.recv().unwrap();
+
+        // Worker 1 has none of its own: the most recent (b) moves over.
+        on(1, &rt1, &mut || {
+            let mut conn = upstream.checkout(FRESH).unwrap();
+            assert_eq!((conn.home, conn.h1.local_addr()), (1, b));
+            assert!(!conn.h1.is_closed());
+            upstream.checkin(conn);
+        });
+        // Worker 0 takes its own a, though b was checked in last.
+        on(0, &rt0, &mut || {
+            let conn = upstream.checkout(FRESH).unwrap();
+            assert_eq!((conn.home, conn.h1.local_addr()), (0, a));
+            upstream.checkin(conn);
+        });
+        // And worker 1 its own b, though a was.
+        on(1, &rt1, &mut || {
+            let conn = upstream.checkout(FRESH).unwrap();
+            assert_eq!((conn.home, conn.h1.local_addr()), (1, b));
+            // Busy elsewhere: a is worker 0's, and the instance closes it meanwhile.
+            let _ = server_a.shutdown(std::net::Shutdown::Both);
+            std::thread::sleep(Duration::from_millis(50));
+            // A closed foreign connection is not handed out, nor kept.
+            assert!(upstream.checkout(FRESH).is_none());
+            upstream.checkin(conn);
+        });
+        assert_eq!(upstream.live_connections(), 1);
+        assert_eq!(lock(&upstream.idle).len(), 1);
     }
 }

@@ -22,6 +22,8 @@
 use std::future::Future;
 use std::io::{self, IoSlice, Write};
 use std::mem::MaybeUninit;
+#[cfg(test)]
+use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll, Waker};
 
@@ -127,6 +129,38 @@ impl Connection {
             // means the readiness was stale and is now cleared.
             Poll::Ready(Ok(())) => self.poll_fill(&mut cx).is_ready(),
         }
+    }
+
+    /// Moves the connection to the calling thread's runtime: deregistered from the
+    /// reactor that opened it, registered with this one. Fails if the instance closed
+    /// it (or sent something unasked) meanwhile: checked on the bare socket, since a
+    /// fresh registration knows no readiness yet.
+    pub fn rehome(self) -> io::Result<Connection> {
+        let Connection {
+            io,
+            read,
+            next_read,
+            out,
+            names,
+        } = self;
+        let io = io.into_std()?;
+        match io.peek(&mut [0u8; 1]) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+            Ok(_) => return Err(io::ErrorKind::ConnectionAborted.into()),
+        }
+        Ok(Connection {
+            io: TcpStream::from_std(io)?,
+            read,
+            next_read,
+            out,
+            names,
+        })
+    }
+
+    #[cfg(test)]
+    pub(super) fn local_addr(&self) -> SocketAddr {
+        self.io.local_addr().unwrap()
     }
 
     /// Reads more into the read buffer; `Ok(0)` is the end of the stream.

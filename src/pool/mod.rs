@@ -19,11 +19,13 @@ pub mod h1;
 mod scale;
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
 use crate::config::{FunctionConfig, InstanceSource};
@@ -58,6 +60,10 @@ pub struct Pool {
     tasks: Mutex<Vec<AbortHandle>>,
     /// Wakes this pool's keepers when an instance goes out of rotation.
     changed: Notify,
+    /// The runtime of [`Pool::start`] (the first worker's): keepers, starts and
+    /// launched processes run there, whichever worker's invocation asked for them, so
+    /// they outlive the other workers and the shutdown finds them in one place.
+    home: OnceLock<Handle>,
 }
 
 /// `repr(C)`: the fields an invocation reads first (see [`Pool`]).
@@ -147,6 +153,7 @@ impl Pool {
             }),
             tasks: Mutex::new(Vec::new()),
             changed: Notify::new(),
+            home: OnceLock::new(),
         });
         pool.publish_instances(&lock(&pool.state));
         pool
@@ -157,6 +164,7 @@ impl Pool {
     /// when they go out of rotation, to probe them); for launched functions the scaler
     /// and the `min_instances`. Needs a Tokio runtime.
     pub fn start(self: &Arc<Self>) {
+        let _ = self.home.set(Handle::current());
         let adopted: Vec<usize> = {
             let state = lock(&self.state);
             (0..state.entries.len())
@@ -174,8 +182,20 @@ impl Pool {
             self.spawn_keeper(index);
         }
         if self.launcher.is_some() {
-            let task = tokio::spawn(scale::supervise(self.clone()));
+            let task = self.spawn(scale::supervise(self.clone()));
             lock(&self.tasks).push(task.abort_handle());
+        }
+    }
+
+    /// Spawns background work on the pool's home runtime.
+    fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.home.get() {
+            Some(home) => home.spawn(task),
+            None => tokio::spawn(task),
         }
     }
 
@@ -187,7 +207,7 @@ impl Pool {
             }
             _ => return,
         };
-        let task = tokio::spawn(connection::keep(self.clone(), index, instance));
+        let task = self.spawn(connection::keep(self.clone(), index, instance));
         let mut tasks = lock(&self.tasks);
         tasks.retain(|t| !t.is_finished());
         tasks.push(task.abort_handle());

@@ -74,7 +74,7 @@ pub(super) fn on_demand(pool: &Arc<Pool>, state: &mut State, launcher: &Arc<Laun
 fn begin_start(pool: &Arc<Pool>, state: &mut State) {
     state.launch.starting += 1;
     pool.publish_instances(state);
-    tokio::spawn(start_one(pool.clone()));
+    pool.spawn(start_one(pool.clone()));
 }
 
 /// Starts one instance and hands its slots to waiters, or fails them with the reason.
@@ -106,7 +106,7 @@ async fn start_one(pool: Arc<Pool>) {
                 "cold start"
             );
             pool.spawn_keeper(index);
-            tokio::spawn(watch_exit(pool.clone(), instance));
+            pool.spawn(watch_exit(pool.clone(), instance));
             pool.hand_out(index);
         }
         Err(e) => {
@@ -240,7 +240,7 @@ pub(super) async fn supervise(pool: Arc<Pool>) {
                 "stopping idle instance"
             );
             instance.clear_idle();
-            tokio::spawn(async move { instance.stop(STOP_GRACE).await });
+            pool.spawn(async move { instance.stop(STOP_GRACE).await });
         }
         tokio::time::sleep(tick).await;
     }

@@ -361,6 +361,22 @@ def check_parity(targets):
 
 # ---------------------------------------------------------------------------------- wrk
 
+def wrk_errors(w):
+    """Every kind of error wrk counted."""
+    return sum(w[k] for k in ("errors_connect", "errors_read", "errors_write", "errors_status", "errors_timeout"))
+
+
+def wrk_figures(w):
+    """What every measured run reports from wrk: throughput, latency, counts."""
+    return {
+        "rps": w["requests"] / (w["duration_us"] / 1e6),
+        "p50_us": w["p50_us"],
+        "p99_us": w["p99_us"],
+        "requests": w["requests"],
+        "errors": wrk_errors(w),
+    }
+
+
 def run_wrk(url, duration, connections, threads, cpus=None, extra=None, timeout_s="5s", addrs=None):
     """`addrs` (host:port list): wrk's threads connect to these in turn (post.lua's
     setup), whatever address the URL names."""
@@ -407,14 +423,9 @@ def measured_run(target, instance_pids, duration, connections, threads, wrk_cpus
     iu1, is1 = cpu_ticks(instance_pids)
     ours = (u1 - u0 + s1 - s0) + (iu1 - iu0 + is1 - is0) + (c1 - c0)
     n = max(w["requests"], 1)
-    errors = sum(w[k] for k in ("errors_connect", "errors_read", "errors_write", "errors_status", "errors_timeout"))
     per100k = 100_000 / n
     res = {
-        "rps": w["requests"] / (w["duration_us"] / 1e6),
-        "p50_us": w["p50_us"],
-        "p99_us": w["p99_us"],
-        "requests": w["requests"],
-        "errors": errors,
+        **wrk_figures(w),
         "instance_user_s_100k": (iu1 - iu0) * per100k,
         "instance_sys_s_100k": (is1 - is0) * per100k,
         "wall_s": round(wall, 2),
@@ -802,7 +813,7 @@ def scale_functions(procs, workdir, args):
             w = run_wrk(url, args.duration, args.connections, 1, extra=[f"pathfile={pathfile}"])
             u1, s1 = cpu_ticks(pids)
             n_req = max(w["requests"], 1)
-            errors = sum(w[k] for k in ("errors_connect", "errors_read", "errors_write", "errors_status", "errors_timeout"))
+            errors = wrk_errors(w)
             run = {"functions": n, "rps": w["requests"] / (w["duration_us"] / 1e6), "p99_us": w["p99_us"],
                    "errors": errors, "cpu_s_100k": (u1 - u0 + s1 - s0) * 100_000 / n_req,
                    "idle_cpu_cores": idle_cpu, "rss_mb": rss_mb(pids), "startup_s": round(startup, 2),
@@ -1144,14 +1155,9 @@ def runtime_round(gws, instance_pids, duration, connections, threads):
     ours = (u1 - u0 + s1 - s0) + (iu1 - iu0 + is1 - is0) + (c1 - c0)
     n = max(w["requests"], 1)
     per100k = 100_000 / n
-    errors = sum(w[k] for k in ("errors_connect", "errors_read", "errors_write", "errors_status", "errors_timeout"))
     split = [(b - a) if a is not None and b is not None else None for a, b in zip(inv0, inv1)]
     res = {
-        "rps": w["requests"] / (w["duration_us"] / 1e6),
-        "p50_us": w["p50_us"],
-        "p99_us": w["p99_us"],
-        "requests": w["requests"],
-        "errors": errors,
+        **wrk_figures(w),
         "user_s_100k": (u1 - u0) * per100k,
         "sys_s_100k": (s1 - s0) * per100k,
         "cpu_s_100k": (u1 - u0 + s1 - s0) * per100k,

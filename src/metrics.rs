@@ -358,21 +358,13 @@ impl Registry {
         gauge_family(&mut out, INFLIGHT, names, |c| &c.inflight);
         gauge_family(&mut out, QUEUE_DEPTH, names, |c| &c.queue_depth);
 
-        family(&mut out, INSTANCES, "gauge");
-        for named in names {
-            for (state, value) in [
+        labelled_family(&mut out, INSTANCES, "gauge", "state", names, |named| {
+            [
                 ("starting", sum_gauge(named, |c| &c.instances_starting)),
                 ("ready", sum_gauge(named, |c| &c.instances_ready)),
                 ("down", sum_gauge(named, |c| &c.instances_down)),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "{INSTANCES}{{function=\"{}\",state=\"{state}\"}} {value}",
-                    named.label
-                );
-            }
-        }
-        out.push('\n');
+            ]
+        });
 
         family(&mut out, COLD_STARTS, "counter");
         for named in names {
@@ -381,20 +373,19 @@ impl Registry {
         }
         out.push('\n');
 
-        family(&mut out, UPSTREAM_CONNECTIONS, "counter");
-        for named in names {
-            for (reused, value) in [
-                ("false", sum_counter(named, |c| &c.new_connections)),
-                ("true", sum_counter(named, |c| &c.reused_connections)),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "{UPSTREAM_CONNECTIONS}{{function=\"{}\",reused=\"{reused}\"}} {value}",
-                    named.label
-                );
-            }
-        }
-        out.push('\n');
+        labelled_family(
+            &mut out,
+            UPSTREAM_CONNECTIONS,
+            "counter",
+            "reused",
+            names,
+            |named| {
+                [
+                    ("false", sum_counter(named, |c| &c.new_connections)),
+                    ("true", sum_counter(named, |c| &c.reused_connections)),
+                ]
+            },
+        );
 
         family(&mut out, BILLED, "counter");
         for named in names {
@@ -501,6 +492,29 @@ fn gauge_family(
     for named in names {
         let value = sum_gauge(named, &cell);
         let _ = writeln!(out, "{name}{{function=\"{}\"}} {value}", named.label);
+    }
+    out.push('\n');
+}
+
+/// A family labelled by `function` and one more label over fixed values (`state`,
+/// `reused`), one line per function and value.
+fn labelled_family<V: std::fmt::Display, const N: usize>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    label: &str,
+    names: &[Named],
+    values: impl Fn(&Named) -> [(&'static str, V); N],
+) {
+    family(out, name, kind);
+    for named in names {
+        for (value_label, value) in values(named) {
+            let _ = writeln!(
+                out,
+                "{name}{{function=\"{}\",{label}=\"{value_label}\"}} {value}",
+                named.label
+            );
+        }
     }
     out.push('\n');
 }

@@ -43,6 +43,9 @@ pub struct LimitedBody {
     seen: u64,
     limit: u64,
     state: LimitState,
+    /// Data taken but never sent (its connection failed first), given back for the
+    /// request's next try: it comes first, and counts in the size again.
+    replay: Option<Bytes>,
 }
 
 enum LimitState {
@@ -58,6 +61,14 @@ impl LimitedBody {
             seen: 0,
             limit,
             state: LimitState::Passing,
+            replay: None,
+        }
+    }
+
+    /// Gives back data taken from this body but not sent, to be taken again first.
+    pub fn put_back(&mut self, data: Bytes) {
+        if !data.is_empty() {
+            self.replay = Some(data);
         }
     }
 }
@@ -71,6 +82,9 @@ impl Body for LimitedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(data) = this.replay.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         loop {
             match this.state {
                 LimitState::Done => return Poll::Ready(None),
@@ -109,18 +123,29 @@ impl Body for LimitedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match self.state {
-            LimitState::Passing => self.inner.is_end_stream(),
-            LimitState::Draining { .. } => false,
-            LimitState::Done => true,
-        }
+        self.replay.is_none()
+            && match self.state {
+                LimitState::Passing => self.inner.is_end_stream(),
+                LimitState::Draining { .. } => false,
+                LimitState::Done => true,
+            }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.state {
+        let rest = match self.state {
             LimitState::Passing => self.inner.size_hint(),
             _ => SizeHint::default(),
+        };
+        let Some(replay) = &self.replay else {
+            return rest;
+        };
+        let n = replay.len() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + n);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + n);
         }
+        hint
     }
 }
 

@@ -476,9 +476,6 @@ impl Gateway {
 
 /// What [`Gateway::respond`] makes of a response head: the response, or (for a Tail
 /// invocation) the future that holds it until the log tail is known.
-// Returned by value once per invocation, never stored: boxing the common variant would
-// cost an allocation to save bytes nobody keeps.
-#[allow(clippy::large_enum_variant)]
 enum Responded {
     Now(Response<GatewayBody>),
     Held(Pin<Box<dyn Future<Output = Response<GatewayBody>> + Send>>),

@@ -669,7 +669,7 @@ pin_project! {
     /// The handler's future as hyper's service future, polled in place. An `async`
     /// block awaiting the handler's future would hold it twice (the captured future
     /// and the awaited copy side by side), doubling the per-request state hyper keeps
-    /// (10.9 KB instead of 5.4) and copying it once more on the first poll.
+    /// and copying it once more on the first poll.
     struct Infallibly<F> {
         #[pin]
         inner: F,

@@ -592,4 +592,62 @@ mod tests {
         assert_eq!(upstream.live_connections(), 1);
         assert_eq!(lock(&upstream.idle).len(), 1);
     }
+
+    /// A pooled connection the instance reset is found dead by the write that carries
+    /// the head and the first body frame: the request comes back whole for a fresh
+    /// connection, the frame taken to go with the head included.
+    #[tokio::test]
+    async fn a_request_unsent_on_a_dead_connection_comes_back_with_its_whole_body() {
+        use http_body::Body as _;
+        use http_body_util::BodyExt;
+        use tokio::io::AsyncWriteExt;
+
+        // A client's request body as the gateway gets it: from hyper, all of it there.
+        let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front_addr = front.local_addr().unwrap();
+        let (body_tx, body_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (stream, _) = front.accept().await.unwrap();
+            let body_tx = std::sync::Mutex::new(Some(body_tx));
+            let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                if let Some(tx) = body_tx.lock().unwrap().take() {
+                    let _ = tx.send(req.into_body());
+                }
+                std::future::pending::<Result<http::Response<String>, std::convert::Infallible>>()
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+        let mut client = TcpStream::connect(front_addr).await.unwrap();
+        client
+            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+            .await
+            .unwrap();
+        let incoming = body_rx.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut req = http::Request::new(crate::body::LimitedBody::new(incoming, 1 << 20));
+        *req.method_mut() = http::Method::POST;
+
+        // A pooled connection the instance has reset, not yet noticed.
+        let back = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = Upstream::new(back.local_addr().unwrap());
+        let metrics = Registry::new().function("f", "default");
+        let conn = upstream.connect(&metrics).await.unwrap();
+        let (instance_side, _) = back.accept().await.unwrap();
+        instance_side.set_zero_linger().unwrap();
+        drop(instance_side);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        let returned = match h1::send(conn, req, &[]).await {
+            Err(h1::SendError::Unsent(req)) => req,
+            Err(h1::SendError::Failed(e)) => panic!("not sent, but failed: {e}"),
+            Ok(_) => panic!("a reset connection answered"),
+        };
+        let body = returned.into_body();
+        assert_eq!(body.size_hint().exact(), Some(5));
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"hello");
+    }
 }

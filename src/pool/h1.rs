@@ -409,6 +409,18 @@ impl Outgoing {
         self.out_pos < self.out_end || !self.data.is_empty() || !self.tail.is_empty()
     }
 
+    /// The body as it was before any of it was taken, for a request none of which was
+    /// written: a data frame taken goes back in; `None` if trailers were taken.
+    fn into_unsent_body(self) -> Option<UpstreamBody> {
+        if self.body_done && self.data.is_empty() && self.tail == b"\r\n" {
+            // Only taking trailers leaves an empty frame, a finished body and this tail.
+            return None;
+        }
+        let mut body = self.body;
+        body.put_back(self.data);
+        Some(body)
+    }
+
     fn abandon(&mut self) {
         self.body_done = true;
         self.data = Bytes::new();
@@ -666,12 +678,12 @@ impl Future for Sending {
             }
             Err(e) if !exchange.out.written && !matches!(e, UpstreamError::RequestBody(_)) => {
                 // Nothing went out: the connection was dead before the request touched
-                // it. The body was not polled either (the head goes first), so it is
-                // whole.
-                Err(SendError::Unsent(Request::from_parts(
-                    parts,
-                    exchange.out.body,
-                )))
+                // it. A body frame already taken (to go with the head) goes back in,
+                // so the request is whole; trailers cannot, so that rare request fails.
+                match exchange.out.into_unsent_body() {
+                    Some(body) => Err(SendError::Unsent(Request::from_parts(parts, body))),
+                    None => Err(SendError::Failed(e)),
+                }
             }
             Err(e) => Err(SendError::Failed(e)),
         })

@@ -6,6 +6,24 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use scf_gateway::config::{Config, FunctionKind, InstanceSource};
 
+/// jemalloc rather than glibc's malloc, measured (README, "Memory"): many idle keep-alive
+/// connections leave glibc's heap fragmented, each parked connection's few long-lived
+/// objects between the holes its request buffers left, holes whose first page
+/// `malloc_trim` cannot give back (10,000 idle connections: +42 MB with glibc, +24 MB with
+/// jemalloc, whose size classes keep buffers and long-lived objects on separate slabs).
+/// On the request path it costs no more than glibc (0.97 of its CPU per request).
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read at its first allocation; `_RJEM_MALLOC_CONF` in the
+/// environment overrides them. Freed pages go back to the system after about a second, by
+/// jemalloc's own background thread rather than on the request path: with no delay
+/// (`dirty_decay_ms:0`) the purging cost 17 % more CPU per request under load.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 #[derive(Parser)]
 #[command(
     name = "scf-gateway",

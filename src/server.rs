@@ -978,8 +978,11 @@ async fn is_h2_preface(stream: &TcpStream, mut timer: Pin<&mut Sleep>) -> bool {
 /// glibc's `free` returns memory only from the top of the heap; the 8 KB buffers of
 /// thousands of parked or closed connections sit between live allocations, so without a
 /// trim the RSS of a burst of connections stays at its peak forever. `malloc_trim(0)`
-/// releases every free page; it is run at most once per `period`, and only after at
-/// least `min_released` connections were parked or closed since the last one.
+/// releases every free page but the first of each free chunk; it is run at most once per
+/// `period`, and only after at least `min_released` connections were parked or closed
+/// since the last one. The daemon is normally linked with jemalloc (src/main.rs), which
+/// returns pages by itself; this is for builds and embedders on glibc's malloc, and
+/// costs next to nothing when glibc's heap is all but empty.
 async fn memory_upkeep(period: Duration, min_released: usize) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -776,9 +776,9 @@ def scale_functions(procs, workdir, args):
     the same 4 instance processes and the same wrk load spread over the paths."""
     fn_ports = []
     for _ in range(4):
-        port, _ = start_function(procs, workdir)
+        port, _ = start_function(procs, workdir, cpus=args.load_cpus)
         fn_ports.append(port)
-    out = {"instances": fn_ports, "runs": []}
+    out = {"instances": fn_ports, "runs": [], "gateway_cpus": args.gateway_cpus, "load_cpus": args.load_cpus}
     configs = []
     for n in (args.functions, 2):
         half = n // 2
@@ -795,7 +795,7 @@ def scale_functions(procs, workdir, args):
             toml_text = gateway_toml(port, admin, fn_ports, concurrency=conc, functions=fns, routes=routes,
                                      extra_server=extra)
             t0 = time.time()
-            gw = start_gateway(procs, workdir, toml_text, port, name=f"gateway-{n}")
+            gw = start_gateway(procs, workdir, toml_text, port, name=f"gateway-{n}", cpus=args.gateway_cpus)
             startup = time.time() - t0
             time.sleep(args.settle)
             pids = proc_tree(gw.pid)
@@ -808,21 +808,29 @@ def scale_functions(procs, workdir, args):
             with open(pathfile, "w") as f:
                 f.write("\n".join(paths) + "\n")
             url = f"http://127.0.0.1:{port}/"
-            run_wrk(url, 1, args.connections, 1, extra=[f"pathfile={pathfile}"])
+            run_wrk(url, 1, args.connections, 1, cpus=args.load_cpus, extra=[f"pathfile={pathfile}"])
             u0, s0 = cpu_ticks(pids)
-            w = run_wrk(url, args.duration, args.connections, 1, extra=[f"pathfile={pathfile}"])
+            w = run_wrk(url, args.duration, args.connections, 1, cpus=args.load_cpus,
+                        extra=[f"pathfile={pathfile}"])
             u1, s1 = cpu_ticks(pids)
             n_req = max(w["requests"], 1)
             errors = wrk_errors(w)
             run = {"functions": n, "rps": w["requests"] / (w["duration_us"] / 1e6), "p99_us": w["p99_us"],
                    "errors": errors, "cpu_s_100k": (u1 - u0 + s1 - s0) * 100_000 / n_req,
                    "idle_cpu_cores": idle_cpu, "rss_mb": rss_mb(pids), "startup_s": round(startup, 2),
-                   "instance_concurrency": conc}
+                   "instance_concurrency": conc,
+                   # Near 1.0 when pinned: the gateway's core is the bottleneck, as meant.
+                   "gateway_cores": (u1 - u0 + s1 - s0) / (w["duration_us"] / 1e6)}
             log(f"scale functions={n}: {json.dumps(run)}")
             out["runs"].append(run)
             procs.stop(gw)
     by = lambda n: median([r["rps"] for r in out["runs"] if r["functions"] == n])
     out["rps_ratio"] = by(args.functions) / by(2)
+    # Each round ran both configurations back to back: their ratio is the least drifted.
+    many = [r for r in out["runs"] if r["functions"] == args.functions]
+    two = [r for r in out["runs"] if r["functions"] == 2]
+    out["round_rps_ratios"] = [a["rps"] / b["rps"] for a, b in zip(many, two)]
+    out["round_cpu_ratios"] = [a["cpu_s_100k"] / b["cpu_s_100k"] for a, b in zip(many, two)]
     return out
 
 
@@ -939,12 +947,19 @@ def scale_md(res, args):
     f = res.get("functions")
     if f:
         lines += [f"## {args.functions} functions x 4 instances vs 2 (one event + one web function)", "",
-                  "| functions | instance_concurrency | req/s | p99 µs | errors | CPU s/100k | idle CPU (cores) | RSS MB | start s |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| functions | instance_concurrency | req/s | p99 µs | errors | CPU s/100k | gateway busy (cores) | idle CPU (cores) | RSS MB | start s |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in f["runs"]:
             lines.append(f"| {r['functions']} | {r['instance_concurrency']} | {r['rps']:,.0f} | {r['p99_us']:,} | {r['errors']} | "
-                         f"{r['cpu_s_100k']:.2f} | {r['idle_cpu_cores']:.2f} | {r['rss_mb']:.1f} | {r['startup_s']} |")
-        lines += ["", f"throughput {args.functions} functions / 2 functions (medians): {f['rps_ratio']:.3f}", ""]
+                         f"{r['cpu_s_100k']:.2f} | {r.get('gateway_cores', 0):.2f} | {r['idle_cpu_cores']:.2f} | {r['rss_mb']:.1f} | {r['startup_s']} |")
+        pinned = (f"gateway pinned to CPU {f['gateway_cpus']}, wrk and instances to CPU {f['load_cpus']}"
+                  if f.get("gateway_cpus") else "not pinned")
+        lines += ["", f"throughput {args.functions} functions / 2 functions (medians): {f['rps_ratio']:.3f} ({pinned})",
+                  "", "per round, " + f"{args.functions} / 2: req/s "
+                  + ", ".join(f"{x:.3f}" for x in f["round_rps_ratios"])
+                  + f" (median {median(f['round_rps_ratios']):.3f}); CPU per request "
+                  + ", ".join(f"{x:.3f}" for x in f["round_cpu_ratios"])
+                  + f" (median {median(f['round_cpu_ratios']):.3f})", ""]
     i = res.get("idle_connections")
     if i:
         lines += ["## idle keep-alive client connections", "",
@@ -1434,6 +1449,10 @@ def main():
     s.add_argument("--connections", type=int, default=64)
     s.add_argument("--settle", type=float, default=3.0)
     s.add_argument("--upstream-idle-timeout", default=None)
+    s.add_argument("--gateway-cpus", default=None,
+                   help="taskset CPU list for the gateway in the functions run, e.g. 1")
+    s.add_argument("--load-cpus", default=None,
+                   help="taskset CPU list for wrk and the instances in the functions run, e.g. 0")
     s.add_argument("--idle-connections", type=int, default=10_000)
     s.add_argument("--body-mb", type=int, default=64)
     s.add_argument("--out", default=None)

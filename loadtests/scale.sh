@@ -7,7 +7,8 @@
 #
 #   loadtests/scale.sh [--only functions,idle,body] [--functions 1000] [--duration 10]
 #                      [--idle-connections 10000] [--body-mb 64]
-#                      [--upstream-idle-timeout 60s]
+#                      [--upstream-idle-timeout 60s] [--scale-rounds 2]
+#                      [--gateway-cpus 1 --load-cpus 0]  (functions run: pinned, gateway-bound)
 # Results: loadtests/results/scale.{md,json}.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"

@@ -546,8 +546,13 @@ async fn serve_http1<F, Fut>(
         if !matches!(ended, Some(Ok(()))) || told || !activity.parking.load(Ordering::Relaxed) {
             return;
         }
-        // The bytes only: hyper's read buffer (8 KB) is what parking is meant to free.
-        leftover = Bytes::copy_from_slice(&(*conn).into_parts().read_buf);
+        // The bytes only: hyper's read buffer (8 KB) is what parking is meant to free. The
+        // box that held hyper's state (700 B) is freed here too, not when the loop turns:
+        // moved into this block, it ends with it.
+        leftover = {
+            let conn = conn;
+            Bytes::copy_from_slice(&(*conn).into_parts().read_buf)
+        };
         drain.parked.fetch_add(1, Ordering::Relaxed);
         RELEASED.fetch_add(1, Ordering::Relaxed);
         // Parked. A partial head keeps its header deadline; otherwise the connection is

@@ -104,3 +104,28 @@ async fn sigterm_lets_in_flight_invocations_finish_then_exits_0() {
     assert_eq!(status.code(), Some(0));
     assert!(signalled.elapsed() < Duration::from_secs(5));
 }
+
+/// The daemon is linked with jemalloc and reads its built-in settings (src/main.rs): pages
+/// freed by parked connections go back by jemalloc's background thread after about a
+/// second. A wrong symbol name or a missing NUL would leave jemalloc on its defaults.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[test]
+fn the_daemon_runs_on_jemalloc_with_its_built_in_settings() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml");
+    // Added to the built-in settings, not replacing them: jemalloc prints its options at exit.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scf-gateway"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stderr);
+    for option in [
+        "opt.background_thread: true",
+        "opt.dirty_decay_ms: 1000",
+        "opt.muzzy_decay_ms: 0",
+    ] {
+        assert!(stats.contains(option), "{option} missing from:\n{stats}");
+    }
+}

@@ -125,6 +125,9 @@ fn the_daemon_runs_on_jemalloc_with_its_built_in_settings() {
         "opt.background_thread: true",
         "opt.dirty_decay_ms: 1000",
         "opt.muzzy_decay_ms: 0",
+        "opt.tcache_nslots_small_min: 128",
+        "opt.tcache_nslots_large: 128",
+        "opt.tcache_gc_incr_bytes: 4194304",
     ] {
         assert!(stats.contains(option), "{option} missing from:\n{stats}");
     }

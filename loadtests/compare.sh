@@ -6,6 +6,8 @@
 #   loadtests/compare.sh            5 rounds x 10 s per target + k6 (about 5 minutes)
 #   loadtests/compare.sh --smoke    1 round x 2 s + a 3 s k6 run (CI)
 #   loadtests/compare.sh --rounds 3 --duration 5 --no-k6 --wrk-cpus 1 --server-cpus 0
+#   loadtests/compare.sh --baseline path/to/another/scf-gateway --no-k6 --out DIR
+#                                   (that build as a fifth target: gateway/baseline ratios)
 #
 # Results: loadtests/results/latest.{md,json} and latest-ratios.svg (smoke.* for --smoke).
 # Loopback only; every process started is stopped at exit (see common.sh).

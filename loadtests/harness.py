@@ -308,6 +308,18 @@ def start_targets(procs, workdir, args):
         name = f"gateway-{args.gateway_rt}"
         targets[name] = Target(name, rt_port, g2, INVOKE_PATH, "proxy")
 
+    if getattr(args, "baseline", None):
+        # Another scf-gateway build (say, before a change), side by side in the same rounds.
+        global GATEWAY_BIN
+        bl_port, bl_admin = free_port(), free_port()
+        ours, GATEWAY_BIN = GATEWAY_BIN, args.baseline
+        try:
+            bl = start_gateway(procs, workdir, gateway_toml(bl_port, bl_admin, [fn_port], concurrency=args.connections),
+                               bl_port, name="baseline", cpus=args.server_cpus)
+        finally:
+            GATEWAY_BIN = ours
+        targets["baseline"] = Target("baseline", bl_port, bl, INVOKE_PATH, "proxy")
+
     ng_port = free_port()
     for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         os.makedirs(os.path.join(workdir, d), exist_ok=True)
@@ -500,7 +512,8 @@ def summarize(rounds, order):
         runs = [r[t] for r in rounds if t in r]
         med[t] = {k: median([x.get(k) for x in runs]) for k in runs[0]} if runs else {}
     ratios = {}
-    for other in ("nginx", "haproxy", "direct"):
+    others = ["nginx", "haproxy", "direct"] + (["baseline"] if "baseline" in order else [])
+    for other in others:
         key = f"gateway/{other}"
         ratios[key] = {}
         for fig, _, _, _ in FIGURES:
@@ -610,6 +623,8 @@ def compare(args):
     order = ["direct", "gateway", "nginx", "haproxy"]
     if args.gateway_rt:
         order.insert(2, f"gateway-{args.gateway_rt}")
+    if args.baseline:
+        order.insert(2, "baseline")
     report = {"machine": machine_info(), "settings": {
         "rounds": args.rounds, "duration_s": args.duration, "connections": args.connections,
         "wrk_threads": args.threads, "wrk_cpus": args.wrk_cpus, "server_cpus": args.server_cpus}}
@@ -1439,6 +1454,8 @@ def main():
     c.add_argument("--wrk-cpus", default=None, help="taskset CPU list for wrk/k6, e.g. 1")
     c.add_argument("--server-cpus", default=None, help="taskset CPU list for the instance and proxies, e.g. 0")
     c.add_argument("--out", default=None)
+    c.add_argument("--baseline", default=None,
+                   help="another scf-gateway binary, measured as a fifth target (gateway/baseline ratios)")
     c.add_argument("--gateway-rt", default=None, choices=["current", "multi"],
                    help="also run examples/gateway_rt on this runtime as a fifth target")
     s = sub.add_parser("scale")

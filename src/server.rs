@@ -380,7 +380,11 @@ async fn serve<F, Fut>(
 
 /// One client connection, from accept to close. A client that goes away mid-request is
 /// not the gateway's error, so connection errors end the task silently.
-async fn client_connection<F, Fut>(
+///
+/// An `async` block, not an `async fn`: an `async fn`'s future keeps its arguments twice
+/// (as captured and as moved into its body, 152 bytes here), and this future is all a
+/// parked connection's task holds.
+fn client_connection<F, Fut>(
     mut stream: TcpStream,
     peer: SocketAddr,
     handler: F,
@@ -388,56 +392,59 @@ async fn client_connection<F, Fut>(
     open: Open,
     activity: Arc<Activity>,
     timers: ClientTimers,
-) where
+) -> impl Future<Output = ()>
+where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<GatewayBody>> + Send + 'static,
 {
-    open.register().await;
-    let drain = &*open.drain;
-    // One timer for the connection's whole life, reset (never reallocated) per phase.
-    let mut timer = pin!(tokio::time::sleep(timers.header));
-    // No HTTP state (hyper's buffers) until the client sends something, and a client
-    // that sends nothing is closed after `timers.header`.
-    if wait_readable(
-        &stream,
-        timer.as_mut(),
-        Instant::now() + timers.header,
-        drain,
-    )
-    .await
-        != Wake::Readable
-    {
-        return;
-    }
-    // HTTP/2 with prior knowledge, told apart from HTTP/1.1 by one peek per connection
-    // rather than a rewinding reader per read.
-    if is_h2_preface(&stream, timer.as_mut()).await {
-        let service = service_fn(move |req| Infallibly {
-            inner: handler(req, peer),
-        });
-        let mut conn = Box::pin(builders.1.serve_connection(TokioIo::new(stream), service));
-        let mut told = false;
-        let _ = poll_fn(|cx| {
-            if !told && drain.is_closing() {
-                conn.as_mut().graceful_shutdown();
-                told = true;
-            }
-            conn.as_mut().poll(cx)
-        })
+    async move {
+        open.register().await;
+        let drain = &*open.drain;
+        // One timer for the connection's whole life, reset (never reallocated) per phase.
+        let mut timer = pin!(tokio::time::sleep(timers.header));
+        // No HTTP state (hyper's buffers) until the client sends something, and a client
+        // that sends nothing is closed after `timers.header`.
+        if wait_readable(
+            &stream,
+            timer.as_mut(),
+            Instant::now() + timers.header,
+            drain,
+        )
+        .await
+            != Wake::Readable
+        {
+            return;
+        }
+        // HTTP/2 with prior knowledge, told apart from HTTP/1.1 by one peek per connection
+        // rather than a rewinding reader per read.
+        if is_h2_preface(&stream, timer.as_mut()).await {
+            let service = service_fn(move |req| Infallibly {
+                inner: handler(req, peer),
+            });
+            let mut conn = Box::pin(builders.1.serve_connection(TokioIo::new(stream), service));
+            let mut told = false;
+            let _ = poll_fn(|cx| {
+                if !told && drain.is_closing() {
+                    conn.as_mut().graceful_shutdown();
+                    told = true;
+                }
+                conn.as_mut().poll(cx)
+            })
+            .await;
+            return;
+        }
+        let handler = move |req| handler(req, peer);
+        serve_http1(
+            &mut stream,
+            handler,
+            &builders.0,
+            drain,
+            activity,
+            timers,
+            timer,
+        )
         .await;
-        return;
     }
-    let handler = move |req| handler(req, peer);
-    serve_http1(
-        &mut stream,
-        handler,
-        &builders.0,
-        drain,
-        activity,
-        timers,
-        timer,
-    )
-    .await;
 }
 
 /// Serves HTTP/1.1 on a connection, parking it whenever it is quiet.

@@ -9,7 +9,7 @@ use scf_gateway::config::{Config, FunctionKind, InstanceSource};
 /// jemalloc rather than glibc's malloc, measured (README, "Memory"): many idle keep-alive
 /// connections leave glibc's heap fragmented, each parked connection's few long-lived
 /// objects between the holes its request buffers left, holes whose first page
-/// `malloc_trim` cannot give back (10,000 idle connections: +42 MB with glibc, +18 MB with
+/// `malloc_trim` cannot give back (10,000 idle connections: +42 MB with glibc, +15 MB with
 /// jemalloc, whose size classes keep buffers and long-lived objects on separate slabs).
 /// On the request path, with the settings below, it runs fewer instructions than glibc
 /// and the same CPU per request within the noise of A/B runs.

@@ -384,6 +384,7 @@ async fn serve<F, Fut>(
 /// An `async` block, not an `async fn`: an `async fn`'s future keeps its arguments twice
 /// (as captured and as moved into its body, 152 bytes here), and this future is all a
 /// parked connection's task holds.
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn`, see above
 fn client_connection<F, Fut>(
     mut stream: TcpStream,
     peer: SocketAddr,

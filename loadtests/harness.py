@@ -268,18 +268,20 @@ def start_function(procs, workdir, cpus=None, port=None):
     return port, p
 
 
-def start_gateway(procs, workdir, toml_text, listen_port, name="gateway", cpus=None):
+def start_gateway(procs, workdir, toml_text, listen_port, name="gateway", cpus=None, binary=None):
+    """`binary`: another scf-gateway build (compare.sh --baseline); this tree's by default."""
+    binary = binary or GATEWAY_BIN
     path = os.path.join(workdir, f"{name}.toml")
     with open(path, "w") as f:
         f.write(toml_text)
-    chk = subprocess.run([GATEWAY_BIN, "check", "--config", path], capture_output=True, text=True)
+    chk = subprocess.run([binary, "check", "--config", path], capture_output=True, text=True)
     if chk.returncode != 0:
         raise RuntimeError(f"gateway config rejected:\n{chk.stderr}")
     rt = os.environ.get("GATEWAY_RUNTIME")  # experiments: examples/gateway_rt.rs
     if rt:
         argv = [GATEWAY_RT_BIN, "--config", path, "--runtime", rt]
     else:
-        argv = [GATEWAY_BIN, "run", "--config", path, "--log-format", "text"]
+        argv = [binary, "run", "--config", path, "--log-format", "text"]
     p = procs.start(name, argv, workdir, env=dict(os.environ, RUST_LOG="warn"), cpus=cpus)
     wait_port(listen_port, p)
     return p
@@ -310,14 +312,9 @@ def start_targets(procs, workdir, args):
 
     if getattr(args, "baseline", None):
         # Another scf-gateway build (say, before a change), side by side in the same rounds.
-        global GATEWAY_BIN
         bl_port, bl_admin = free_port(), free_port()
-        ours, GATEWAY_BIN = GATEWAY_BIN, args.baseline
-        try:
-            bl = start_gateway(procs, workdir, gateway_toml(bl_port, bl_admin, [fn_port], concurrency=args.connections),
-                               bl_port, name="baseline", cpus=args.server_cpus)
-        finally:
-            GATEWAY_BIN = ours
+        bl = start_gateway(procs, workdir, gateway_toml(bl_port, bl_admin, [fn_port], concurrency=args.connections),
+                           bl_port, name="baseline", cpus=args.server_cpus, binary=args.baseline)
         targets["baseline"] = Target("baseline", bl_port, bl, INVOKE_PATH, "proxy")
 
     ng_port = free_port()

@@ -410,16 +410,17 @@ impl Gateway {
         let mut attempts: Option<usize> = None;
         loop {
             let slot = pool.acquire().await?;
-            let instance = slot.instance().clone();
+            // Borrowed, not cloned: a reference count is a write to a shared line.
+            let instance = slot.instance();
             if function.kind == FunctionKind::Event {
                 upstream.headers_mut().insert(HOST, instance.host().clone());
             }
-            let conn = match connection(&instance, pool).await {
+            let conn = match connection(instance, pool).await {
                 Some(conn) => conn,
                 None => {
-                    pool.mark_down(slot.index(), &instance);
+                    pool.mark_down(slot.index(), instance);
                     if out_of_attempts(&mut attempts, pool) {
-                        return Err(refused(&instance));
+                        return Err(refused(instance));
                     }
                     continue;
                 }
@@ -428,7 +429,7 @@ impl Gateway {
             // Hand-over: the timeout runs from here to the end of the response body.
             let handed_over = Instant::now();
             let deadline = handed_over + function.timeout;
-            let memory = begin_invocation(&instance, request_id, pool);
+            let memory = begin_invocation(instance, request_id, pool);
             let sent =
                 match tokio::time::timeout_at(deadline, h1::send(conn, upstream, stamp)).await {
                     Ok(Ok(response)) => Ok(Ok(response)),
@@ -437,7 +438,7 @@ impl Gateway {
                     // fresh connection gets the request (once a byte went out, it is never
                     // sent again). Rare, so boxed: the hot future stays small.
                     Ok(Err(SendError::Unsent(req))) => {
-                        let fresh = Box::pin(send_fresh(req, stamp, &instance, pool));
+                        let fresh = Box::pin(send_fresh(req, stamp, instance, pool));
                         tokio::time::timeout_at(deadline, fresh).await
                     }
                     Err(elapsed) => Err(elapsed),
@@ -454,20 +455,20 @@ impl Gateway {
                 }
                 Ok(Err(failure)) => failure,
                 Err(_elapsed) => {
-                    pool.recycle(&instance);
+                    pool.recycle(instance);
                     Failure::TimedOut
                 }
             };
-            end_logs(&instance, function, request_id, handed_over, memory, None);
+            end_logs(instance, function, request_id, handed_over, memory, None);
             match failure {
                 Failure::Refused(req) => {
-                    pool.mark_down(slot.index(), &instance);
+                    pool.mark_down(slot.index(), instance);
                     if out_of_attempts(&mut attempts, pool) {
-                        return Err(refused(&instance));
+                        return Err(refused(instance));
                     }
                     upstream = req;
                 }
-                Failure::Failed(e) => return Err(Box::pin(failed(&instance, function, e)).await),
+                Failure::Failed(e) => return Err(Box::pin(failed(instance, function, e)).await),
                 Failure::TimedOut => return Err(function.timeout_error().into()),
             }
         }

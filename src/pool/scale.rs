@@ -220,7 +220,7 @@ pub(super) async fn supervise(pool: Arc<Pool>) {
                 if spare == 0 {
                     break;
                 }
-                if entry.inflight == 0 && now.duration_since(entry.idle_since) >= idle_timeout {
+                if entry.inflight == 0 && entry.idle_for(state.epoch, now) >= idle_timeout {
                     idle.push(entry.instance.clone());
                     spare -= 1;
                 }

@@ -801,42 +801,53 @@ def scale_functions(procs, workdir, args):
         # Enough slots that 64 connections never queue: per function 4 instances x C.
         conc = 16 if n <= 2 else 4
         configs.append((n, fns, routes, paths, conc))
+    # Both gateways run side by side, each idle while the other is loaded, and the load
+    # alternates between them (A B, then B A) in short rounds: the machine's speed here
+    # drifts over minutes and swings between seconds, so a pair of adjacent short runs
+    # is the fairest comparison, and restarting the gateways each round only added
+    # start-up and warm-up to the noise.
+    gateways = {}
+    for n, fns, routes, paths, conc in configs:
+        port, admin = free_port(), free_port()
+        extra = f'upstream_idle_timeout = "{args.upstream_idle_timeout}"' if args.upstream_idle_timeout else ""
+        toml_text = gateway_toml(port, admin, fn_ports, concurrency=conc, functions=fns, routes=routes,
+                                 extra_server=extra)
+        t0 = time.time()
+        gw = start_gateway(procs, workdir, toml_text, port, name=f"gateway-{n}", cpus=args.gateway_cpus)
+        startup = time.time() - t0
+        pathfile = os.path.join(workdir, f"paths-{n}.txt")
+        with open(pathfile, "w") as f:
+            f.write("\n".join(paths) + "\n")
+        gateways[n] = {"proc": gw, "url": f"http://127.0.0.1:{port}/", "pathfile": pathfile,
+                       "startup": round(startup, 2), "conc": conc}
+    time.sleep(args.settle)
+    for n, g in gateways.items():
+        g["pids"] = proc_tree(g["proc"].pid)
+        # Idle cost of the configuration: CPU the gateway burns with no traffic.
+        u0, s0 = cpu_ticks(g["pids"])
+        time.sleep(2.0)
+        u1, s1 = cpu_ticks(g["pids"])
+        g["idle_cpu"] = (u1 - u0 + s1 - s0) / 2.0
+        run_wrk(g["url"], 1, args.connections, 1, cpus=args.load_cpus, extra=[f"pathfile={g['pathfile']}"])
+    order = [n for n, *_ in configs]
     for rep in range(args.scale_rounds):
-        for n, fns, routes, paths, conc in configs:
-            port, admin = free_port(), free_port()
-            extra = f'upstream_idle_timeout = "{args.upstream_idle_timeout}"' if args.upstream_idle_timeout else ""
-            toml_text = gateway_toml(port, admin, fn_ports, concurrency=conc, functions=fns, routes=routes,
-                                     extra_server=extra)
-            t0 = time.time()
-            gw = start_gateway(procs, workdir, toml_text, port, name=f"gateway-{n}", cpus=args.gateway_cpus)
-            startup = time.time() - t0
-            time.sleep(args.settle)
-            pids = proc_tree(gw.pid)
-            # Idle cost of the configuration: CPU the gateway burns with no traffic.
-            u0, s0 = cpu_ticks(pids)
-            time.sleep(2.0)
-            u1, s1 = cpu_ticks(pids)
-            idle_cpu = (u1 - u0 + s1 - s0) / 2.0
-            pathfile = os.path.join(workdir, f"paths-{n}.txt")
-            with open(pathfile, "w") as f:
-                f.write("\n".join(paths) + "\n")
-            url = f"http://127.0.0.1:{port}/"
-            run_wrk(url, 1, args.connections, 1, cpus=args.load_cpus, extra=[f"pathfile={pathfile}"])
-            u0, s0 = cpu_ticks(pids)
-            w = run_wrk(url, args.duration, args.connections, 1, cpus=args.load_cpus,
-                        extra=[f"pathfile={pathfile}"])
-            u1, s1 = cpu_ticks(pids)
+        for n in (order if rep % 2 == 0 else order[::-1]):
+            g = gateways[n]
+            u0, s0 = cpu_ticks(g["pids"])
+            w = run_wrk(g["url"], args.duration, args.connections, 1, cpus=args.load_cpus,
+                        extra=[f"pathfile={g['pathfile']}"])
+            u1, s1 = cpu_ticks(g["pids"])
             n_req = max(w["requests"], 1)
-            errors = wrk_errors(w)
             run = {"functions": n, "rps": w["requests"] / (w["duration_us"] / 1e6), "p99_us": w["p99_us"],
-                   "errors": errors, "cpu_s_100k": (u1 - u0 + s1 - s0) * 100_000 / n_req,
-                   "idle_cpu_cores": idle_cpu, "rss_mb": rss_mb(pids), "startup_s": round(startup, 2),
-                   "instance_concurrency": conc,
+                   "errors": wrk_errors(w), "cpu_s_100k": (u1 - u0 + s1 - s0) * 100_000 / n_req,
+                   "idle_cpu_cores": g["idle_cpu"], "rss_mb": rss_mb(g["pids"]), "startup_s": g["startup"],
+                   "instance_concurrency": g["conc"],
                    # Near 1.0 when pinned: the gateway's core is the bottleneck, as meant.
                    "gateway_cores": (u1 - u0 + s1 - s0) / (w["duration_us"] / 1e6)}
             log(f"scale functions={n}: {json.dumps(run)}")
             out["runs"].append(run)
-            procs.stop(gw)
+    for g in gateways.values():
+        procs.stop(g["proc"])
     by = lambda n: median([r["rps"] for r in out["runs"] if r["functions"] == n])
     out["rps_ratio"] = by(args.functions) / by(2)
     # Each round ran both configurations back to back: their ratio is the least drifted.
@@ -972,7 +983,8 @@ def scale_md(res, args):
                   + ", ".join(f"{x:.3f}" for x in f["round_rps_ratios"])
                   + f" (median {median(f['round_rps_ratios']):.3f}); CPU per request "
                   + ", ".join(f"{x:.3f}" for x in f["round_cpu_ratios"])
-                  + f" (median {median(f['round_cpu_ratios']):.3f})", ""]
+                  + f" (median {median(f['round_cpu_ratios']):.3f}); rounds alternate which "
+                  "configuration runs first", ""]
     i = res.get("idle_connections")
     if i:
         lines += ["## idle keep-alive client connections", "",

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Scale runs of the gateway alone (loopback, bounded):
 #   1,000 functions x 4 instances (half event functions by invocation path, half web
-#     functions by [[routes]]) versus 2 functions (one of each), same wrk load;
+#     functions by [[routes]]) versus 2 functions (one of each), same wrk load: both
+#     gateways run side by side, the load alternates between them (A B, B A) in rounds
+#     of --duration seconds, and the figure is the median of the per-round ratios;
 #   10,000 idle keep-alive client connections: RSS growth and idle CPU;
 #   a 64 MB POST streamed through (Content-Length and chunked): RSS growth.
 #

@@ -191,15 +191,18 @@ impl Lease {
             memory,
             tail,
         } = self;
+        // One clock read for the end: the connection's idle start, the billed duration
+        // and the invocation's.
+        let now = Instant::now();
         if let Some(conn) = conn {
-            slot.instance().checkin(conn);
+            slot.instance().checkin(conn, now);
         }
         if outcome == Outcome::Timeout {
             slot.pool().recycle(slot.instance());
         }
-        crate::invoke::end_invocation(&slot, &accounting, handed_over, memory, tail);
+        crate::invoke::end_invocation(&slot, &accounting, (handed_over, now), memory, tail);
         drop(slot);
-        accounting.finish(outcome);
+        accounting.finish_at(outcome, now);
     }
 }
 

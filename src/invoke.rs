@@ -143,15 +143,20 @@ impl Accounting {
         &self.request_id
     }
 
-    pub fn finish(mut self, outcome: Outcome) {
-        self.record(outcome);
+    pub fn finish(self, outcome: Outcome) {
+        self.finish_at(outcome, Instant::now());
     }
 
-    fn record(&mut self, outcome: Outcome) {
+    /// Ends the invocation as of `now` (a clock read the caller already made).
+    pub fn finish_at(mut self, outcome: Outcome, now: Instant) {
+        self.record(outcome, now);
+    }
+
+    fn record(&mut self, outcome: Outcome, now: Instant) {
         let Some(function) = self.function.take() else {
             return;
         };
-        let elapsed = self.started.elapsed();
+        let elapsed = now.saturating_duration_since(self.started);
         function.metrics.end(outcome, elapsed);
         if self.access_log {
             tracing::info!(
@@ -169,7 +174,10 @@ impl Accounting {
 
 impl Drop for Accounting {
     fn drop(&mut self) {
-        self.record(Outcome::ClientClosed);
+        // Finished invocations have nothing left to record: no clock read for them.
+        if self.function.is_some() {
+            self.record(Outcome::ClientClosed, Instant::now());
+        }
     }
 }
 
@@ -290,14 +298,15 @@ impl Gateway {
             .is_some_and(|l| l > function.response_limit)
         {
             let e = GatewayError::from(ForwardError::ResponseTooLarge);
+            let now = Instant::now();
             end_invocation(
                 &exchange.slot,
                 &accounting,
-                exchange.handed_over,
+                (exchange.handed_over, now),
                 exchange.memory,
                 None,
             );
-            accounting.finish(e.outcome());
+            accounting.finish_at(e.outcome(), now);
             return Responded::Now(e.into_response(&request_id));
         }
         headers::strip_response(&mut parts.headers, &request_id);
@@ -415,8 +424,8 @@ impl Gateway {
             if function.kind == FunctionKind::Event {
                 upstream.headers_mut().insert(HOST, instance.host().clone());
             }
-            let conn = match connection(instance, pool).await {
-                Some(conn) => conn,
+            let (conn, handed_over) = match connection(instance, pool).await {
+                Some(ready) => ready,
                 None => {
                     pool.mark_down(slot.index(), instance);
                     if out_of_attempts(&mut attempts, pool) {
@@ -427,7 +436,6 @@ impl Gateway {
             };
 
             // Hand-over: the timeout runs from here to the end of the response body.
-            let handed_over = Instant::now();
             let deadline = handed_over + function.timeout;
             let memory = begin_invocation(instance, request_id, pool);
             let sent =
@@ -459,7 +467,8 @@ impl Gateway {
                     Failure::TimedOut
                 }
             };
-            end_logs(instance, function, request_id, handed_over, memory, None);
+            let duration = handed_over.elapsed();
+            end_logs(instance, function, request_id, duration, memory, None);
             match failure {
                 Failure::Refused(req) => {
                     pool.mark_down(slot.index(), instance);
@@ -536,16 +545,22 @@ fn refused(instance: &Instance) -> GatewayError {
     .into()
 }
 
-/// A warm connection from the pool, or a new one; `None` if the instance refuses.
-async fn connection(instance: &Instance, pool: &Pool) -> Option<PooledConn> {
-    instance.touch();
-    match instance.checkout(pool.idle_timeout()) {
+/// A warm connection from the pool, or a new one, and the instant it was in hand (the
+/// hand-over); `None` if the instance refuses. One clock read serves the upstream's
+/// last use, the pooled connection's idle check and the hand-over.
+async fn connection(instance: &Instance, pool: &Pool) -> Option<(PooledConn, Instant)> {
+    let now = Instant::now();
+    instance.touch(now);
+    match instance.checkout(pool.idle_timeout(), now) {
         Some(conn) => {
             pool.metrics().connection(true);
-            Some(conn)
+            Some((conn, now))
         }
         // Opening a connection is the slow path; boxed to keep the hot future small.
-        None => Box::pin(instance.connect(pool.metrics())).await.ok(),
+        None => {
+            let conn = Box::pin(instance.connect(pool.metrics())).await.ok()?;
+            Some((conn, Instant::now()))
+        }
     }
 }
 
@@ -617,13 +632,14 @@ fn begin_invocation(instance: &Instance, request_id: &HeaderValue, pool: &Pool) 
 pub(crate) fn end_invocation(
     slot: &Slot,
     accounting: &Accounting,
-    handed_over: Instant,
+    (handed_over, ended): (Instant, Instant),
     memory: MemoryProbe,
     tail: Option<oneshot::Sender<String>>,
 ) {
     if let Some(function) = accounting.function() {
         let id = accounting.request_id();
-        end_logs(slot.instance(), function, id, handed_over, memory, tail);
+        let duration = ended.saturating_duration_since(handed_over);
+        end_logs(slot.instance(), function, id, duration, memory, tail);
     }
 }
 
@@ -631,11 +647,10 @@ fn end_logs(
     instance: &Instance,
     function: &Function,
     request_id: &HeaderValue,
-    handed_over: Instant,
+    duration: Duration,
     memory: MemoryProbe,
     tail: Option<oneshot::Sender<String>>,
 ) {
-    let duration = handed_over.elapsed();
     let billed_ms = duration.as_nanos().div_ceil(1_000_000) as u64;
     function.metrics.bill(function.memory_mb, billed_ms);
     let Some(launched) = instance.process() else {

@@ -215,20 +215,20 @@ impl Instance {
     }
 
     /// Records a hand-over (see [`Upstream::touch`]).
-    pub fn touch(&self) {
-        self.upstream.touch();
+    pub fn touch(&self, now: Instant) {
+        self.upstream.touch(now);
     }
 
     pub fn live_connections(&self) -> usize {
         self.upstream.live_connections()
     }
 
-    pub fn checkout(&self, idle_timeout: Duration) -> Option<PooledConn> {
-        self.upstream.checkout(idle_timeout)
+    pub fn checkout(&self, idle_timeout: Duration, now: Instant) -> Option<PooledConn> {
+        self.upstream.checkout(idle_timeout, now)
     }
 
-    pub fn checkin(&self, conn: PooledConn) {
-        self.upstream.checkin(conn);
+    pub fn checkin(&self, conn: PooledConn, now: Instant) {
+        self.upstream.checkin(conn, now);
     }
 
     pub async fn connect(&self, metrics: &FunctionMetrics) -> io::Result<PooledConn> {
@@ -257,9 +257,10 @@ impl Upstream {
         }
     }
 
-    /// Records a hand-over; wakes the keeper if it was parked for lack of demand.
-    pub fn touch(&self) {
-        let ms = self.created.elapsed().as_millis() as u64 + 1;
+    /// Records a hand-over at `now`; wakes the keeper if it was parked for lack of
+    /// demand.
+    pub fn touch(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.created).as_millis() as u64 + 1;
         // Written once per millisecond at most: the line is shared by every function
         // using this address, and by every worker thread.
         if self.last_used_ms.load(Ordering::Relaxed) != ms {
@@ -285,10 +286,9 @@ impl Upstream {
     }
 
     /// The calling worker's most recently used idle connection that is still open and
-    /// not idle too long; if it has none, another worker's, moved to this one.
-    pub fn checkout(&self, idle_timeout: Duration) -> Option<PooledConn> {
+    /// not idle too long at `now`; if it has none, another worker's, moved to this one.
+    pub fn checkout(&self, idle_timeout: Duration, now: Instant) -> Option<PooledConn> {
         let here = crate::worker::current();
-        let now = Instant::now();
         loop {
             let conn = {
                 let mut idle = lock(&self.idle);
@@ -300,7 +300,7 @@ impl Upstream {
                 idle.remove(i)
             };
             // Closed by the instance, or too old to trust: dropped (closes it).
-            if now.duration_since(conn.idle_since) >= idle_timeout {
+            if now.saturating_duration_since(conn.idle_since) >= idle_timeout {
                 continue;
             }
             let mut conn = if conn.home == here {
@@ -317,9 +317,9 @@ impl Upstream {
         }
     }
 
-    /// Keeps a connection whose last exchange completed cleanly.
-    pub fn checkin(&self, mut conn: PooledConn) {
-        conn.idle_since = Instant::now();
+    /// Keeps a connection whose last exchange completed cleanly at `now`.
+    pub fn checkin(&self, mut conn: PooledConn, now: Instant) {
+        conn.idle_since = now;
         lock(&self.idle).push(conn);
     }
 
@@ -487,7 +487,7 @@ pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>)
                 let target = upstream.warm_target.load(Ordering::Acquire);
                 while active && upstream.reserve_warm(target) {
                     match upstream.open(&metrics).await {
-                        Ok(conn) => instance.checkin(conn),
+                        Ok(conn) => instance.checkin(conn, Instant::now()),
                         Err(_) => {
                             pool.mark_down(index, &instance);
                             break;
@@ -519,7 +519,7 @@ pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>)
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(PROBE_BACKOFF_MAX);
                 if let Ok(conn) = instance.connect(&metrics).await {
-                    instance.checkin(conn);
+                    instance.checkin(conn, Instant::now());
                     pool.mark_up(index, &instance);
                 }
             }
@@ -587,8 +587,8 @@ mod tests {
             let a = upstream.connect(&metrics).await.unwrap();
             let b = upstream.connect(&metrics).await.unwrap();
             let ids = (a.h1.local_addr(), b.h1.local_addr());
-            upstream.checkin(a);
-            upstream.checkin(b);
+            upstream.checkin(a, Instant::now());
+            upstream.checkin(b, Instant::now());
             ids
         });
         let server_a = accepted.recv().unwrap();
@@ -596,27 +596,27 @@ mod tests {
 
         // Worker 1 has none of its own: the most recent (b) moves over.
         on(1, &rt1, &mut || {
-            let mut conn = upstream.checkout(FRESH).unwrap();
+            let mut conn = upstream.checkout(FRESH, Instant::now()).unwrap();
             assert_eq!((conn.home, conn.h1.local_addr()), (1, b));
             assert!(!conn.h1.is_closed());
-            upstream.checkin(conn);
+            upstream.checkin(conn, Instant::now());
         });
         // Worker 0 takes its own a, though b was checked in last.
         on(0, &rt0, &mut || {
-            let conn = upstream.checkout(FRESH).unwrap();
+            let conn = upstream.checkout(FRESH, Instant::now()).unwrap();
             assert_eq!((conn.home, conn.h1.local_addr()), (0, a));
-            upstream.checkin(conn);
+            upstream.checkin(conn, Instant::now());
         });
         // And worker 1 its own b, though a was.
         on(1, &rt1, &mut || {
-            let conn = upstream.checkout(FRESH).unwrap();
+            let conn = upstream.checkout(FRESH, Instant::now()).unwrap();
             assert_eq!((conn.home, conn.h1.local_addr()), (1, b));
             // Busy elsewhere: a is worker 0's, and the instance closes it meanwhile.
             let _ = server_a.shutdown(std::net::Shutdown::Both);
             std::thread::sleep(Duration::from_millis(50));
             // A closed foreign connection is not handed out, nor kept.
-            assert!(upstream.checkout(FRESH).is_none());
-            upstream.checkin(conn);
+            assert!(upstream.checkout(FRESH, Instant::now()).is_none());
+            upstream.checkin(conn, Instant::now());
         });
         assert_eq!(upstream.live_connections(), 1);
         assert_eq!(lock(&upstream.idle).len(), 1);

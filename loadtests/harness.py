@@ -807,9 +807,9 @@ def scale_functions(procs, workdir, args):
     # is the fairest comparison, and restarting the gateways each round only added
     # start-up and warm-up to the noise.
     gateways = {}
+    extra = f'upstream_idle_timeout = "{args.upstream_idle_timeout}"' if args.upstream_idle_timeout else ""
     for n, fns, routes, paths, conc in configs:
         port, admin = free_port(), free_port()
-        extra = f'upstream_idle_timeout = "{args.upstream_idle_timeout}"' if args.upstream_idle_timeout else ""
         toml_text = gateway_toml(port, admin, fn_ports, concurrency=conc, functions=fns, routes=routes,
                                  extra_server=extra)
         t0 = time.time()

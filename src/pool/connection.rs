@@ -106,14 +106,11 @@ impl Upstreams {
     /// The static instance at `addr`, reached with `Host: authority`, created on
     /// first use and shared by every pool listing it.
     pub fn instance(&self, authority: &str, addr: SocketAddr) -> Arc<Instance> {
-        let key = (authority.to_owned(), addr);
-        if let Some(instance) = lock(&self.instances).get(&key) {
-            return instance.clone();
-        }
-        // Built outside the lock: `get` takes the other one.
+        // Start-up only: the upstream is looked up (and the key built) even when the
+        // instance exists already.
         let upstream = self.get(addr);
         lock(&self.instances)
-            .entry(key)
+            .entry((authority.to_owned(), addr))
             .or_insert_with(|| Arc::new(Instance::fixed(authority, addr, upstream)))
             .clone()
     }

@@ -225,9 +225,27 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
 /// negotiation the gateway answers itself), with room reserved for the stamp. `Host` is
 /// left for the caller to keep (web) or replace (event). Most requests have nothing to
 /// remove; they cost one pass over the names.
-pub fn strip_request(mut headers: HeaderMap, extra: usize) -> HeaderMap {
+/// The client's header asking for the tail of the invocation's log (`Tail`), which the
+/// gateway answers itself: like every `X-Scf-*` header, it never reaches the instance.
+pub const LOG_TYPE: HeaderName = HeaderName::from_static("x-scf-log-type");
+
+/// A client's headers cleaned for the instance, and what its stripped `X-Scf-*` headers
+/// asked of the gateway.
+pub struct Stripped {
+    pub headers: HeaderMap,
+    /// `X-Scf-Log-Type: Tail`: the response carries the invocation's log tail.
+    pub log_tail: bool,
+}
+
+pub fn strip_request(mut headers: HeaderMap, extra: usize) -> Stripped {
     let doomed = |n: &str| is_scf(n) || is_hop_by_hop(n) || n == "expect";
+    let mut log_tail = false;
+    // Most requests carry nothing to strip, and so no `X-Scf-Log-Type` either: the scan
+    // that finds out spares them the lookup.
     if headers.keys().any(|n| doomed(n.as_str())) {
+        log_tail = headers
+            .get(LOG_TYPE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"tail"));
         let listed = connection_tokens(&headers);
         let names: Vec<HeaderName> = headers
             .keys()
@@ -239,7 +257,7 @@ pub fn strip_request(mut headers: HeaderMap, extra: usize) -> HeaderMap {
         }
     }
     headers.reserve(extra);
-    headers
+    Stripped { headers, log_tail }
 }
 
 /// Cleans a function's response headers for the client: hop-by-hop headers go, the
@@ -326,7 +344,7 @@ mod tests {
             ("accept", "b"),
             ("x-scfnot", "kept"),
         ]);
-        let out = strip_request(h, 0);
+        let out = strip_request(h, 0).headers;
         let mut names: Vec<&str> = out.keys().map(|n| n.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, vec!["accept", "content-type", "host", "x-scfnot"]);
@@ -335,9 +353,21 @@ mod tests {
     }
 
     #[test]
+    fn the_log_tail_request_is_read_before_it_is_stripped() {
+        for (value, tail) in [("Tail", true), ("tail", true), ("None", false)] {
+            let out = strip_request(map(&[("X-Scf-Log-Type", value), ("accept", "a")]), 0);
+            assert_eq!(out.log_tail, tail, "{value}");
+            assert!(out.headers.get(LOG_TYPE).is_none());
+            assert_eq!(out.headers.len(), 1);
+        }
+        let plain = strip_request(map(&[("accept", "a")]), 0);
+        assert!(!plain.log_tail);
+    }
+
+    #[test]
     fn connection_can_name_an_scf_header_without_leaking_anything() {
         let h = map(&[("connection", "X-Scf-Name"), ("x-scf-name", "evil")]);
-        let out = strip_request(h, 0);
+        let out = strip_request(h, 0).headers;
         assert!(out.is_empty());
         let id = new_request_id();
         let config = crate::config::parse(

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::body::{self, GatewayBody, InvocationBody, Lease, LimitedBody, UpstreamBody};
 use crate::config::{Config, FunctionConfig, FunctionKind, InstanceSource, EVENT_RESPONSE_LIMIT};
 use crate::error::{seconds_text, BodyTooLarge, ForwardError, GatewayError};
-use crate::headers::{self, Stamp, StampValues};
+use crate::headers::{self, Stamp, StampValues, Stripped};
 use crate::instance::cgroup::MemoryProbe;
 use crate::instance::logs::{self, Report};
 use crate::instance::Launcher;
@@ -36,7 +36,6 @@ use crate::routing::{Router, Target};
 
 /// How long a broken connection waits for a launched instance's exit status.
 const EXIT_GRACE: Duration = Duration::from_millis(250);
-const LOG_TYPE: http::HeaderName = http::HeaderName::from_static("x-scf-log-type");
 const LOG_RESULT: http::HeaderName = http::HeaderName::from_static("x-scf-log-result");
 
 /// Where event invocations go on an instance.
@@ -252,13 +251,12 @@ impl Gateway {
             Target::Invoke { function } | Target::Web { function, .. } => &self.functions[function],
         };
         let accounting = Accounting::start(function.clone(), &request_id, self.access_log);
-        let wants_tail = req
-            .headers()
-            .get(LOG_TYPE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"tail"));
 
-        let upstream = match self.prepare(req, target, client) {
-            Ok(upstream) => upstream,
+        let Prepared {
+            upstream,
+            wants_tail,
+        } = match self.prepare(req, target, client) {
+            Ok(prepared) => prepared,
             Err(refused) => {
                 let e = Box::pin(refused.drain()).await;
                 accounting.finish(e.outcome());
@@ -348,7 +346,7 @@ impl Gateway {
         req: Request<Incoming>,
         target: Target,
         client: SocketAddr,
-    ) -> Result<Request<UpstreamBody>, TooLarge> {
+    ) -> Result<Prepared, TooLarge> {
         let (parts, body) = req.into_parts();
 
         // Admit: a body announced too large is refused before any instance is touched.
@@ -369,13 +367,16 @@ impl Gateway {
         }
 
         // Stamp: events get the instance as `Host` once one is picked; web requests
-        // keep theirs.
-        let original_host = parts.headers.get(HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        // keep theirs (read before stripping: `Connection` may name it).
+        let original_host = match target {
+            Target::Invoke { .. } => None,
+            Target::Web { .. } => parts.headers.get(HOST).cloned().or_else(|| {
+                parts
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            }),
+        };
         // The stamp itself is written straight into the request head (see `h1::send`).
         // Room for what is added: events only replace `Host`; web requests add up to
         // four (a map at capacity would otherwise be rehashed for them).
@@ -383,7 +384,10 @@ impl Gateway {
             Target::Invoke { .. } => 0,
             Target::Web { .. } => 4,
         };
-        let mut headers = headers::strip_request(parts.headers, room);
+        let Stripped {
+            mut headers,
+            log_tail,
+        } = headers::strip_request(parts.headers, room);
         let (method, uri) = match target {
             Target::Invoke { .. } => (Method::POST, self.event_uri.clone()),
             Target::Web { strip, .. } => {
@@ -399,7 +403,10 @@ impl Gateway {
         *upstream.uri_mut() = uri;
         *upstream.version_mut() = Version::HTTP_11;
         *upstream.headers_mut() = headers;
-        Ok(upstream)
+        Ok(Prepared {
+            upstream,
+            wants_tail: log_tail,
+        })
     }
 
     /// Queue, pick and forward: everything up to the response head.
@@ -498,6 +505,13 @@ struct Exchange {
     handed_over: Instant,
     deadline: Instant,
     memory: MemoryProbe,
+}
+
+/// A request admitted: as the instance will see it, and whether the client asked for
+/// the invocation's log tail (its `X-Scf-Log-Type` is stripped with the rest).
+struct Prepared {
+    upstream: Request<UpstreamBody>,
+    wants_tail: bool,
 }
 
 /// A request refused at admission for its announced body size.

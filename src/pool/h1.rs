@@ -246,14 +246,16 @@ impl Connection {
             }
             let head = self.read.split_to(len).freeze();
             let mut headers = HeaderMap::with_capacity(count);
+            let mut framers = Framers::default();
             for (i, &span) in spans[..count].iter().enumerate() {
                 let name = self.header_name(i, &head[span.name()])?;
                 let value = HeaderValue::from_maybe_shared(head.slice(span.value()))
                     .map_err(|_| UpstreamError::Invalid("invalid header value"))?;
+                framers.note(&name, &value);
                 headers.append(name, value);
             }
-            let decode = framing(method, status, &headers)?;
-            let keep_alive = keep_alive(version, &headers) && !matches!(decode, Decode::ToClose);
+            let decode = framers.decode(method, status)?;
+            let keep_alive = framers.keep_alive(version) && !matches!(decode, Decode::ToClose);
             return Ok(Some(Head {
                 status,
                 version,
@@ -311,65 +313,99 @@ enum Chunk {
     Trailers(usize),
 }
 
-/// RFC 9112 §6.3, in its order.
-fn framing(
-    method: &Method,
-    status: StatusCode,
-    headers: &HeaderMap,
-) -> Result<Decode, UpstreamError> {
-    if method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(Decode::Done);
+/// The headers that frame a response's body and say whether its connection stays open,
+/// noted while the head is read into its map: three lookups in the map afterwards
+/// (a hash and a probe each) cost more than comparing each name as it goes by, which
+/// for these standard names is an integer comparison.
+struct Framers {
+    /// The last `Transfer-Encoding` line: only its final coding decides (RFC 9112 §6.3).
+    transfer_encoding: Option<HeaderValue>,
+    /// Every `Content-Length` item agreed so far, or why they did not. An error waits
+    /// until [`Framers::decode`]: a `Transfer-Encoding`, or a response without a body,
+    /// makes the length irrelevant.
+    content_length: Result<Option<u64>, &'static str>,
+    connection_close: bool,
+    connection_keep_alive: bool,
+}
+
+impl Default for Framers {
+    fn default() -> Self {
+        Framers {
+            transfer_encoding: None,
+            content_length: Ok(None),
+            connection_close: false,
+            connection_keep_alive: false,
+        }
     }
-    if let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
-        let chunked = last
-            .as_bytes()
-            .rsplit(|&b| b == b',')
-            .next()
-            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        return Ok(if chunked {
-            Decode::Chunked(Chunk::Size)
-        } else {
-            Decode::ToClose
-        });
+}
+
+impl Framers {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
+        if name == TRANSFER_ENCODING {
+            self.transfer_encoding = Some(value.clone());
+        } else if name == CONTENT_LENGTH {
+            self.note_length(value.as_bytes());
+        } else if name == CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.connection_close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.connection_keep_alive = true;
+                }
+            }
+        }
     }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
+
+    fn note_length(&mut self, value: &[u8]) {
+        for item in value.split(|&b| b == b',') {
+            let Ok(agreed) = self.content_length else {
+                return;
+            };
             let n = std::str::from_utf8(item.trim_ascii())
                 .ok()
                 .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(UpstreamError::Invalid("invalid content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(UpstreamError::Invalid("conflicting content-length"));
-            }
-            length = Some(n);
+                .and_then(|s| s.parse::<u64>().ok());
+            self.content_length = match (n, agreed) {
+                (None, _) => Err("invalid content-length"),
+                (Some(n), Some(l)) if l != n => Err("conflicting content-length"),
+                (Some(n), _) => Ok(Some(n)),
+            };
         }
     }
-    Ok(match length {
-        Some(0) => Decode::Done,
-        Some(n) => Decode::Length(n),
-        None => Decode::ToClose,
-    })
-}
 
-fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut close = version == Version::HTTP_10;
-    for value in headers.get_all(CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            if token.eq_ignore_ascii_case(b"close") {
-                return false;
-            }
-            if token.eq_ignore_ascii_case(b"keep-alive") {
-                close = false;
-            }
+    /// How the body is read: RFC 9112 §6.3, in its order.
+    fn decode(&self, method: &Method, status: StatusCode) -> Result<Decode, UpstreamError> {
+        if method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(Decode::Done);
         }
+        if let Some(last) = &self.transfer_encoding {
+            let chunked = last
+                .as_bytes()
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            return Ok(if chunked {
+                Decode::Chunked(Chunk::Size)
+            } else {
+                Decode::ToClose
+            });
+        }
+        Ok(match self.content_length.map_err(UpstreamError::Invalid)? {
+            Some(0) => Decode::Done,
+            Some(n) => Decode::Length(n),
+            None => Decode::ToClose,
+        })
     }
-    !close
+
+    /// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 closes it unless
+    /// told `keep-alive`.
+    fn keep_alive(&self, version: Version) -> bool {
+        !self.connection_close && (version != Version::HTTP_10 || self.connection_keep_alive)
+    }
 }
 
 // === request ===
@@ -941,6 +977,27 @@ mod tests {
         map
     }
 
+    /// What the head reader notes, from a whole map.
+    fn framers(map: &HeaderMap) -> Framers {
+        let mut framers = Framers::default();
+        for (name, value) in map {
+            framers.note(name, value);
+        }
+        framers
+    }
+
+    fn framing(
+        method: &Method,
+        status: StatusCode,
+        map: &HeaderMap,
+    ) -> Result<Decode, UpstreamError> {
+        framers(map).decode(method, status)
+    }
+
+    fn keep_alive(version: Version, map: &HeaderMap) -> bool {
+        framers(map).keep_alive(version)
+    }
+
     #[test]
     fn framing_follows_rfc_9112_order() {
         let ok = StatusCode::OK;
@@ -974,7 +1031,22 @@ mod tests {
         for bad in ["5, 6", "-1", "+5", "", "0x5"] {
             let h = headers(&[("content-length", bad)]);
             assert!(framing(&Method::GET, ok, &h).is_err(), "{bad:?}");
+            // A bad length does not matter where no length is read.
+            assert_eq!(framing(&Method::HEAD, ok, &h).unwrap(), Decode::Done);
         }
+        let lines = headers(&[("content-length", "7"), ("content-length", "7")]);
+        assert_eq!(
+            framing(&Method::GET, ok, &lines).unwrap(),
+            Decode::Length(7)
+        );
+        let lines = headers(&[("content-length", "7"), ("content-length", "8")]);
+        assert!(framing(&Method::GET, ok, &lines).is_err());
+        // Transfer-Encoding wins over a length, even an invalid one before it.
+        let te_later = headers(&[("content-length", "x"), ("transfer-encoding", "chunked")]);
+        assert_eq!(
+            framing(&Method::GET, ok, &te_later).unwrap(),
+            Decode::Chunked(Chunk::Size)
+        );
     }
 
     #[test]
@@ -988,6 +1060,11 @@ mod tests {
         assert!(!keep_alive(
             Version::HTTP_11,
             &headers(&[("connection", "foo, Close")])
+        ));
+        // `close` wins wherever it is.
+        assert!(!keep_alive(
+            Version::HTTP_10,
+            &headers(&[("connection", "close"), ("connection", "keep-alive")])
         ));
     }
 

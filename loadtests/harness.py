@@ -430,7 +430,9 @@ def measured_run(target, instance_pids, duration, connections, threads, wrk_cpus
     m1, c1 = machine_busy(), children_cpu()
     u1, s1 = cpu_ticks(pids)
     iu1, is1 = cpu_ticks(instance_pids)
-    ours = (u1 - u0 + s1 - s0) + (iu1 - iu0 + is1 - is0) + (c1 - c0)
+    # For direct the target's processes are the instance's: count them once.
+    proxy = (u1 - u0 + s1 - s0) if target.kind == "proxy" else 0.0
+    ours = proxy + (iu1 - iu0 + is1 - is0) + (c1 - c0)
     n = max(w["requests"], 1)
     per100k = 100_000 / n
     res = {

@@ -3,7 +3,7 @@
 # through HAProxy, under the same wrk load, in alternating rounds (A B C D A B C D ...).
 # Then k6 at a constant arrival rate (gateway vs nginx) and the web-function scenario.
 #
-#   loadtests/compare.sh            5 rounds x 10 s per target + k6 (about 5 minutes)
+#   loadtests/compare.sh            5 rounds x 10 s per target + k6 (about 7 minutes)
 #   loadtests/compare.sh --smoke    1 round x 2 s + a 3 s k6 run (CI)
 #   loadtests/compare.sh --rounds 3 --duration 5 --no-k6 --wrk-cpus 1 --server-cpus 0
 #   loadtests/compare.sh --baseline path/to/another/scf-gateway --no-k6 --out DIR

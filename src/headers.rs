@@ -220,11 +220,6 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// Cleans a client request's headers, in place, for an instance: no `X-Scf-*`, no
-/// hop-by-hop header, nothing named in `Connection`, no `Expect` (a per-hop
-/// negotiation the gateway answers itself), with room reserved for the stamp. `Host` is
-/// left for the caller to keep (web) or replace (event). Most requests have nothing to
-/// remove; they cost one pass over the names.
 /// The client's header asking for the tail of the invocation's log (`Tail`), which the
 /// gateway answers itself: like every `X-Scf-*` header, it never reaches the instance.
 pub const LOG_TYPE: HeaderName = HeaderName::from_static("x-scf-log-type");
@@ -237,6 +232,11 @@ pub struct Stripped {
     pub log_tail: bool,
 }
 
+/// Cleans a client request's headers, in place, for an instance: no `X-Scf-*`, no
+/// hop-by-hop header, nothing named in `Connection`, no `Expect` (a per-hop
+/// negotiation the gateway answers itself), with room reserved for the stamp. `Host` is
+/// left for the caller to keep (web) or replace (event). Most requests have nothing to
+/// remove; they cost one pass over the names.
 pub fn strip_request(mut headers: HeaderMap, extra: usize) -> Stripped {
     let doomed = |n: &str| is_scf(n) || is_hop_by_hop(n) || n == "expect";
     let mut log_tail = false;

@@ -318,8 +318,9 @@ enum Chunk {
 /// (a hash and a probe each) cost more than comparing each name as it goes by, which
 /// for these standard names is an integer comparison.
 struct Framers {
-    /// The last `Transfer-Encoding` line: only its final coding decides (RFC 9112 §6.3).
-    transfer_encoding: Option<HeaderValue>,
+    /// Whether the last `Transfer-Encoding` line ends in `chunked`: only the final
+    /// coding decides (RFC 9112 §6.3).
+    transfer_encoding: Option<bool>,
     /// Every `Content-Length` item agreed so far, or why they did not. An error waits
     /// until [`Framers::decode`]: a `Transfer-Encoding`, or a response without a body,
     /// makes the length irrelevant.
@@ -342,7 +343,12 @@ impl Default for Framers {
 impl Framers {
     fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
         if name == TRANSFER_ENCODING {
-            self.transfer_encoding = Some(value.clone());
+            let chunked = value
+                .as_bytes()
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            self.transfer_encoding = Some(chunked);
         } else if name == CONTENT_LENGTH {
             self.note_length(value.as_bytes());
         } else if name == CONNECTION {
@@ -382,12 +388,7 @@ impl Framers {
         {
             return Ok(Decode::Done);
         }
-        if let Some(last) = &self.transfer_encoding {
-            let chunked = last
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        if let Some(chunked) = self.transfer_encoding {
             return Ok(if chunked {
                 Decode::Chunked(Chunk::Size)
             } else {

@@ -504,6 +504,11 @@ def rounded(o):
     return o
 
 
+def alternating(order, r):
+    """Round r's order: A B, then B A, so drift over a run falls on every target alike."""
+    return order if r % 2 == 0 else order[::-1]
+
+
 def median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -722,9 +727,9 @@ def run_k6_suite(args, targets, med, workdir):
     out = {"rate": rate, "duration_s": dur, "constant_rate": {}, "web": {}}
     cr = {"gateway": [], "nginx": []}
     for r in range(rounds):
-        # A B, then B A: a tail that drifts over the run (another job starting, k6
-        # warming up) falls on both targets alike.
-        for t in (("gateway", "nginx") if r % 2 == 0 else ("nginx", "gateway")):
+        # A tail that drifts over the run (another job starting, k6 warming up) falls
+        # on both targets alike.
+        for t in alternating(("gateway", "nginx"), r):
             s = run_k6("constant_rate.js", targets[t].url, rate, dur, workdir, f"cr-{t}-{r}", cpus=args.wrk_cpus)
             cr[t].append(k6_figs(s))
             log(f"k6 constant_rate {t:8s} {rate}/s: {json.dumps(cr[t][-1])}")
@@ -845,7 +850,7 @@ def scale_functions(procs, workdir, args):
         run_wrk(g["url"], 1, args.connections, 1, cpus=args.load_cpus, extra=[f"pathfile={g['pathfile']}"])
     order = [n for n, *_ in configs]
     for rep in range(args.scale_rounds):
-        for n in (order if rep % 2 == 0 else order[::-1]):
+        for n in alternating(order, rep):
             g = gateways[n]
             u0, s0 = cpu_ticks(g["pids"])
             w = run_wrk(g["url"], args.duration, args.connections, 1, cpus=args.load_cpus,

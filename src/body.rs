@@ -4,10 +4,9 @@
 //!   passes `max_body_bytes`; what follows the cut is read and discarded (bounded) so
 //!   the client gets to read the 413.
 //! - [`InvocationBody`]: an instance's response on its way to the client. It carries the
-//!   invocation's deadline, the event-response size limit and the [`Lease`] (slot and
-//!   connection), so the end of the body is the end of the invocation: the slot is
-//!   freed, the connection goes back to the pool only after a clean end, and the
-//!   outcome is recorded.
+//!   invocation's deadline, the event-response size limit and the [`Invocation`]
+//!   itself, so the end of the body is the end of the invocation; the connection is
+//!   handed back for reuse only after a clean end.
 //! - [`GatewayBody`]: what a client receives, either of the above or a small buffer
 //!   (error bodies).
 
@@ -18,16 +17,13 @@ use std::task::{ready, Context, Poll, Waker};
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::error::{BodyTooLarge, ForwardError};
-use crate::instance::cgroup::MemoryProbe;
-use crate::invoke::Accounting;
+use crate::invocation::Invocation;
 use crate::metrics::Outcome;
 use crate::pool::h1::ResponseBody;
-use crate::pool::{PooledConn, Slot};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -167,48 +163,9 @@ pub type UpstreamBody = LimitedBody;
 
 // === impl InvocationBody ===
 
-/// What an invocation holds from hand-over until its response body ends.
-pub struct Lease {
-    pub slot: Slot,
-    pub accounting: Accounting,
-    /// When the invocation was handed to the instance (the timeout and billing start).
-    pub handed_over: Instant,
-    /// How the invocation's peak memory is being measured.
-    pub memory: MemoryProbe,
-    /// Where the invocation's log tail goes once its END line is out (`X-Scf-Log-Type: Tail`).
-    pub tail: Option<oneshot::Sender<String>>,
-}
-
-impl Lease {
-    /// Ends the invocation: a connection that ended cleanly goes back to the pool
-    /// (before the slot is freed, so the next holder of the slot finds it warm); a
-    /// timed-out launched instance is recycled.
-    fn finish(self, outcome: Outcome, conn: Option<PooledConn>) {
-        let Lease {
-            slot,
-            accounting,
-            handed_over,
-            memory,
-            tail,
-        } = self;
-        // One clock read for the end: the connection's idle start, the billed duration
-        // and the invocation's.
-        let now = Instant::now();
-        if let Some(conn) = conn {
-            slot.instance().checkin(conn, now);
-        }
-        if outcome == Outcome::Timeout {
-            slot.pool().recycle(slot.instance());
-        }
-        crate::invoke::end_invocation(&slot, &accounting, (handed_over, now), memory, tail);
-        drop(slot);
-        accounting.finish_at(outcome, now);
-    }
-}
-
-/// The lease, shared between the body and its deadline watchdog.
+/// The invocation, shared between the body and its deadline watchdog.
 enum LeaseState {
-    Active(Lease),
+    Active(Invocation),
     TimedOut(ForwardError),
     Ended,
 }
@@ -235,7 +192,7 @@ enum Holder {
 }
 
 impl Holder {
-    /// Runs `f` on the lease state, wherever it lives.
+    /// Runs `f` on the invocation's state, wherever it lives.
     fn with<R>(&mut self, f: impl FnOnce(&mut LeaseState) -> R) -> R {
         match self {
             Holder::Inline(state) => f(state),
@@ -245,13 +202,18 @@ impl Holder {
 }
 
 impl InvocationBody {
-    pub fn new(inner: ResponseBody, deadline: Instant, limit: u64, lease: Lease) -> InvocationBody {
+    pub fn new(
+        inner: ResponseBody,
+        deadline: Instant,
+        limit: u64,
+        invocation: Invocation,
+    ) -> InvocationBody {
         let mut body = InvocationBody {
             inner,
             limit,
             seen: 0,
             deadline,
-            state: Holder::Inline(LeaseState::Active(lease)),
+            state: Holder::Inline(LeaseState::Active(invocation)),
             watchdog: None,
         };
         // An empty body (204, HEAD, Content-Length: 0) may never be polled.
@@ -266,12 +228,12 @@ impl InvocationBody {
             w.abort();
         }
         let state = self.state.with(|s| std::mem::replace(s, LeaseState::Ended));
-        if let LeaseState::Active(lease) = state {
+        if let LeaseState::Active(invocation) = state {
             let conn = match outcome {
                 Outcome::Success => self.inner.take_reusable(),
                 _ => None,
             };
-            lease.finish(outcome, conn);
+            invocation.end(outcome, conn);
         }
     }
 
@@ -297,19 +259,17 @@ impl InvocationBody {
             tokio::time::sleep_until(deadline).await;
             let mut state = lock(&shared);
             let error = match &*state {
-                LeaseState::Active(lease) => lease.accounting.timeout_error(),
-                _ => None,
+                LeaseState::Active(invocation) => invocation.function().timeout_error(),
+                _ => return,
             };
-            if let Some(error) = error {
-                if let LeaseState::Active(lease) =
-                    std::mem::replace(&mut *state, LeaseState::TimedOut(error))
-                {
-                    drop(state);
-                    // Frees the slot and records 433; the connection is closed with the
-                    // body (at its next poll, or when the client goes).
-                    lease.finish(Outcome::Timeout, None);
-                    waker.wake();
-                }
+            if let LeaseState::Active(invocation) =
+                std::mem::replace(&mut *state, LeaseState::TimedOut(error))
+            {
+                drop(state);
+                // Frees the slot and records 433; the connection is closed with the
+                // body (at its next poll, or when the client goes).
+                invocation.end(Outcome::Timeout, None);
+                waker.wake();
             }
         });
         self.watchdog = Some(task.abort_handle());
@@ -399,7 +359,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The body of every response the gateway sends.
 pub enum GatewayBody {
     /// Boxed: one allocation per invocation is cheaper than copying the body (with its
-    /// connection and lease, ~400 bytes) each of the several times the response moves
+    /// connection and invocation, ~400 bytes) each of the several times the response moves
     /// on its way through hyper's dispatcher (callgrind: -500 instructions/request).
     Invocation(Box<InvocationBody>),
     Full(Option<Bytes>),

@@ -9,7 +9,6 @@ use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 use serde::Serialize;
 
-use crate::body::GatewayBody;
 use crate::headers::REQUEST_ID;
 use crate::metrics::Outcome;
 
@@ -169,7 +168,7 @@ impl GatewayError {
     }
 
     /// The JSON error response, with `X-Scf-Request-Id` (and `Retry-After` for 432).
-    pub fn into_response(self, request_id: &HeaderValue) -> Response<GatewayBody> {
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<Bytes> {
         let (status, code) = self.status_and_code();
         let message = self.to_string();
         let body = ErrorBody {
@@ -180,7 +179,7 @@ impl GatewayError {
         };
         // Serializing a struct of strings and integers cannot fail.
         let json = serde_json::to_vec(&body).unwrap_or_default();
-        let mut response = Response::new(GatewayBody::full(Bytes::from(json)));
+        let mut response = Response::new(Bytes::from(json));
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

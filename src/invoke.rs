@@ -22,16 +22,16 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::body::{self, GatewayBody, InvocationBody, Lease, LimitedBody, UpstreamBody};
-use crate::config::{Config, FunctionConfig, FunctionKind, InstanceSource, EVENT_RESPONSE_LIMIT};
-use crate::error::{seconds_text, BodyTooLarge, ForwardError, GatewayError};
-use crate::headers::{self, Stamp, StampValues, Stripped};
-use crate::instance::cgroup::MemoryProbe;
-use crate::instance::logs::{self, Report};
-use crate::instance::Launcher;
-use crate::metrics::{FunctionMetrics, Outcome, Registry};
+use crate::body::{self, GatewayBody, InvocationBody, LimitedBody, UpstreamBody};
+use crate::config::{Config, FunctionKind, EVENT_RESPONSE_LIMIT};
+use crate::error::{BodyTooLarge, ForwardError, GatewayError};
+use crate::function::Function;
+use crate::headers::{self, StampValues, Stripped};
+use crate::instance::logs;
+use crate::invocation::{AccessLog, Invocation};
+use crate::metrics::Registry;
 use crate::pool::h1::{self, ResponseBody, SendError, UpstreamError};
-use crate::pool::{Instance, Pool, PooledConn, Slot, Upstreams};
+use crate::pool::{Instance, Pool, PooledConn, Upstreams};
 use crate::routing::{Router, Target};
 
 /// How long a broken connection waits for a launched instance's exit status.
@@ -42,143 +42,6 @@ const LOG_RESULT: http::HeaderName = http::HeaderName::from_static("x-scf-log-re
 const EVENT_INVOKE: &str = "/event-invoke";
 /// How long a refused body may take to drain before the answer is sent anyway.
 const DRAIN_TIME: Duration = Duration::from_secs(5);
-
-/// One function, ready to serve: its pool, its prebuilt headers, its metrics.
-///
-/// `repr(C)` keeps the declared order: the fields every invocation reads come first,
-/// after the `Arc`'s counts, so they share two cache lines; the names (for logs and
-/// errors) come last.
-#[repr(C)]
-pub struct Function {
-    pool: Arc<Pool>,
-    metrics: FunctionMetrics,
-    stamp: Stamp,
-    timeout: Duration,
-    response_limit: u64,
-    memory_mb: u32,
-    pub kind: FunctionKind,
-    pub name: String,
-    pub namespace: String,
-    timeout_text: String,
-}
-
-impl Function {
-    fn new(
-        config: &Config,
-        f: &FunctionConfig,
-        registry: &Registry,
-        upstreams: &Upstreams,
-        stamps: &mut StampValues,
-    ) -> Function {
-        let metrics = registry.function(&f.name, &f.namespace);
-        let launcher = match &f.source {
-            InstanceSource::Launch(launch) => Some(Arc::new(Launcher::new(config, f, launch))),
-            InstanceSource::Static(_) => None,
-        };
-        Function {
-            memory_mb: f.memory_mb,
-            name: f.name.clone(),
-            namespace: f.namespace.clone(),
-            kind: f.kind,
-            timeout: f.timeout,
-            timeout_text: seconds_text(f.timeout),
-            response_limit: match f.kind {
-                FunctionKind::Event => EVENT_RESPONSE_LIMIT,
-                FunctionKind::Http => u64::MAX,
-            },
-            stamp: Stamp::shared(config, f, stamps),
-            pool: Pool::new(
-                f,
-                config.server.upstream_idle_timeout,
-                metrics.clone(),
-                launcher,
-                upstreams,
-            ),
-            metrics,
-        }
-    }
-
-    pub fn pool(&self) -> &Arc<Pool> {
-        &self.pool
-    }
-
-    pub fn timeout_error(&self) -> ForwardError {
-        ForwardError::Timeout {
-            seconds: self.timeout_text.clone(),
-        }
-    }
-}
-
-/// Counts an invocation from the moment it is routed until it ends, whichever way it
-/// ends: dropped unfinished, it records the client as gone.
-pub struct Accounting {
-    function: Option<Arc<Function>>,
-    started: Instant,
-    request_id: HeaderValue,
-    access_log: bool,
-}
-
-impl Accounting {
-    fn start(function: Arc<Function>, request_id: &HeaderValue, access_log: bool) -> Self {
-        function.metrics.begin();
-        Accounting {
-            function: Some(function),
-            started: Instant::now(),
-            request_id: request_id.clone(),
-            access_log,
-        }
-    }
-
-    /// The function's timeout error (`None` once the invocation has ended).
-    pub fn timeout_error(&self) -> Option<ForwardError> {
-        self.function.as_deref().map(Function::timeout_error)
-    }
-
-    pub fn function(&self) -> Option<&Function> {
-        self.function.as_deref()
-    }
-
-    pub fn request_id(&self) -> &HeaderValue {
-        &self.request_id
-    }
-
-    pub fn finish(self, outcome: Outcome) {
-        self.finish_at(outcome, Instant::now());
-    }
-
-    /// Ends the invocation as of `now` (a clock read the caller already made).
-    pub fn finish_at(mut self, outcome: Outcome, now: Instant) {
-        self.record(outcome, now);
-    }
-
-    fn record(&mut self, outcome: Outcome, now: Instant) {
-        let Some(function) = self.function.take() else {
-            return;
-        };
-        let elapsed = now.saturating_duration_since(self.started);
-        function.metrics.end(outcome, elapsed);
-        if self.access_log {
-            tracing::info!(
-                target: "access",
-                request_id = self.request_id.to_str().unwrap_or_default(),
-                function = %function.name,
-                namespace = %function.namespace,
-                outcome = outcome.as_str(),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                "invocation"
-            );
-        }
-    }
-}
-
-impl Drop for Accounting {
-    fn drop(&mut self) {
-        // Finished invocations have nothing left to record: no clock read for them.
-        if self.function.is_some() {
-            self.record(Outcome::ClientClosed, Instant::now());
-        }
-    }
-}
 
 /// The gateway's request handling state, shared by every connection.
 pub struct Gateway {
@@ -244,14 +107,19 @@ impl Gateway {
             Ok(target) => target,
             Err(e) => {
                 self.registry.unmatched();
-                return GatewayError::from(e).into_response(&request_id);
+                return error_response(e.into(), &request_id);
             }
         };
         let function = match target {
             Target::Invoke { function } | Target::Web { function, .. } => &self.functions[function],
         };
-        let accounting = Accounting::start(function.clone(), &request_id, self.access_log);
+        let access = self.access_log.then(|| AccessLog {
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+        });
+        let mut invocation = Invocation::begin(function.clone(), &request_id, access);
 
+        // Admit and stamp.
         let Prepared {
             upstream,
             wants_tail,
@@ -259,83 +127,27 @@ impl Gateway {
             Ok(prepared) => prepared,
             Err(refused) => {
                 let e = Box::pin(refused.drain()).await;
-                accounting.finish(e.outcome());
-                return e.into_response(&request_id);
+                invocation.fail(&e);
+                return error_response(e, &request_id);
             }
         };
-        let exchange = match self.forward(function, upstream, &request_id).await {
+
+        // Queue, pick an instance, forward.
+        let exchange = match self
+            .forward(function, upstream, &request_id, &mut invocation)
+            .await
+        {
             Ok(exchange) => exchange,
             Err(e) => {
-                accounting.finish(e.outcome());
-                return e.into_response(&request_id);
+                invocation.fail(&e);
+                return error_response(e, &request_id);
             }
         };
 
-        match self.respond(function, exchange, accounting, wants_tail, request_id) {
+        // Respond; the invocation ends with the response body.
+        match respond(function, exchange, invocation, wants_tail, request_id) {
             Responded::Now(response) => response,
             Responded::Held(held) => held.await,
-        }
-    }
-
-    /// Respond: stream the answer back; the invocation ends with its body. Synchronous,
-    /// so none of its values occupy the invocation's future (which hyper moves a few
-    /// times per request).
-    fn respond(
-        &self,
-        function: &Function,
-        exchange: Exchange,
-        accounting: Accounting,
-        wants_tail: bool,
-        request_id: HeaderValue,
-    ) -> Responded {
-        let (mut parts, incoming) = exchange.response.into_parts();
-        // The announced length, as the client parsed it from `Content-Length`.
-        if incoming
-            .size_hint()
-            .exact()
-            .is_some_and(|l| l > function.response_limit)
-        {
-            let e = GatewayError::from(ForwardError::ResponseTooLarge);
-            let now = Instant::now();
-            end_invocation(
-                &exchange.slot,
-                &accounting,
-                (exchange.handed_over, now),
-                exchange.memory,
-                None,
-            );
-            accounting.finish_at(e.outcome(), now);
-            return Responded::Now(e.into_response(&request_id));
-        }
-        headers::strip_response(&mut parts.headers, &request_id);
-        let tail = (wants_tail && exchange.slot.instance().is_launched()).then(oneshot::channel);
-        let (tail_tx, tail_rx) = match tail {
-            Some((tx, rx)) => (Some(tx), Some(rx)),
-            None => (None, None),
-        };
-        let lease = Lease {
-            slot: exchange.slot,
-            accounting,
-            handed_over: exchange.handed_over,
-            memory: exchange.memory,
-            tail: tail_tx,
-        };
-        // A held (Tail) response is buffered: at most 6 MB, as the contract says.
-        let limit = if tail_rx.is_some() {
-            function.response_limit.min(EVENT_RESPONSE_LIMIT)
-        } else {
-            function.response_limit
-        };
-        let held = tail_rx.map(|rx| (rx, lease.slot.instance().name().to_owned()));
-        let body = InvocationBody::new(incoming, exchange.deadline, limit, lease);
-        match held {
-            None => Responded::Now(Response::from_parts(
-                parts,
-                GatewayBody::Invocation(Box::new(body)),
-            )),
-            Some((rx, instance)) => Responded::Held(Box::pin(with_log_tail(
-                parts, body, rx, request_id, instance,
-            ))),
         }
     }
 
@@ -409,15 +221,16 @@ impl Gateway {
         })
     }
 
-    /// Queue, pick and forward: everything up to the response head.
+    /// Queue, pick and forward: everything up to the response head. The invocation
+    /// is handed to the instance on the way; on failure it is still on it (the caller
+    /// ends it), so its time there is billed and logged.
     async fn forward(
         &self,
         function: &Function,
         mut upstream: Request<UpstreamBody>,
         request_id: &HeaderValue,
+        invocation: &mut Invocation,
     ) -> Result<Exchange, GatewayError> {
-        // Queue and pick an instance, then forward. An instance that refuses the
-        // connection got nothing, so the invocation moves on to another one.
         let stamp = &function.stamp.lines(request_id);
         let pool = function.pool();
         // Counted down from the pool's limit once an instance has refused: the first
@@ -426,17 +239,14 @@ impl Gateway {
         let mut attempts: Option<usize> = None;
         loop {
             let slot = pool.acquire().await?;
-            // Borrowed, not cloned: a reference count is a write to a shared line.
-            let instance = slot.instance();
-            if function.kind == FunctionKind::Event {
-                upstream.headers_mut().insert(HOST, instance.host().clone());
-            }
-            let (conn, handed_over) = match connection(instance, pool).await {
+            // An instance that refuses the connection got nothing, so the invocation
+            // moves on to another one.
+            let (conn, handed_over) = match connection(slot.instance(), pool).await {
                 Some(ready) => ready,
                 None => {
-                    pool.mark_down(slot.index(), instance);
+                    pool.mark_down(slot.index(), slot.instance());
                     if out_of_attempts(&mut attempts, pool) {
-                        return Err(refused(instance));
+                        return Err(refused(slot.instance()));
                     }
                     continue;
                 }
@@ -444,7 +254,11 @@ impl Gateway {
 
             // Hand-over: the timeout runs from here to the end of the response body.
             let deadline = handed_over + function.timeout;
-            let memory = begin_invocation(instance, request_id, pool);
+            let index = slot.index();
+            let instance = invocation.hand_over(slot, handed_over);
+            if function.kind == FunctionKind::Event {
+                upstream.headers_mut().insert(HOST, instance.host().clone());
+            }
             let sent =
                 match tokio::time::timeout_at(deadline, h1::send(conn, upstream, stamp)).await {
                     Ok(Ok(response)) => Ok(Ok(response)),
@@ -458,40 +272,77 @@ impl Gateway {
                     }
                     Err(elapsed) => Err(elapsed),
                 };
-            let failure = match sent {
-                Ok(Ok(response)) => {
-                    return Ok(Exchange {
-                        response,
-                        slot,
-                        handed_over,
-                        deadline,
-                        memory,
-                    })
-                }
-                Ok(Err(failure)) => failure,
-                Err(_elapsed) => {
-                    pool.recycle(instance);
-                    Failure::TimedOut
-                }
-            };
-            let duration = handed_over.elapsed();
-            end_logs(instance, function, request_id, duration, memory, None);
-            match failure {
-                Failure::Refused(req) => {
-                    pool.mark_down(slot.index(), instance);
+            match sent {
+                Ok(Ok(response)) => return Ok(Exchange { response, deadline }),
+                Ok(Err(Failure::Refused(req))) => {
+                    pool.mark_down(index, instance);
                     if out_of_attempts(&mut attempts, pool) {
                         return Err(refused(instance));
                     }
+                    invocation.abandon_attempt();
                     upstream = req;
                 }
-                Failure::Failed(e) => return Err(Box::pin(failed(instance, function, e)).await),
-                Failure::TimedOut => return Err(function.timeout_error().into()),
+                Ok(Err(Failure::Failed(e))) => {
+                    return Err(Box::pin(failed(instance, function, e)).await)
+                }
+                Err(_elapsed) => return Err(function.timeout_error().into()),
             }
         }
     }
 }
 
-/// What [`Gateway::respond`] makes of a response head: the response, or (for a Tail
+/// Respond: stream the answer back; the invocation ends with its body. Synchronous, so
+/// none of its values occupy the invocation's future (which hyper moves a few times per
+/// request).
+fn respond(
+    function: &Function,
+    exchange: Exchange,
+    mut invocation: Invocation,
+    wants_tail: bool,
+    request_id: HeaderValue,
+) -> Responded {
+    let (mut parts, incoming) = exchange.response.into_parts();
+    // The announced length, as the client parsed it from `Content-Length`.
+    if incoming
+        .size_hint()
+        .exact()
+        .is_some_and(|l| l > function.response_limit)
+    {
+        let e = GatewayError::from(ForwardError::ResponseTooLarge);
+        invocation.fail(&e);
+        return Responded::Now(error_response(e, &request_id));
+    }
+    headers::strip_response(&mut parts.headers, &request_id);
+    invocation.responded(parts.status);
+    let tail = if wants_tail { invocation.tail() } else { None };
+    // A held (Tail) response is buffered: at most 6 MB, as the contract says.
+    let limit = if tail.is_some() {
+        function.response_limit.min(EVENT_RESPONSE_LIMIT)
+    } else {
+        function.response_limit
+    };
+    let held = tail.map(|rx| {
+        let instance = invocation.instance().map(|i| i.name().to_owned());
+        (rx, instance.unwrap_or_default())
+    });
+    let body = InvocationBody::new(incoming, exchange.deadline, limit, invocation);
+    match held {
+        None => Responded::Now(Response::from_parts(
+            parts,
+            GatewayBody::Invocation(Box::new(body)),
+        )),
+        Some((rx, instance)) => Responded::Held(Box::pin(with_log_tail(
+            parts, body, rx, request_id, instance,
+        ))),
+    }
+}
+
+/// An error answer in the body every response has.
+fn error_response(e: GatewayError, request_id: &HeaderValue) -> Response<GatewayBody> {
+    e.into_response(request_id).map(GatewayBody::full)
+}
+
+/// What [`respond`] makes of a response head: the response, or (for a Tail
 /// invocation) the future that holds it until the log tail is known.
 enum Responded {
     Now(Response<GatewayBody>),
@@ -501,10 +352,7 @@ enum Responded {
 /// An invocation whose response head has arrived. Its body owns the connection.
 struct Exchange {
     response: Response<ResponseBody>,
-    slot: Slot,
-    handed_over: Instant,
     deadline: Instant,
-    memory: MemoryProbe,
 }
 
 /// A request admitted: as the instance will see it, and whether the client asked for
@@ -540,7 +388,6 @@ enum Failure {
     Refused(Request<UpstreamBody>),
     /// The request was (at least partly) sent: it must not be sent again.
     Failed(UpstreamError),
-    TimedOut,
 }
 
 /// Counts a refused attempt; true once the pool's limit of attempts is used up (read at
@@ -624,66 +471,6 @@ async fn failed(instance: &Instance, function: &Function, e: UpstreamError) -> G
     error
 }
 
-/// START for a launched instance: from here its output belongs to this invocation,
-/// and its memory peak is measured.
-fn begin_invocation(instance: &Instance, request_id: &HeaderValue, pool: &Pool) -> MemoryProbe {
-    let Some(launched) = instance.process() else {
-        return MemoryProbe::None;
-    };
-    // The cgroup's peak is per instance: per invocation only when they cannot overlap.
-    let probe = match launched.process.cgroup() {
-        Some(cgroup) => cgroup.probe(pool.per_instance() == 1),
-        None => MemoryProbe::None,
-    };
-    if let Some(log) = &launched.log {
-        log.begin(request_id.to_str().unwrap_or_default());
-    }
-    probe
-}
-
-/// Bills an invocation that reached an instance; for a launched instance, emits its
-/// END and Report lines (after its output so far) and hands over the log tail.
-pub(crate) fn end_invocation(
-    slot: &Slot,
-    accounting: &Accounting,
-    (handed_over, ended): (Instant, Instant),
-    memory: MemoryProbe,
-    tail: Option<oneshot::Sender<String>>,
-) {
-    if let Some(function) = accounting.function() {
-        let id = accounting.request_id();
-        let duration = ended.saturating_duration_since(handed_over);
-        end_logs(slot.instance(), function, id, duration, memory, tail);
-    }
-}
-
-fn end_logs(
-    instance: &Instance,
-    function: &Function,
-    request_id: &HeaderValue,
-    duration: Duration,
-    memory: MemoryProbe,
-    tail: Option<oneshot::Sender<String>>,
-) {
-    let billed_ms = duration.as_nanos().div_ceil(1_000_000) as u64;
-    function.metrics.bill(function.memory_mb, billed_ms);
-    let Some(launched) = instance.process() else {
-        return;
-    };
-    let Some(log) = &launched.log else {
-        return;
-    };
-    let report = Report {
-        duration,
-        memory_mb: function.memory_mb,
-        mem_usage_bytes: memory.finish(launched.process.cgroup()),
-    };
-    let text = log.end(request_id.to_str().unwrap_or_default(), report);
-    if let Some(tx) = tail {
-        let _ = tx.send(text);
-    }
-}
-
 /// `X-Scf-Log-Type: Tail`: the response is held until the invocation's END line, so its
 /// last 4 KB of log can travel base64-encoded in `X-Scf-Log-Result`.
 async fn with_log_tail(
@@ -704,7 +491,7 @@ async fn with_log_tail(
                     what: format!("failed while sending the response: {e}"),
                 }),
             };
-            return error.into_response(&request_id);
+            return error_response(error, &request_id);
         }
     };
     let text = tail.await.unwrap_or_default();

@@ -253,19 +253,11 @@ impl Pool {
         if !instance.is_launched() {
             return;
         }
-        let removed = {
+        {
             let mut state = lock(&self.state);
-            let removed = state.remove(instance);
+            state.remove(instance);
             replace_for_waiters(self, &mut state);
             self.publish_instances(&state);
-            removed
-        };
-        if removed {
-            tracing::info!(
-                function = %self.function,
-                instance = %instance.name(),
-                "killing the instance of a timed-out invocation"
-            );
         }
         instance.kill();
     }

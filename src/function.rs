@@ -1,0 +1,83 @@
+//! A function as the request path sees it: its pool, its prebuilt stamp, its metrics,
+//! and the few settings every invocation reads, laid out for that path.
+//!
+//! Built once from the validated config; shared (`Arc`) by every invocation of the
+//! function, so nothing here is per request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, FunctionConfig, FunctionKind, InstanceSource, EVENT_RESPONSE_LIMIT};
+use crate::error::{seconds_text, ForwardError};
+use crate::headers::{Stamp, StampValues};
+use crate::instance::Launcher;
+use crate::metrics::{FunctionMetrics, Registry};
+use crate::pool::{Pool, Upstreams};
+
+/// One function, ready to serve.
+///
+/// `repr(C)` keeps the declared order: the fields every invocation reads come first,
+/// after the `Arc`'s counts, so they share two cache lines; the names (for logs and
+/// errors) come last.
+#[repr(C)]
+pub struct Function {
+    pool: Arc<Pool>,
+    pub(crate) metrics: FunctionMetrics,
+    pub(crate) stamp: Stamp,
+    pub(crate) timeout: Duration,
+    /// Largest response body passed on (the event-function limit, or none).
+    pub(crate) response_limit: u64,
+    pub(crate) memory_mb: u32,
+    pub kind: FunctionKind,
+    pub name: String,
+    pub namespace: String,
+    timeout_text: String,
+}
+
+impl Function {
+    pub(crate) fn new(
+        config: &Config,
+        f: &FunctionConfig,
+        registry: &Registry,
+        upstreams: &Upstreams,
+        stamps: &mut StampValues,
+    ) -> Function {
+        let metrics = registry.function(&f.name, &f.namespace);
+        let launcher = match &f.source {
+            InstanceSource::Launch(launch) => Some(Arc::new(Launcher::new(config, f, launch))),
+            InstanceSource::Static(_) => None,
+        };
+        Function {
+            memory_mb: f.memory_mb,
+            name: f.name.clone(),
+            namespace: f.namespace.clone(),
+            kind: f.kind,
+            timeout: f.timeout,
+            timeout_text: seconds_text(f.timeout),
+            response_limit: match f.kind {
+                FunctionKind::Event => EVENT_RESPONSE_LIMIT,
+                FunctionKind::Http => u64::MAX,
+            },
+            stamp: Stamp::shared(config, f, stamps),
+            pool: Pool::new(
+                f,
+                config.server.upstream_idle_timeout,
+                metrics.clone(),
+                launcher,
+                upstreams,
+            ),
+            metrics,
+        }
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// The 433 this function's invocations end with when they run past `timeout`.
+    pub fn timeout_error(&self) -> ForwardError {
+        ForwardError::Timeout {
+            seconds: self.timeout_text.clone(),
+        }
+    }
+}

@@ -8,8 +8,10 @@
 #   loadtests/compare.sh --rounds 3 --duration 5 --no-k6 --wrk-cpus 1 --server-cpus 0
 #   loadtests/compare.sh --baseline path/to/another/scf-gateway --no-k6 --out DIR
 #                                   (that build as a fifth target: gateway/baseline ratios)
+#   loadtests/compare.sh --publish  a full run that updates the published results
 #
-# Results: loadtests/results/latest.{md,json} and latest-ratios.svg (smoke.* for --smoke).
+# Results: latest.{md,json} and latest-ratios.svg (smoke.* for --smoke) in
+# loadtests/results/local/ (ignored by git), or in loadtests/results/ with --publish.
 # Loopback only; every process started is stopped at exit (see common.sh).
 set -euo pipefail
 . "$(dirname "$0")/common.sh"

@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """Load-test harness for scf-gateway: the side-by-side comparison with nginx and HAProxy
-(`compare`), the scale runs (`scale`) and the runtime models for workers > 1
-(`runtime`). Driven by compare.sh / scale.sh / runtime.sh, which build the binaries and
-install the tools first; standard library only.
+(`compare`), the scale runs (`scale`), the runtime models for workers > 1 (`runtime`),
+the profile (`profile`) and instructions per request (`instructions`). Driven by the
+scripts beside it, which build the binaries and install the tools first; standard
+library only.
+
+Results go to results/local/ (ignored by git); `--publish` writes them to results/
+instead, which holds the latest published run of each script; `--out DIR` anywhere.
 
 Everything runs on loopback, every load is bounded in time, and every process started
 here is ended (in its own process group) however the run ends.
@@ -31,6 +35,8 @@ GATEWAY_BIN = os.path.join(TARGET_DIR, "release", "scf-gateway")
 FUNCTION_BIN = os.path.join(TARGET_DIR, "release", "examples", "function")
 GATEWAY_RT_BIN = os.path.join(TARGET_DIR, "release", "examples", "gateway_rt")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PUBLISHED_DIR = os.path.join(HERE, "results")
+LOCAL_DIR = os.path.join(PUBLISHED_DIR, "local")
 INVOKE_PATH = "/v1/functions/hello/invocations"
 WEB_PATH = "/web/hello?q=1"
 EVENT = b'{"key1":"value1","key2":"value2","n":42,"source":"wrk"}'
@@ -623,11 +629,19 @@ def machine_info():
     return info
 
 
+def results_dir(args):
+    """Where a run writes its results: `--out DIR`, else results/ with `--publish`, else
+    results/local/ (ignored by git), so that trying things never touches the published
+    figures."""
+    path = args.out or (PUBLISHED_DIR if getattr(args, "publish", False) else LOCAL_DIR)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def compare(args):
     procs = Procs()
     workdir = tempfile.mkdtemp(prefix="scf-compare-")
-    results_dir = args.out or os.path.join(HERE, "results")
-    os.makedirs(results_dir, exist_ok=True)
+    out_dir = results_dir(args)
     raise_nofile()
     order = ["direct", "gateway", "nginx", "haproxy"]
     if args.gateway_rt:
@@ -692,11 +706,12 @@ def compare(args):
     text = "\n".join(lines) + "\n"
     print(text)
     tag = "smoke" if args.smoke else "latest"
-    with open(os.path.join(results_dir, f"{tag}.md"), "w") as f:
+    with open(os.path.join(out_dir, f"{tag}.md"), "w") as f:
         f.write(text)
-    with open(os.path.join(results_dir, f"{tag}.json"), "w") as f:
+    with open(os.path.join(out_dir, f"{tag}.json"), "w") as f:
         json.dump(rounded(report), f, separators=(",", ":"))
-    svg_chart(ratios, os.path.join(results_dir, f"{tag}-ratios.svg"),
+    log(f"results written to {out_dir}")
+    svg_chart(ratios, os.path.join(out_dir, f"{tag}-ratios.svg"),
               f"scf-gateway ratios (medians over {args.rounds} round(s) of {args.duration}s, wrk -c{args.connections})")
     shutil.rmtree(workdir, ignore_errors=True)
     return report
@@ -793,12 +808,16 @@ def scale(args):
         procs.stop_all()
     text = scale_md(results, args)
     print(text)
-    results_dir = args.out or os.path.join(HERE, "results")
-    os.makedirs(results_dir, exist_ok=True)
-    with open(os.path.join(results_dir, "scale.md"), "w") as f:
+    out_dir = results_dir(args)
+    # A run of some parts only is named after them (scale-functions.md), so it does not
+    # replace the results of a full run.
+    parts = [p for p in ("functions", "idle", "body") if p in args.only]
+    tag = "scale" if len(parts) == 3 else "-".join(["scale", *parts])
+    with open(os.path.join(out_dir, f"{tag}.md"), "w") as f:
         f.write(text)
-    with open(os.path.join(results_dir, "scale.json"), "w") as f:
+    with open(os.path.join(out_dir, f"{tag}.json"), "w") as f:
         json.dump(rounded(results), f, separators=(",", ":"))
+    log(f"results written to {out_dir}")
     shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -1078,20 +1097,17 @@ def profile(args):
             time.sleep(0.3)
             run_wrk(gw.url, args.duration, args.connections, 1)
             rec.wait()
-            os.makedirs(args.out or os.path.join(HERE, "results"), exist_ok=True)
             for sort, fname in (("dso,symbol", "perf-self.txt"), ("symbol", "perf-children.txt")):
                 flags = ["--no-children"] if fname == "perf-self.txt" else ["--children"]
                 r = subprocess.run(["perf", "report", "-i", data, *flags, "--sort", sort, "--stdio", "-g", "none",
                                     "--percent-limit", "0.7"], capture_output=True, text=True)
-                dest = os.path.join(args.out or os.path.join(HERE, "results"), fname)
+                dest = os.path.join(results_dir(args), fname)
                 with open(dest, "w") as f:
                     f.write(r.stdout)
                 log(f"wrote {dest}")
     finally:
         procs.stop_all()
-    results_dir = args.out or os.path.join(HERE, "results")
-    os.makedirs(results_dir, exist_ok=True)
-    with open(os.path.join(results_dir, "profile.json"), "w") as f:
+    with open(os.path.join(results_dir(args), "profile.json"), "w") as f:
         json.dump(rounded(out), f, indent=1)
     print(json.dumps(out, indent=1))
     shutil.rmtree(workdir, ignore_errors=True)
@@ -1102,8 +1118,7 @@ def profile(args):
 # The runtime models compared by `runtime` (runtime.sh): name, gateway processes, workers
 # per process. "workers2" is the product as built with two workers: thread-per-core (two
 # current_thread runtimes accepting on one listening socket, each with its own upstream
-# connections; work-stealing before the thread-per-core branch, "stealing2" in older
-# results). "tpc2" is thread-per-core emulated by processes: two processes
+# connections). "tpc2" is thread-per-core emulated by processes: two processes
 # with one current_thread worker each (own runtime, own listener, own upstream pool to the
 # same instances), wrk's two threads sent one to each, as SO_REUSEPORT would split them.
 RUNTIME_MODELS = [
@@ -1316,8 +1331,7 @@ def runtime(args):
     with the same wrk load generator, in alternating rounds."""
     procs = Procs()
     workdir = tempfile.mkdtemp(prefix="scf-runtime-")
-    results_dir = args.out or os.path.join(HERE, "results")
-    os.makedirs(results_dir, exist_ok=True)
+    out_dir = results_dir(args)
     raise_nofile()
     report = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(), "settings": {
         "rounds": args.rounds, "duration_s": args.duration, "connections": args.connections,
@@ -1380,10 +1394,11 @@ def runtime(args):
     text = runtime_md(report, args)
     print(text)
     tag = args.tag or ("smoke-runtime" if args.smoke else "runtime")
-    with open(os.path.join(results_dir, f"{tag}.md"), "w") as f:
+    with open(os.path.join(out_dir, f"{tag}.md"), "w") as f:
         f.write(text)
-    with open(os.path.join(results_dir, f"{tag}.json"), "w") as f:
+    with open(os.path.join(out_dir, f"{tag}.json"), "w") as f:
         json.dump(rounded(report), f, separators=(",", ":"))
+    log(f"results written to {out_dir}")
     shutil.rmtree(workdir, ignore_errors=True)
     return report
 
@@ -1483,6 +1498,8 @@ def main():
     c.add_argument("--wrk-cpus", default=None, help="taskset CPU list for wrk/k6, e.g. 1")
     c.add_argument("--server-cpus", default=None, help="taskset CPU list for the instance and proxies, e.g. 0")
     c.add_argument("--out", default=None)
+    c.add_argument("--publish", action="store_true",
+                   help="write the results to loadtests/results/ (the published ones) instead of results/local/")
     c.add_argument("--baseline", default=None,
                    help="another scf-gateway binary, measured as a fifth target (gateway/baseline ratios)")
     c.add_argument("--gateway-rt", default=None, choices=["current", "multi"],
@@ -1502,11 +1519,15 @@ def main():
     s.add_argument("--idle-connections", type=int, default=10_000)
     s.add_argument("--body-mb", type=int, default=64)
     s.add_argument("--out", default=None)
+    s.add_argument("--publish", action="store_true",
+                   help="write the results to loadtests/results/ (the published ones) instead of results/local/")
     pr = sub.add_parser("profile")
     pr.add_argument("--duration", type=int, default=6)
     pr.add_argument("--connections", type=int, default=64)
     pr.add_argument("--no-record", action="store_true")
     pr.add_argument("--out", default=None)
+    pr.add_argument("--publish", action="store_true",
+                    help="write the results to loadtests/results/ (the published ones) instead of results/local/")
     ins = sub.add_parser("instructions")
     ins.add_argument("--duration", type=int, default=10)
     ins.add_argument("--connections", type=int, default=16)
@@ -1526,6 +1547,8 @@ def main():
     rt.add_argument("--smoke", action="store_true")
     rt.add_argument("--tag", default=None, help="results file name (default runtime, smoke-runtime)")
     rt.add_argument("--out", default=None)
+    rt.add_argument("--publish", action="store_true",
+                    help="write the results to loadtests/results/ (the published ones) instead of results/local/")
     args = ap.parse_args()
     if args.cmd == "profile":
         args.server_cpus = None

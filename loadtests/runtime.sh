@@ -15,7 +15,8 @@
 #   loadtests/runtime.sh --smoke         1 round x 2 s
 #   loadtests/runtime.sh --instances 2 --tag runtime-2instances
 #
-# Results: loadtests/results/runtime.{md,json} (smoke-runtime.* for --smoke).
+# Results: runtime.{md,json} (smoke-runtime.* for --smoke) in loadtests/results/local/
+# (ignored by git), or in loadtests/results/ with --publish.
 # Loopback only; every process started is stopped at exit (see common.sh).
 set -euo pipefail
 . "$(dirname "$0")/common.sh"

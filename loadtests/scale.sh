@@ -11,7 +11,9 @@
 #                      [--idle-connections 10000] [--body-mb 64]
 #                      [--upstream-idle-timeout 60s] [--scale-rounds 2]
 #                      [--gateway-cpus 1 --load-cpus 0]  (functions run: pinned, gateway-bound)
-# Results: loadtests/results/scale.{md,json}.
+#                      [--publish]
+# Results: scale.{md,json} (scale-functions.* and the like for --only) in
+# loadtests/results/local/ (ignored by git), or in loadtests/results/ with --publish.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 build_release

@@ -5,8 +5,31 @@
 //! references, applies the contract's defaults and collects *every* problem it finds
 //! (each with a `file:line:col` or a key path) instead of stopping at the first one.
 //! The result is the plain data below, which the rest of the gateway consumes.
+//!
+//! The walk, by file:
+//! - `parse`: the entry point and the top level, section by section;
+//! - `walk`: the walking context, positions and the collected problems;
+//! - `values`: typed values (integers in range, durations, addresses, secrets);
+//! - `env`: `${VAR}` resolution;
+//! - `server`, `platform` (with `[credentials]`), `functions`, `launch`, `routes`:
+//!   one section each, with its keys, defaults and rules;
+//! - `unbuilt`: keys of features that are not built yet, refused as such.
 
+mod env;
+mod functions;
+mod launch;
 mod parse;
+mod platform;
+mod routes;
+mod server;
+mod unbuilt;
+mod values;
+mod walk;
+
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -1,7 +1,7 @@
 //! The validated configuration: what the TOML file says, checked once at start-up so
 //! that nothing on the request path ever has to wonder whether a value makes sense.
 //!
-//! Loading is two steps. [`parse`] walks the spanned TOML tree, resolves `${VAR}`
+//! Loading is two steps. [`parse()`] walks the spanned TOML tree, resolves `${VAR}`
 //! references, applies the contract's defaults and collects *every* problem it finds
 //! (each with a `file:line:col` or a key path) instead of stopping at the first one.
 //! The result is the plain data below, which the rest of the gateway consumes.

@@ -6,6 +6,8 @@
 use super::attribution::State;
 use super::MAX_LINE;
 
+// === impl State: lines (the state itself is in `attribution`) ===
+
 impl State {
     /// Splits bytes read from pipe `i` into lines of at most [`MAX_LINE`] bytes.
     pub(super) fn feed(&mut self, i: usize, mut data: &[u8]) {

@@ -105,6 +105,8 @@ async fn readable(rx: Option<&pipe::Receiver>) -> io::Result<()> {
     }
 }
 
+// === impl State: reading (the state itself is in `attribution`) ===
+
 impl State {
     /// One read from open pipe `i` with `read`, fed into lines; closes it at EOF.
     fn read_chunk(

@@ -1,12 +1,5 @@
-//! The Report line that closes an invocation's log, and durations as log fields.
-//!
-//! `Report RequestId: <id> Duration:<ms>ms BilledDuration:<ms>ms Memory:<MB>MB MemUsage:<MB>MB`:
-//! - `Duration` in milliseconds with exactly 2 decimals, rounded half up (`Duration:12.35ms`);
-//! - `BilledDuration` is the duration rounded **up** to the next whole millisecond
-//!   (12.01 ms -> 13, exactly 12 ms -> 12, 0 -> 0), see [`billed_millis`];
-//! - `Memory` is the configured `memory_mb`, an integer;
-//! - `MemUsage` is the invocation's peak memory in MiB (1 MB = 1,048,576 bytes, as
-//!   `memory_mb`) with exactly 2 decimals, rounded half up; `MemUsage:0.00MB` when unknown.
+//! The Report line that closes an invocation's log ([`report_line`]), the billing rule
+//! ([`billed_millis`]) and durations as log fields ([`duration_ms`]).
 
 use std::time::Duration;
 
@@ -21,8 +14,13 @@ pub struct Report {
     pub mem_usage_bytes: Option<u64>,
 }
 
-/// `Report RequestId: <id> Duration:<ms>ms BilledDuration:<ms>ms Memory:<MB>MB MemUsage:<MB>MB`
-/// with the formats described in the module docs.
+/// `Report RequestId: <id> Duration:<ms>ms BilledDuration:<ms>ms Memory:<MB>MB MemUsage:<MB>MB`:
+/// - `Duration` in milliseconds with exactly 2 decimals, rounded half up (`Duration:12.35ms`);
+/// - `BilledDuration` is the duration rounded **up** to the next whole millisecond
+///   (12.01 ms -> 13, exactly 12 ms -> 12, 0 -> 0), see [`billed_millis`];
+/// - `Memory` is the configured `memory_mb`, an integer;
+/// - `MemUsage` is the invocation's peak memory in MiB (1 MB = 1,048,576 bytes, as
+///   `memory_mb`) with exactly 2 decimals, rounded half up; `MemUsage:0.00MB` when unknown.
 pub fn report_line(request_id: &str, report: &Report) -> String {
     let nanos = report.duration.as_nanos();
     let duration = hundredths((nanos + 5_000) / 10_000);

@@ -1,0 +1,51 @@
+//! `[server]`: listeners, limits, workers, shutdown and the access log.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::walk::{Ctx, Section};
+use super::ServerConfig;
+
+const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "admin_listen",
+    "max_body_bytes",
+    "workers",
+    "shutdown_grace",
+    "access_log",
+    "upstream_idle_timeout",
+];
+
+pub(super) fn read_server(ctx: &mut Ctx<'_>, s: &Section<'_, '_>) -> ServerConfig {
+    ctx.check_keys(s, SERVER_KEYS);
+    let default_workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let listen = ctx.get_addr(s, "listen", SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let admin_listen = ctx.get_addr(s, "admin_listen", SocketAddr::from(([127, 0, 0, 1], 9090)));
+    if listen == admin_listen && listen.port() != 0 {
+        if let Some((_, value)) = s.get("admin_listen").or_else(|| s.get("listen")) {
+            ctx.error(
+                value.span(),
+                format!("server.admin_listen: must differ from server.listen ({listen})"),
+            );
+        }
+    }
+    let cpus = u64::try_from(default_workers).unwrap_or(1);
+    let workers = ctx.get_u64(s, "workers", 1..=1024, cpus);
+    ServerConfig {
+        listen,
+        admin_listen,
+        max_body_bytes: ctx.get_u64(s, "max_body_bytes", 1..=u64::MAX, 6 * 1024 * 1024),
+        workers: usize::try_from(workers).unwrap_or(default_workers),
+        shutdown_grace: ctx.get_duration(s, "shutdown_grace", Duration::from_secs(30), false),
+        access_log: ctx.get_bool(s, "access_log", false),
+        upstream_idle_timeout: ctx.get_duration(
+            s,
+            "upstream_idle_timeout",
+            Duration::from_secs(4),
+            true,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests;

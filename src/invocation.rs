@@ -12,7 +12,7 @@
 //!    is freed, so the next holder of the slot finds it warm;
 //! 2. a launched instance whose invocation timed out is stopped (it is still busy in
 //!    user code) and the timeout is logged at WARN with the request id;
-//! 3. the time on the instance is billed ([`billed_millis`]) and, for a launched
+//! 3. the time on the instance is billed (the rule is [`billed_millis`]) and, for a launched
 //!    instance, its `END` and `Report` lines are written and the log tail handed over;
 //! 4. the slot is freed;
 //! 5. the outcome and duration are counted, and access-logged when asked for.
@@ -30,15 +30,9 @@ use tokio::time::Instant;
 use crate::error::GatewayError;
 use crate::function::Function;
 use crate::instance::cgroup::MemoryProbe;
-use crate::instance::logs::Report;
+use crate::instance::logs::{billed_millis, duration_ms, Report};
 use crate::metrics::Outcome;
 use crate::pool::{Instance, PooledConn, Slot};
-
-/// The billing rule: time on an instance, rounded up to the next whole millisecond.
-/// The `Report` line and `scf_gateway_billed_gb_seconds_total` both use it.
-pub fn billed_millis(duration: Duration) -> u64 {
-    duration.as_nanos().div_ceil(1_000_000) as u64
-}
 
 /// What the access log says of a request beyond its outcome: kept only when
 /// `server.access_log` is on, so an invocation without it carries nothing extra.
@@ -194,7 +188,7 @@ impl Invocation {
                 path = %access.path,
                 status,
                 outcome = outcome.as_str(),
-                duration_ms = round_ms(elapsed),
+                duration_ms = duration_ms(elapsed),
                 "invocation"
             );
         }
@@ -294,11 +288,6 @@ fn end_logs(
     }
 }
 
-/// Milliseconds with at most three decimals, for log records.
-fn round_ms(d: Duration) -> f64 {
-    d.as_micros() as f64 / 1000.0
-}
-
 /// `3s`, `500ms`: a duration as a person configured it.
 fn humane(d: Duration) -> String {
     if d.subsec_millis() == 0 {
@@ -313,17 +302,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn billing_rounds_up_to_the_millisecond() {
-        assert_eq!(billed_millis(Duration::from_nanos(12_000_001)), 13);
-        assert_eq!(billed_millis(Duration::from_millis(12)), 12);
-        assert_eq!(billed_millis(Duration::ZERO), 0);
-        assert_eq!(billed_millis(Duration::from_nanos(1)), 1);
-    }
-
-    #[test]
-    fn log_durations_keep_three_decimals() {
-        assert_eq!(round_ms(Duration::from_nanos(172_978_863)), 172.978);
-        assert_eq!(round_ms(Duration::from_millis(3)), 3.0);
+    fn timeouts_read_as_configured() {
         assert_eq!(humane(Duration::from_secs(3)), "3s");
         assert_eq!(humane(Duration::from_millis(1500)), "1500ms");
     }

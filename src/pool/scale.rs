@@ -102,7 +102,7 @@ async fn start_one(pool: Arc<Pool>) {
                 function = %pool.function,
                 instance = %instance.name(),
                 addr = %instance.addr(),
-                duration_ms = took.as_secs_f64() * 1000.0,
+                duration_ms = crate::instance::logs::duration_ms(took),
                 "cold start"
             );
             pool.spawn_keeper(index);

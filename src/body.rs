@@ -360,7 +360,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub enum GatewayBody {
     /// Boxed: one allocation per invocation is cheaper than copying the body (with its
     /// connection and invocation, ~400 bytes) each of the several times the response moves
-    /// on its way through hyper's dispatcher (callgrind: -500 instructions/request).
+    /// on its way through hyper's dispatcher.
     Invocation(Box<InvocationBody>),
     Full(Option<Bytes>),
 }

@@ -82,7 +82,7 @@ struct State {
 }
 
 /// 32 bytes: four entries fill two cache lines, and picking an instance reads them all
-/// (with an `Instant` for the idle time it was 40, three lines).
+/// (hence the idle time as milliseconds from an epoch, not an `Instant`).
 struct Entry {
     instance: Arc<Instance>,
     /// The instance's upstream, so that weighing an entry's load reads the shared
@@ -613,7 +613,7 @@ impl State {
     /// The least-loaded instance that is up and has a free slot. Load is counted per
     /// address, across every function whose pool lists it: a thousand functions that
     /// each see their own instances idle would otherwise pile onto one address at
-    /// random (measured: 12 to 35 connections per address instead of 16 each). Two
+    /// random, several times its fair share on some. Two
     /// random choices keep the cost flat for large pools; a scan from a random start
     /// catches the case where both choices are full, and spreads ties.
     fn pick(&self, per_instance: u32) -> Option<usize> {

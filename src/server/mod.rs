@@ -34,12 +34,12 @@ use crate::config::Config;
 use crate::invoke::Gateway;
 use crate::worker;
 
+mod memory;
+
+use memory::{memory_upkeep, RELEASED, TRIM_AFTER_RELEASED, TRIM_PERIOD};
+
 /// How long launched instances get to exit on SIGTERM before SIGKILL at shutdown.
 const INSTANCE_STOP_GRACE: Duration = Duration::from_secs(3);
-/// How often released connection memory may be given back to the system, and after how
-/// many released connections (see `memory_upkeep`).
-const TRIM_PERIOD: Duration = Duration::from_secs(1);
-const TRIM_AFTER_RELEASED: usize = 256;
 
 /// A started gateway: its listeners are bound and serving.
 pub struct RunningGateway {
@@ -617,9 +617,6 @@ async fn wait_readable(
     .await
 }
 
-/// Connections parked or closed since the last `malloc_trim` (see `memory_upkeep`).
-static RELEASED: AtomicUsize = AtomicUsize::new(0);
-
 /// What a client connection's task and its requests share: counters read once per tick.
 /// Everything runs on the connection's task (relaxed atomics only for `Send`).
 #[derive(Default)]
@@ -985,42 +982,6 @@ async fn is_h2_preface(stream: &TcpStream, mut timer: Pin<&mut Sleep>) -> bool {
     }
     false
 }
-
-/// Gives the heap pages of released connections back to the system.
-///
-/// glibc's `free` returns memory only from the top of the heap; the 8 KB buffers of
-/// thousands of parked or closed connections sit between live allocations, so without a
-/// trim the RSS of a burst of connections stays at its peak forever. `malloc_trim(0)`
-/// releases every free page but the first of each free chunk; it is run at most once per
-/// `period`, and only after at least `min_released` connections were parked or closed
-/// since the last one. The daemon is normally linked with jemalloc (src/main.rs), which
-/// returns pages by itself; this is for builds and embedders on glibc's malloc, and
-/// costs next to nothing when glibc's heap is all but empty.
-async fn memory_upkeep(period: Duration, min_released: usize) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let released = RELEASED.load(Ordering::Relaxed);
-        if released >= min_released {
-            RELEASED.store(0, Ordering::Relaxed);
-            let start = Instant::now();
-            trim_heap();
-            tracing::debug!(released, took = ?start.elapsed(), "heap trimmed");
-        }
-    }
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim_heap() {
-    // SAFETY: malloc_trim has no preconditions; it only takes the allocator's locks.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim_heap() {}
 
 /// Runs the daemon until SIGTERM or SIGINT, then shuts down gracefully.
 ///

@@ -34,8 +34,10 @@ use crate::config::Config;
 use crate::invoke::Gateway;
 use crate::worker;
 
+mod balance;
 mod memory;
 
+use balance::Balance;
 use memory::{memory_upkeep, RELEASED, TRIM_AFTER_RELEASED, TRIM_PERIOD};
 
 /// How long launched instances get to exit on SIGTERM before SIGKILL at shutdown.
@@ -820,41 +822,6 @@ impl AsyncWrite for ClientIo<'_> {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut *this.stream).poll_shutdown(cx)
-    }
-}
-
-/// The open client connections of each worker sharing a listening socket.
-struct Balance {
-    open: Box<[AtomicUsize]>,
-    /// Notified whenever a worker opens or closes a connection.
-    changed: Notify,
-}
-
-/// Connections a worker may have above the least-loaded one and still accept.
-const ACCEPT_SLACK: usize = 1;
-
-impl Balance {
-    fn new(workers: usize) -> Balance {
-        Balance {
-            open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
-            changed: Notify::new(),
-        }
-    }
-
-    fn over_share(&self, index: usize) -> bool {
-        let mine = self.open[index].load(Ordering::Relaxed);
-        self.open
-            .iter()
-            .any(|o| mine > o.load(Ordering::Relaxed) + ACCEPT_SLACK)
-    }
-
-    fn add(&self, index: usize, opened: bool) {
-        if opened {
-            self.open[index].fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.open[index].fetch_sub(1, Ordering::Relaxed);
-        }
-        self.changed.notify_waiters();
     }
 }
 

@@ -2,7 +2,6 @@
 //! `server.listen`, the admin listener, and the graceful shutdown that lets in-flight
 //! invocations finish within `shutdown_grace`.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::io;
@@ -10,7 +9,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 
@@ -35,9 +34,11 @@ use crate::invoke::Gateway;
 use crate::worker;
 
 mod balance;
+mod drain;
 mod memory;
 
 use balance::Balance;
+use drain::{Drain, Open};
 use memory::{memory_upkeep, RELEASED, TRIM_AFTER_RELEASED, TRIM_PERIOD};
 
 /// How long launched instances get to exit on SIGTERM before SIGKILL at shutdown.
@@ -823,105 +824,6 @@ impl AsyncWrite for ClientIo<'_> {
         }
         Pin::new(&mut *this.stream).poll_shutdown(cx)
     }
-}
-
-/// Tells every open connection to finish what is in flight and close, at no cost per
-/// request: a connection registers its task's waker once, then checks one flag when
-/// polled (hyper-util's watcher re-registers on a watch channel at every poll).
-#[derive(Default)]
-struct Drain {
-    closing: AtomicBool,
-    wakers: Mutex<HashMap<u64, Waker>>,
-    next_id: AtomicU64,
-    open: AtomicUsize,
-    all_closed: Notify,
-    /// HTTP/1 connections parked so far (a figure for tests).
-    parked: AtomicUsize,
-    /// The worker's place among those sharing its listening socket, if any.
-    share: Option<(Arc<Balance>, usize)>,
-}
-
-impl Drain {
-    /// The drain of worker `index`, counting its connections in `balance` too.
-    fn sharing(balance: Option<Arc<Balance>>, index: usize) -> Drain {
-        Drain {
-            share: balance.map(|b| (b, index)),
-            ..Drain::default()
-        }
-    }
-
-    /// Counts a connection as open until the guard drops.
-    fn enter(self: &Arc<Self>) -> Open {
-        self.open.fetch_add(1, Ordering::AcqRel);
-        if let Some((balance, index)) = &self.share {
-            balance.add(*index, true);
-        }
-        Open {
-            drain: self.clone(),
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-        }
-    }
-
-    fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
-    }
-
-    fn open(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
-
-    fn start(&self) {
-        self.closing.store(true, Ordering::Release);
-        let wakers: Vec<Waker> = lock(&self.wakers).drain().map(|(_, w)| w).collect();
-        for waker in wakers {
-            waker.wake();
-        }
-    }
-
-    async fn closed(&self) {
-        loop {
-            let notified = self.all_closed.notified();
-            if self.open.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// A connection counted by a [`Drain`].
-struct Open {
-    drain: Arc<Drain>,
-    id: u64,
-}
-
-impl Open {
-    /// Registers the calling task to be woken when draining starts (a task's waker
-    /// stays valid for the task's life, so once is enough).
-    async fn register(&self) {
-        poll_fn(|cx| {
-            lock(&self.drain.wakers).insert(self.id, cx.waker().clone());
-            Poll::Ready(())
-        })
-        .await
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        lock(&self.drain.wakers).remove(&self.id);
-        if let Some((balance, index)) = &self.drain.share {
-            balance.add(*index, false);
-        }
-        RELEASED.fetch_add(1, Ordering::Relaxed);
-        if self.drain.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.drain.all_closed.notify_waiters();
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Whether a new connection starts with the HTTP/2 connection preface. Peeks without

@@ -8,14 +8,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -33,10 +32,12 @@ use crate::config::Config;
 use crate::invoke::Gateway;
 use crate::worker;
 
+mod activity;
 mod balance;
 mod drain;
 mod memory;
 
+use activity::{Activity, InFlight, Tracking};
 use balance::Balance;
 use drain::{Drain, Open};
 use memory::{memory_upkeep, RELEASED, TRIM_AFTER_RELEASED, TRIM_PERIOD};
@@ -620,64 +621,6 @@ async fn wait_readable(
     .await
 }
 
-/// What a client connection's task and its requests share: counters read once per tick.
-/// Everything runs on the connection's task (relaxed atomics only for `Send`).
-#[derive(Default)]
-struct Activity {
-    /// Socket reads and writes that moved bytes.
-    moved: AtomicU64,
-    /// Request heads handed to the handler.
-    requests: AtomicU64,
-    /// Requests whose response body hyper has not dropped yet.
-    in_flight: AtomicUsize,
-    /// The last socket write would have blocked: hyper holds unsent response bytes.
-    write_blocked: AtomicBool,
-    /// hyper is being shut down only to park the connection: keep the socket open.
-    parking: AtomicBool,
-}
-
-impl Activity {
-    fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
-
-    fn moved(&self) -> u64 {
-        self.moved.load(Ordering::Relaxed)
-    }
-
-    fn bump_moved(&self) {
-        // One writer (the connection's task): no read-modify-write needed.
-        self.moved.store(self.moved() + 1, Ordering::Relaxed);
-    }
-
-    fn wrote(&self, poll: &Poll<io::Result<usize>>) {
-        match poll {
-            Poll::Ready(Ok(n)) if *n > 0 => {
-                self.bump_moved();
-                self.write_blocked.store(false, Ordering::Relaxed);
-            }
-            Poll::Pending => self.write_blocked.store(true, Ordering::Relaxed),
-            _ => {}
-        }
-    }
-}
-
-/// Counts a request as in flight from its head to the drop of its response body.
-struct InFlight(Arc<Activity>);
-
-impl InFlight {
-    fn new(activity: Arc<Activity>) -> InFlight {
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(activity)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 pin_project! {
     /// The handler's future as hyper's service future, polled in place. An `async`
     /// block awaiting the handler's future would hold it twice (the captured future
@@ -695,64 +638,6 @@ impl<F: Future> Future for Infallibly<F> {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.project().inner.poll(cx).map(Ok)
-    }
-}
-
-pin_project! {
-    /// [`Infallibly`] for HTTP/1, marking the request in flight until its response
-    /// body is dropped.
-    struct Tracking<F> {
-        #[pin]
-        inner: F,
-        in_flight: Option<InFlight>,
-    }
-}
-
-impl<F, B> Future for Tracking<F>
-where
-    F: Future<Output = Response<B>>,
-{
-    type Output = Result<Response<Tracked<B>>, Infallible>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = ready!(this.inner.poll(cx));
-        // An `Option` only so that the mark can move out of the pinned future.
-        let in_flight = this.in_flight.take();
-        Poll::Ready(Ok(response.map(|body| Tracked {
-            body,
-            _in_flight: in_flight,
-        })))
-    }
-}
-
-/// A response body that keeps its request counted in flight until hyper drops it.
-struct Tracked<B> {
-    body: B,
-    _in_flight: Option<InFlight>,
-}
-
-impl<B: Body + Unpin> Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    #[inline]
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    #[inline]
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    #[inline]
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

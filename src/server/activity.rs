@@ -74,7 +74,7 @@ impl Drop for InFlight {
 }
 
 pin_project! {
-    /// [`Infallibly`](super::Infallibly) for HTTP/1, marking the request in flight
+    /// [`Infallibly`](super::connection::Infallibly) for HTTP/1, marking the request in flight
     /// until its response body is dropped.
     pub(super) struct Tracking<F> {
         #[pin]

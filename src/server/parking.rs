@@ -21,9 +21,9 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::activity::{Activity, InFlight, Tracking};
+use super::connection::ClientTimers;
 use super::drain::Drain;
 use super::memory::RELEASED;
-use super::ClientTimers;
 use crate::body::GatewayBody;
 
 /// Serves HTTP/1.1 on a connection, parking it whenever it is quiet.

@@ -2,7 +2,6 @@
 //! `server.listen`, the admin listener, and the graceful shutdown that lets in-flight
 //! invocations finish within `shutdown_grace`.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -10,19 +9,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin;
-use crate::body::GatewayBody;
 use crate::config::Config;
 use crate::invoke::Gateway;
 use crate::worker;
 
+mod accept;
 mod activity;
 mod balance;
 mod connection;
@@ -30,9 +26,9 @@ mod drain;
 mod memory;
 mod parking;
 
-use activity::Activity;
+use accept::serve;
 use balance::Balance;
-use connection::{client_connection, ClientTimers, CLIENT_TIMERS};
+use connection::CLIENT_TIMERS;
 use drain::Drain;
 use memory::{memory_upkeep, TRIM_AFTER_RELEASED, TRIM_PERIOD};
 
@@ -274,86 +270,6 @@ async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
-/// Accepts connections until told to stop, then drains them for at most `grace`.
-/// Several workers may serve one listening socket: each is woken by a new connection
-/// and one wins the accept (the others' `EAGAIN` stays inside tokio). The first to run
-/// would take a whole burst (measured: 56 of 64 wrk connections on one of two workers),
-/// so a worker with more than its share of open connections (see [`Balance`]) leaves
-/// new ones to the others until that changes.
-async fn serve<F, Fut>(
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-    grace: Duration,
-    timers: ClientTimers,
-    drain: Arc<Drain>,
-    connections: crate::metrics::Counter,
-    handler: F,
-) where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<GatewayBody>> + Send + 'static,
-{
-    // No hyper timer for HTTP/1: its header-read timeout allocates and arms a timer per
-    // request. The connection task keeps one coarse timer instead (see `serve_http1`).
-    let mut http1 = hyper::server::conn::http1::Builder::new();
-    http1.keep_alive(true).header_read_timeout(None);
-    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http2.timer(TokioTimer::new());
-    let builders = Arc::new((http1, http2));
-    'accepting: loop {
-        if let Some((balance, index)) = &drain.share {
-            loop {
-                // Created before the check: a change in between is not missed.
-                let changed = balance.changed.notified();
-                if !balance.over_share(*index) {
-                    break;
-                }
-                tokio::select! {
-                    _ = changed => {}
-                    _ = stop.changed() => break 'accepting,
-                }
-            }
-        }
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    connections.increment(1);
-                    // Small request/response exchanges must not wait for Nagle.
-                    let _ = stream.set_nodelay(true);
-                    // The connection's long-lived allocations (task, registration,
-                    // activity) are made here, side by side, not between the short-lived
-                    // buffers of requests: that keeps the heap of many idle
-                    // connections dense (see `memory_upkeep`).
-                    tokio::spawn(client_connection(
-                        stream,
-                        peer,
-                        handler.clone(),
-                        builders.clone(),
-                        drain.enter(),
-                        Arc::new(Activity::default()),
-                        timers,
-                    ));
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = stop.changed() => break,
-        }
-    }
-    drop(listener);
-    let open = drain.open();
-    drain.start();
-    if tokio::time::timeout(grace, drain.closed()).await.is_err() {
-        tracing::warn!(
-            connections = open,
-            ?grace,
-            "shutdown grace expired with invocations still in flight"
-        );
-    }
-}
-
 /// Runs the daemon until SIGTERM or SIGINT, then shuts down gracefully.
 ///
 /// Thread-per-core: every worker is a `current_thread` runtime, no work stealing and no
@@ -392,7 +308,11 @@ async fn wait_for_signal() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::body::GatewayBody;
     use bytes::Bytes;
+    use connection::ClientTimers;
+    use http::{Request, Response};
+    use hyper::body::Incoming;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
     use tokio::time::Instant;

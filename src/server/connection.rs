@@ -162,3 +162,22 @@ async fn is_h2_preface(stream: &TcpStream, mut timer: Pin<&mut Sleep>) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpStream;
+
+    use crate::server::testing::*;
+
+    #[tokio::test]
+    async fn a_silent_new_connection_is_closed_after_the_header_timeout() {
+        let server = start(TIMERS).await;
+        let mut client = TcpStream::connect(server.addr).await.unwrap();
+        let waited = closed_after(&mut client).await;
+        assert!(
+            waited >= TIMERS.header - TIMERS.tick,
+            "closed after {waited:?}"
+        );
+        assert_eq!(parked(&server), 0);
+    }
+}

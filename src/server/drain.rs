@@ -113,3 +113,42 @@ impl Drop for Open {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    use tokio::time::Instant;
+
+    use crate::server::testing::*;
+
+    #[tokio::test]
+    async fn draining_closes_parked_connections_at_once_and_lets_busy_ones_finish() {
+        let server = start(TIMERS).await;
+        let mut idle = TcpStream::connect(server.addr).await.unwrap();
+        exchange(&mut idle, "/").await;
+        wait_parked(&server, 1).await;
+        let mut busy = TcpStream::connect(server.addr).await.unwrap();
+        busy.write_all(b"GET /?sleep=300 HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(TIMERS.tick).await;
+        let start = Instant::now();
+        server.stop.send(true).unwrap();
+        // At once: not after the idle timeout or the grace.
+        assert!(closed_after(&mut idle).await < TIMERS.idle / 2);
+        let head = read_response(&mut busy).await;
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+        closed_after(&mut busy).await;
+        tokio::time::timeout(SOON, server.task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+}

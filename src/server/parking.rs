@@ -264,3 +264,125 @@ impl AsyncWrite for ClientIo<'_> {
         Pin::new(&mut *this.stream).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    use tokio::time::Instant;
+
+    use crate::server::testing::*;
+
+    #[tokio::test]
+    async fn a_quiet_connection_is_parked_and_then_serves_again() {
+        let server = start(TIMERS).await;
+        let mut client = TcpStream::connect(server.addr).await.unwrap();
+        exchange(&mut client, "/").await;
+        // Quiet for a tick: parked, still open.
+        wait_parked(&server, 1).await;
+        assert!(still_open(&mut client, TIMERS.tick).await);
+        let head = exchange(&mut client, "/").await;
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+        // Pipelined requests are all answered.
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let both = read_response(&mut client).await;
+        if both.matches("\r\n\r\nok").count() < 2 {
+            read_response(&mut client).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_split_across_a_park_is_kept() {
+        let server = start(TIMERS).await;
+        let mut client = TcpStream::connect(server.addr).await.unwrap();
+        exchange(&mut client, "/").await;
+        client.write_all(b"GET / HTTP/1.1\r\nHost").await.unwrap();
+        // hyper read the partial head; the connection is parked with those bytes.
+        wait_parked(&server, 1).await;
+        assert!(still_open(&mut client, TIMERS.tick * 2).await);
+        client.write_all(b": test\r\n\r\n").await.unwrap();
+        let head = read_response(&mut client).await;
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+        // A head that starts while parked is not parked again half-way (hyper would
+        // answer it with `Connection: close`), and is served.
+        wait_parked(&server, 2).await;
+        client.write_all(b"GET / HTTP/1.1\r\nHost").await.unwrap();
+        assert!(still_open(&mut client, TIMERS.tick * 3).await);
+        assert_eq!(parked(&server), 2);
+        client.write_all(b": test\r\n\r\n").await.unwrap();
+        let head = read_response(&mut client).await;
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+        let server = start(TIMERS).await;
+        let mut client = TcpStream::connect(server.addr).await.unwrap();
+        exchange(&mut client, "/").await;
+        let waited = closed_after(&mut client).await;
+        assert!(
+            waited >= TIMERS.idle - TIMERS.tick * 2,
+            "closed after {waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_head_trickling_in_is_cut_at_the_header_timeout() {
+        let server = start(TIMERS).await;
+        // A byte faster than a tick (never quiet) and slower than two ticks (parked in
+        // between, with its partial head).
+        for pause in [TIMERS.tick / 2, TIMERS.tick * 3] {
+            let mut client = TcpStream::connect(server.addr).await.unwrap();
+            exchange(&mut client, "/").await;
+            let start = Instant::now();
+            let mut gone = false;
+            for line in
+                std::iter::once(&b"GET / HTTP/1.1\r\n"[..]).chain(std::iter::repeat(&b"X"[..]))
+            {
+                if client.write_all(line).await.is_err() || !still_open(&mut client, pause).await {
+                    gone = true;
+                    break;
+                }
+                if start.elapsed() > SOON {
+                    break;
+                }
+            }
+            assert!(
+                gone,
+                "a trickling head (a byte every {pause:?}) was never cut"
+            );
+            let waited = start.elapsed();
+            assert!(
+                waited >= TIMERS.header - TIMERS.tick * 2,
+                "cut after {waited:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_request_in_flight_is_neither_parked_nor_cut() {
+        let server = start(TIMERS).await;
+        let mut client = TcpStream::connect(server.addr).await.unwrap();
+        // Longer than the header and idle timeouts, many ticks.
+        let head = exchange(&mut client, "/?sleep=700").await;
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+        assert_eq!(parked(&server), 0);
+        exchange(&mut client, "/").await;
+    }
+}

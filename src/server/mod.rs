@@ -1,6 +1,13 @@
-//! Listeners and lifecycle: HTTP/1.1 and HTTP/2 (h2c with prior knowledge) on
-//! `server.listen`, the admin listener, and the graceful shutdown that lets in-flight
-//! invocations finish within `shutdown_grace`.
+//! The daemon's serving side: the listeners, the worker threads that serve them, and how
+//! they stop. `server.listen` and the admin listener speak HTTP/1.1 and HTTP/2 (h2c with
+//! prior knowledge); at shutdown, in-flight invocations get `shutdown_grace` to finish.
+//!
+//! A client connection passes through the submodules in this order: `accept` (a worker
+//! takes it, unless it holds more than its share: `balance`), `connection` (its task and
+//! timers, HTTP/2 or HTTP/1.1), `parking` (HTTP/1.1, idle connections parked, told from
+//! busy ones by `activity`) and `drain` (counted until it closes, told to finish at
+//! shutdown). `memory` gives what closed and parked connections release back to the
+//! system.
 
 use std::io;
 use std::net::SocketAddr;
@@ -304,5 +311,6 @@ async fn wait_for_signal() -> io::Result<()> {
         }
     }
 }
+
 #[cfg(test)]
 mod testing;

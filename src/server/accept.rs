@@ -1,0 +1,100 @@
+//! A worker's accept loop: where client connections enter, where a worker holding more
+//! than its share stops taking them, and where, at shutdown, accepting ends and draining
+//! begins. The same loop serves the invocation listener on every worker and the admin
+//! listener, with a different handler.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::activity::Activity;
+use super::connection::{client_connection, ClientTimers};
+use super::drain::Drain;
+use crate::body::GatewayBody;
+
+/// Accepts connections until told to stop, then drains them for at most `grace`.
+/// Several workers may serve one listening socket: each is woken by a new connection
+/// and one wins the accept (the others' `EAGAIN` stays inside tokio). The first to run
+/// would take a whole burst, so a worker with more than its share of open connections
+/// (see [`Balance`](super::balance::Balance)) leaves new ones to the others until that
+/// changes.
+pub(super) async fn serve<F, Fut>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+    timers: ClientTimers,
+    drain: Arc<Drain>,
+    connections: crate::metrics::Counter,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<GatewayBody>> + Send + 'static,
+{
+    // No hyper timer for HTTP/1: its header-read timeout allocates and arms a timer per
+    // request. The connection task keeps one coarse timer instead (see `serve_http1`).
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1.keep_alive(true).header_read_timeout(None);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2.timer(TokioTimer::new());
+    let builders = Arc::new((http1, http2));
+    'accepting: loop {
+        if let Some((balance, index)) = &drain.share {
+            loop {
+                // Created before the check: a change in between is not missed.
+                let changed = balance.changed.notified();
+                if !balance.over_share(*index) {
+                    break;
+                }
+                tokio::select! {
+                    _ = changed => {}
+                    _ = stop.changed() => break 'accepting,
+                }
+            }
+        }
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.increment(1);
+                    // Small request/response exchanges must not wait for Nagle.
+                    let _ = stream.set_nodelay(true);
+                    // The connection's long-lived allocations (task, registration,
+                    // activity) are made here, side by side, not between the short-lived
+                    // buffers of requests: that keeps the heap of many idle
+                    // connections dense (see `memory_upkeep`).
+                    tokio::spawn(client_connection(
+                        stream,
+                        peer,
+                        handler.clone(),
+                        builders.clone(),
+                        drain.enter(),
+                        Arc::new(Activity::default()),
+                        timers,
+                    ));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    let open = drain.open();
+    drain.start();
+    if tokio::time::timeout(grace, drain.closed()).await.is_err() {
+        tracing::warn!(
+            connections = open,
+            ?grace,
+            "shutdown grace expired with invocations still in flight"
+        );
+    }
+}

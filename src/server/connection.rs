@@ -1,0 +1,183 @@
+//! One client connection's task, from accept to close: the timers that bound a client,
+//! and the choice between HTTP/2 with prior knowledge and HTTP/1.1 (see `parking`). The
+//! task of every open connection holds this future for the connection's whole life,
+//! parked or not, which is why it is written to stay small.
+
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pin_project_lite::pin_project;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+use super::activity::Activity;
+use super::drain::Open;
+use super::parking::{serve_http1, wait_readable, Wake};
+use crate::body::GatewayBody;
+
+/// How client connections are timed. The contract is silent; the values follow what an
+/// nginx operator expects (README, "Client connections").
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClientTimers {
+    /// A new connection must send its first byte within this, and a request head must
+    /// be complete this long after its first byte (slow clients, slowloris).
+    pub header: Duration,
+    /// A keep-alive connection with no request in flight is closed after this.
+    pub idle: Duration,
+    /// Granularity of both checks, and how long an HTTP/1 connection must be quiet
+    /// before it is parked (its HTTP state and buffers released).
+    pub tick: Duration,
+}
+
+/// The daemon's client timers: `header` is hyper's former default (what clients got
+/// before), `idle` is nginx's `keepalive_timeout`.
+pub(crate) const CLIENT_TIMERS: ClientTimers = ClientTimers {
+    header: Duration::from_secs(30),
+    idle: Duration::from_secs(75),
+    tick: Duration::from_millis(500),
+};
+
+/// One client connection, from accept to close. A client that goes away mid-request is
+/// not the gateway's error, so connection errors end the task silently.
+///
+/// An `async` block, not an `async fn`: an `async fn`'s future keeps its arguments twice
+/// (as captured and as moved into its body, 152 bytes here), and this future is all a
+/// parked connection's task holds.
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn`, see above
+pub(super) fn client_connection<F, Fut>(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    handler: F,
+    builders: Arc<(http1::Builder, http2::Builder<TokioExecutor>)>,
+    open: Open,
+    activity: Arc<Activity>,
+    timers: ClientTimers,
+) -> impl Future<Output = ()>
+where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<GatewayBody>> + Send + 'static,
+{
+    async move {
+        open.register().await;
+        let drain = &*open.drain;
+        // One timer for the connection's whole life, reset (never reallocated) per phase.
+        let mut timer = pin!(tokio::time::sleep(timers.header));
+        // No HTTP state (hyper's buffers) until the client sends something, and a client
+        // that sends nothing is closed after `timers.header`.
+        if wait_readable(
+            &stream,
+            timer.as_mut(),
+            Instant::now() + timers.header,
+            drain,
+        )
+        .await
+            != Wake::Readable
+        {
+            return;
+        }
+        // HTTP/2 with prior knowledge, told apart from HTTP/1.1 by one peek per connection
+        // rather than a rewinding reader per read.
+        if is_h2_preface(&stream, timer.as_mut()).await {
+            let service = service_fn(move |req| Infallibly {
+                inner: handler(req, peer),
+            });
+            let mut conn = Box::pin(builders.1.serve_connection(TokioIo::new(stream), service));
+            let mut told = false;
+            let _ = poll_fn(|cx| {
+                if !told && drain.is_closing() {
+                    conn.as_mut().graceful_shutdown();
+                    told = true;
+                }
+                conn.as_mut().poll(cx)
+            })
+            .await;
+            return;
+        }
+        let handler = move |req| handler(req, peer);
+        serve_http1(
+            &mut stream,
+            handler,
+            &builders.0,
+            drain,
+            activity,
+            timers,
+            timer,
+        )
+        .await;
+    }
+}
+
+pin_project! {
+    /// The handler's future as hyper's service future, polled in place. An `async`
+    /// block awaiting the handler's future would hold it twice (the captured future
+    /// and the awaited copy side by side), doubling the per-request state hyper keeps
+    /// and copying it once more on the first poll.
+    struct Infallibly<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Future for Infallibly<F> {
+    type Output = Result<F::Output, Infallible>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx).map(Ok)
+    }
+}
+
+/// Whether a new connection starts with the HTTP/2 connection preface. Peeks without
+/// consuming; waits (bounded, on the connection's timer) while the bytes so far are a
+/// prefix of the preface.
+async fn is_h2_preface(stream: &TcpStream, mut timer: Pin<&mut Sleep>) -> bool {
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    for _ in 0..1000 {
+        let n = match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        if buf[..n] != PREFACE[..n] {
+            return false;
+        }
+        if n == PREFACE.len() {
+            return true;
+        }
+        // A prefix of the preface so far: the rest is on its way.
+        timer
+            .as_mut()
+            .reset(Instant::now() + Duration::from_millis(5));
+        timer.as_mut().await;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpStream;
+
+    use crate::server::testing::*;
+
+    #[tokio::test]
+    async fn a_silent_new_connection_is_closed_after_the_header_timeout() {
+        let server = start(TIMERS).await;
+        let mut client = TcpStream::connect(server.addr).await.unwrap();
+        let waited = closed_after(&mut client).await;
+        assert!(
+            waited >= TIMERS.header - TIMERS.tick,
+            "closed after {waited:?}"
+        );
+        assert_eq!(parked(&server), 0);
+    }
+}

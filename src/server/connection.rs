@@ -26,7 +26,7 @@ use super::parking::{serve_http1, wait_readable, Wake};
 use crate::body::GatewayBody;
 
 /// How client connections are timed. The contract is silent; the values follow what an
-/// nginx operator expects (README, "Client connections").
+/// nginx operator expects (docs/behaviour.md, "Client connections").
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ClientTimers {
     /// A new connection must send its first byte within this, and a request head must

@@ -280,9 +280,8 @@ async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Runs the daemon until SIGTERM or SIGINT, then shuts down gracefully.
 ///
 /// Thread-per-core: every worker is a `current_thread` runtime, no work stealing and no
-/// cross-thread wake-ups (measured: 0.12 against 0.31-0.55 context switches per request
-/// for the work-stealing runtime with one worker; README, "Runtime model"). This thread
-/// is the first worker; [`RunningGateway::start`] starts the others.
+/// cross-thread wake-ups (docs/adr/0002-thread-per-core.md gives the measurement). This
+/// thread is the first worker; [`RunningGateway::start`] starts the others.
 pub fn run(config: Config) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -2,6 +2,8 @@
 //! environment, ports, readiness, start-up failures, stopping whole process trees, and
 //! (as root) memory cgroups: the limit, out-of-memory kills, peak memory.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -9,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{wait_for, PATIENCE};
 use scf_gateway::config::{LaunchConfig, Secret};
 use scf_gateway::instance::cgroup::Version;
 use scf_gateway::instance::process::{free_port, Exit, Process, Spec, StartError};
@@ -130,17 +133,6 @@ fn group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
-async fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
@@ -181,7 +173,7 @@ os.rename(sys.argv[1] + ".part", sys.argv[1])
     assert_eq!(process.port(), port);
     assert_eq!(process.addr().to_string(), format!("127.0.0.1:{port}"));
     process
-        .wait_ready(Duration::from_secs(10))
+        .wait_ready(PATIENCE)
         .await
         .unwrap_or_else(|e| panic!("{e}; output: {}", output.text()));
 
@@ -239,14 +231,9 @@ async fn two_instances_get_different_ports_and_become_ready() {
     let mut one = Process::spawn(&spec, "hello-1", a).unwrap();
     let mut two = Process::spawn(&spec, "hello-2", b).unwrap();
     let (_o1, _o2) = (Output::drain(&mut one), Output::drain(&mut two));
-    let started = Instant::now();
-    let (r1, r2) = tokio::join!(
-        one.wait_ready(Duration::from_secs(10)),
-        two.wait_ready(Duration::from_secs(10))
-    );
+    let (r1, r2) = tokio::join!(one.wait_ready(PATIENCE), two.wait_ready(PATIENCE));
     r1.unwrap();
     r2.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(5));
     // Both really listen, each on its own port.
     tokio::net::TcpStream::connect(one.addr()).await.unwrap();
     tokio::net::TcpStream::connect(two.addr()).await.unwrap();
@@ -288,7 +275,6 @@ async fn an_instance_that_never_listens_times_out_and_is_killed_with_its_group()
         }
     );
     assert!(took >= Duration::from_millis(1000), "{took:?}");
-    assert!(took < Duration::from_secs(2), "{took:?}");
     assert!(gone(pid), "the instance process is still there");
     assert!(group_gone(pid), "processes of its group are still there");
     assert!(!tmpdir.exists());
@@ -307,12 +293,8 @@ async fn an_instance_exiting_at_start_fails_fast_with_its_status() {
     );
     let mut process = Process::spawn(&spec, "hello-1", free_port().unwrap()).unwrap();
     let _output = Output::drain(&mut process);
-    let started = Instant::now();
-    let err = process
-        .wait_ready(Duration::from_secs(10))
-        .await
-        .unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(3));
+    // Fails fast: with the exit, not after the (generous) ready timeout.
+    let err = process.wait_ready(PATIENCE).await.unwrap_err();
     let exit = Exit {
         code: Some(3),
         signal: None,
@@ -354,7 +336,7 @@ async fn spawn_tree(dir: &Path, script: &str, members: usize) -> (Process, Outpu
     let mut process = Process::spawn(&spec, "tree-1", free_port().unwrap()).unwrap();
     let output = Output::drain(&mut process);
     let pid = process.pid() as i32;
-    let all = wait_for("the tree to start", Duration::from_secs(5), || {
+    let all = wait_for("the tree to start", PATIENCE, async || {
         let m = group_members(pid);
         (m.len() > members).then_some(m)
     })
@@ -368,9 +350,11 @@ async fn stop_terminates_the_whole_process_tree_and_leaves_no_zombies() {
     // Two children and a grandchild whose parent exits at once (an orphan).
     let (process, _output, members) =
         spawn_tree(&dir, "sleep 1000 & sleep 1000 & (sleep 1000 &); wait", 3).await;
+    // SIGTERM ends every member: stop returns without waiting out the (generous) grace
+    // that would end with a SIGKILL.
     let started = Instant::now();
-    process.stop(Duration::from_secs(5)).await;
-    assert!(started.elapsed() < Duration::from_secs(2));
+    process.stop(PATIENCE).await;
+    assert!(started.elapsed() < PATIENCE, "the grace ran out");
     for pid in members {
         assert!(gone(pid), "process {pid} is left (or a zombie)");
     }
@@ -394,7 +378,6 @@ async fn stop_kills_a_tree_that_ignores_sigterm_after_the_grace_period() {
     process.stop(Duration::from_millis(300)).await;
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(300), "{took:?}");
-    assert!(took < Duration::from_secs(2), "{took:?}");
     for pid in members {
         assert!(gone(pid), "process {pid} is left (or a zombie)");
     }
@@ -406,12 +389,9 @@ async fn stop_kills_a_tree_that_ignores_sigterm_after_the_grace_period() {
 async fn kill_and_drop_end_the_instance_without_waiting() {
     let dir = workdir("kill");
     let (process, _output, members) = spawn_tree(&dir, "sleep 1000 & sleep 1000; :", 1).await;
-    let started = Instant::now();
+    // Not async: it cannot wait for the exit.
     process.kill();
-    assert!(started.elapsed() < Duration::from_millis(100));
-    let exit = tokio::time::timeout(Duration::from_secs(2), process.exited())
-        .await
-        .unwrap();
+    let exit = common::within("the killed instance to exit", process.exited()).await;
     assert_eq!(exit.signal, Some(libc::SIGKILL));
     assert!(!exit.oom_killed);
     assert_eq!(exit.to_string(), "was killed by signal 9 (SIGKILL)");
@@ -424,7 +404,7 @@ async fn kill_and_drop_end_the_instance_without_waiting() {
     let (process, _output, members) = spawn_tree(&dir, "sleep 1000 & sleep 1000; :", 1).await;
     let tmpdir = process.tmpdir().to_path_buf();
     drop(process);
-    wait_for("the dropped instance to go", Duration::from_secs(3), || {
+    wait_for("the dropped instance to go", PATIENCE, async || {
         (members.iter().all(|&p| gone(p)) && !tmpdir.exists()).then_some(())
     })
     .await;
@@ -452,8 +432,8 @@ async fn the_instance_and_its_children_are_in_a_limited_memory_cgroup() {
     let pid = process.pid() as i32;
     let (members, escaped) = wait_for(
         "one process of the cgroup to leave the group",
-        Duration::from_secs(5),
-        || {
+        PATIENCE,
+        async || {
             let pids = cgroup.pids();
             let members = group_members(pid);
             let escaped: Vec<i32> = pids
@@ -493,9 +473,7 @@ async fn an_instance_over_its_memory_limit_is_oom_killed() {
         process.stop(Duration::from_secs(1)).await;
         return;
     }
-    let exit = tokio::time::timeout(Duration::from_secs(20), process.exited())
-        .await
-        .expect("the process was not killed");
+    let exit = common::within("the process to be killed", process.exited()).await;
     assert_eq!(
         exit,
         Exit {
@@ -538,7 +516,7 @@ time.sleep(30)
         process.stop(Duration::from_secs(1)).await;
         return;
     }
-    wait_for("the allocation", Duration::from_secs(10), || {
+    wait_for("the allocation", PATIENCE, async || {
         marker.exists().then_some(())
     })
     .await;

@@ -5,7 +5,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -54,11 +53,18 @@ async fn clients_on_both_workers(gw: &RunningGateway, min: usize) -> Vec<Client>
         for _ in 0..8 {
             clients.push(connect(gw.listen_addr()).await.unwrap());
         }
-        // The accepts run on the workers: give them a moment to count.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let [w0, w1] = accepted(gw).await;
+        // The kernel completes a connection before a worker accepts and counts it.
+        let opened = clients.len() as f64;
+        let [w0, w1] = wait_for(
+            "the workers to count every connection",
+            PATIENCE,
+            async || {
+                let [w0, w1] = accepted(gw).await;
+                (w0 + w1 == opened).then_some([w0, w1])
+            },
+        )
+        .await;
         if clients.len() >= min && w0 > 0.0 && w1 > 0.0 {
-            assert_eq!(w0 + w1, clients.len() as f64);
             return clients;
         }
     }
@@ -168,32 +174,29 @@ async fn a_graceful_shutdown_finishes_in_flight_invocations_on_both_workers() {
         .unwrap();
     let clients = clients_on_both_workers(&gw, 2).await;
     let n = clients.len();
+    // Held by the instance until the shutdown is under way.
     let tasks: Vec<_> = clients
         .into_iter()
         .map(|mut client| {
-            tokio::spawn(
-                async move { post(&mut client, &[("x-test-sleep-ms", "600")], "{}").await },
-            )
+            tokio::spawn(async move { post(&mut client, &[("x-test-hold", "1")], "{}").await })
         })
         .collect();
-    // Every invocation reached the instance before the shutdown starts.
-    let start = tokio::time::Instant::now();
-    while instance
-        .record
-        .inflight
-        .load(std::sync::atomic::Ordering::SeqCst)
-        < n
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "invocations never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let listen = gw.listen_addr();
-    tokio::time::timeout(Duration::from_secs(10), gw.shutdown())
-        .await
-        .expect("shutdown within the grace");
+    wait_until(
+        "every invocation to reach the instance",
+        PATIENCE,
+        async || instance.record.inflight() == n,
+    )
+    .await;
+    let (listen, admin) = (gw.listen_addr(), gw.admin_addr());
+    let shutdown = tokio::spawn(gw.shutdown());
+    wait_until("/readyz to answer 503", PATIENCE, async || {
+        admin_get(admin, "/readyz").await.status == 503
+    })
+    .await;
+    assert_eq!(instance.record.inflight(), n, "nothing in flight was cut");
+    instance.record.release(n);
+    // Within the shutdown grace (10 s): after it the workers would stop waiting.
+    within("the shutdown", shutdown).await.unwrap();
     for task in tasks {
         let answer = task.await.unwrap();
         assert_eq!(answer.status, 200, "{answer:?}");

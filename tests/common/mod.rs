@@ -2,8 +2,13 @@
 //! process from TOML text, and a small HTTP client.
 //!
 //! A fake instance's behaviour is chosen per request by headers, so one instance can
-//! serve a whole test: `x-test-sleep-ms`, `x-test-crash: before-headers|after-headers`,
-//! `x-test-status`. It records what it received so tests can assert on it.
+//! serve a whole test: `x-test-sleep-ms`, `x-test-hold`, `x-test-crash:
+//! before-headers|after-headers`, `x-test-status`. It records what it received so tests
+//! can assert on it.
+//!
+//! Tests never sleep to let something happen: they wait for it with [`wait_until`] (or
+//! hold an instance's answer with `x-test-hold` until they release it), so a loaded
+//! machine makes them slower, never wrong.
 
 #![allow(dead_code)]
 
@@ -26,6 +31,7 @@ use hyper_util::rt::TokioIo;
 use scf_gateway::config::{parse, Config};
 use scf_gateway::RunningGateway;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -41,6 +47,8 @@ pub struct Seen {
 #[derive(Default)]
 pub struct Record {
     pub seen: Mutex<Vec<Seen>>,
+    /// Requests being handled now: counted from arrival until the answer is handed to
+    /// the server (or the request is dropped).
     pub inflight: AtomicUsize,
     pub max_inflight: AtomicUsize,
     pub connections: AtomicUsize,
@@ -48,9 +56,29 @@ pub struct Record {
     pub bytes_received: AtomicUsize,
     /// Notified when request body bytes arrive.
     pub got_bytes: tokio::sync::Notify,
+    /// Requests with `x-test-hold` wait here for a permit before they are answered.
+    hold: Gate,
+}
+
+/// Permits for held requests: none until the test releases some.
+struct Gate(tokio::sync::Semaphore);
+
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate(tokio::sync::Semaphore::new(0))
+    }
 }
 
 impl Record {
+    /// Lets `n` held requests (`x-test-hold`) be answered, the earliest waiting first.
+    pub fn release(&self, n: usize) {
+        self.hold.0.add_permits(n);
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::SeqCst)
+    }
+
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
     }
@@ -109,9 +137,17 @@ async fn handle(
 ) -> Result<Response<FakeBody>, BoxError> {
     let now = record.inflight.fetch_add(1, Ordering::SeqCst) + 1;
     record.max_inflight.fetch_max(now, Ordering::SeqCst);
-    let result = respond(&record, req).await;
-    record.inflight.fetch_sub(1, Ordering::SeqCst);
-    result
+    // Also when the server drops the request (its connection closed while held).
+    let _inflight = Inflight(&record.inflight);
+    respond(&record, req).await
+}
+
+struct Inflight<'a>(&'a AtomicUsize);
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 async fn respond(record: &Record, req: Request<Incoming>) -> Result<Response<FakeBody>, BoxError> {
@@ -139,6 +175,11 @@ async fn respond(record: &Record, req: Request<Incoming>) -> Result<Response<Fak
         headers: parts.headers.clone(),
         body_len,
     });
+    if header("x-test-hold").is_some() {
+        if let Ok(permit) = record.hold.0.acquire().await {
+            permit.forget();
+        }
+    }
     if let Some(ms) = header("x-test-sleep-ms").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -241,6 +282,47 @@ impl http_body::Body for CrashBody {
             Poll::Pending => Poll::Pending,
             Poll::Ready(()) => Poll::Ready(Some(Err("crash after headers".into()))),
         }
+    }
+}
+
+/// How long a test waits for something that must happen: far beyond what any condition
+/// here needs on a loaded machine, so reaching it means the condition will never hold.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// How often a waited-for condition is checked.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Waits until `condition` returns a value, checking it every few milliseconds; panics
+/// naming `what` if it has not after `timeout`.
+pub async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut condition: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = condition().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("waited {timeout:?} for {what}, in vain");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until `condition` holds, checking it every few milliseconds; panics naming
+/// `what` if it does not within `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut condition: impl AsyncFnMut() -> bool) {
+    wait_for(what, timeout, async || condition().await.then_some(())).await
+}
+
+/// `future`'s output, or a panic naming `what` if it takes longer than [`PATIENCE`]: for
+/// steps that a broken gateway would leave hanging (an instance held forever, say).
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(PATIENCE, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("waited {PATIENCE:?} for {what}, in vain"),
     }
 }
 
@@ -415,10 +497,14 @@ impl http_body::Body for ChannelBody {
 
 /// An HTTP/1.1 instance written by hand so it can do what real servers do to idle
 /// keep-alive connections: close them after `idle` without a word. It records the
-/// body of every request it answered.
+/// body of every request it answered, and counts the connections it closed for idling.
 pub struct IdleClosingInstance {
     pub addr: SocketAddr,
     pub answered: Arc<Mutex<Vec<String>>>,
+    /// Connections closed for being idle.
+    pub idle_closed: Arc<AtomicUsize>,
+    /// Of those, the ones closed as a request was arriving on them: the race itself.
+    pub closed_on_a_request: Arc<AtomicUsize>,
 }
 
 impl IdleClosingInstance {
@@ -427,17 +513,34 @@ impl IdleClosingInstance {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let answered = Arc::new(Mutex::new(Vec::new()));
-        let record = answered.clone();
+        let idle_closed = Arc::new(AtomicUsize::new(0));
+        let closed_on_a_request = Arc::new(AtomicUsize::new(0));
+        let (record, closed, raced) = (
+            answered.clone(),
+            idle_closed.clone(),
+            closed_on_a_request.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let record = record.clone();
+                let (record, closed, raced) = (record.clone(), closed.clone(), raced.clone());
                 tokio::spawn(async move {
                     let mut reader = BufReader::new(stream);
                     loop {
                         // Idle: nothing arrives within the keep-alive timeout -> close.
                         match tokio::time::timeout(idle, reader.fill_buf()).await {
                             Ok(Ok(buf)) if !buf.is_empty() => {}
-                            _ => return,
+                            Ok(_) => return,
+                            Err(_) => {
+                                closed.fetch_add(1, Ordering::SeqCst);
+                                if reader
+                                    .get_ref()
+                                    .try_read(&mut [0u8; 1])
+                                    .is_ok_and(|n| n > 0)
+                                {
+                                    raced.fetch_add(1, Ordering::SeqCst);
+                                }
+                                return;
+                            }
                         }
                         let mut length = 0usize;
                         loop {
@@ -471,7 +574,12 @@ impl IdleClosingInstance {
                 });
             }
         });
-        IdleClosingInstance { addr, answered }
+        IdleClosingInstance {
+            addr,
+            answered,
+            idle_closed,
+            closed_on_a_request,
+        }
     }
 }
 

@@ -120,18 +120,18 @@ async fn bodies_up_to_the_limit_pass_with_their_framing() {
 /// Real servers close idle keep-alive connections; a request must never be lost to
 /// that, nor sent twice.
 ///
-/// The instance closes a connection after 20 ms idle and the gateway, told nothing
-/// (`upstream_idle_timeout` 5 s), keeps pooling it; POSTs come 30 ms apart, so the
-/// connection the last one used is dead by the next, and the keeper's fresh warm
-/// connections die at every age in between. What is at stake is the moment a request
-/// meets a connection the instance is closing: found closed before a byte went out, it
-/// must go out once on a fresh connection; cut after, it must fail, not be resent. The
-/// scale is the instance's idle timeout against the few microseconds that moment lasts,
-/// so at 20 ms each request is five times likelier to meet it than at 100 ms, and 150
-/// requests cover as many of those moments as 750 would at 100 ms, in a few seconds.
+/// The instance closes a connection after 20 ms idle, and the gateway, told nothing
+/// (`upstream_idle_timeout` 5 s), keeps pooling it. The pauses between POSTs sweep 12
+/// to 23 ms across that timeout, so a request finds the connection the last one used
+/// alive, dead, or being closed at that very moment. Found closed before a byte went
+/// out, the request must go out once on a fresh connection; cut after it went out, it
+/// must fail, not be resent. What makes the race is the pause against the idle timeout,
+/// not their size: a sweep across it meets the closing moment far more often than a
+/// fixed pause beyond it, so a few hundred requests in a few seconds run the race more
+/// often than 500 requests paused 130 ms against a 100 ms timeout did in over a minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_closing_idle_connections_loses_and_duplicates_nothing() {
-    const REQUESTS: usize = 150;
+    const REQUESTS: usize = 200;
     let instance = IdleClosingInstance::start(Duration::from_millis(20)).await;
     let gw = gateway(&event_function(
         "hello",
@@ -151,8 +151,8 @@ async fn an_instance_closing_idle_connections_loses_and_duplicates_nothing() {
             assert_eq!(answer.error_code(), 405);
             failed += 1;
         }
-        // The pause is the scenario: longer than the instance's idle timeout.
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // The pause is the scenario.
+        tokio::time::sleep(Duration::from_millis(12 + i as u64 % 12)).await;
     }
     let answered = instance.answered.lock().unwrap().clone();
     let unique: HashSet<String> = answered.iter().cloned().collect();
@@ -165,14 +165,14 @@ async fn an_instance_closing_idle_connections_loses_and_duplicates_nothing() {
         unique, succeeded,
         "what the instance received is what succeeded"
     );
+    // Only requests cut after they went out may fail; a gateway that sent requests on
+    // the connections it found closed would fail about every other one.
     assert!(
-        failed <= REQUESTS / 50,
+        failed <= REQUESTS / 20,
         "failures stay rare: {failed} of {REQUESTS}"
     );
     // The race was run: the instance closed pooled connections under the gateway.
     let closed = instance.idle_closed.load(Ordering::SeqCst);
-    let raced = instance.closed_on_a_request.load(Ordering::SeqCst);
-    eprintln!("{closed} idle connections closed, {raced} as a request arrived; {failed} failed");
-    assert!(closed >= REQUESTS / 2, "{closed} idle connections closed");
+    assert!(closed >= REQUESTS / 4, "{closed} idle connections closed");
     gw.shutdown().await;
 }

@@ -503,8 +503,6 @@ pub struct IdleClosingInstance {
     pub answered: Arc<Mutex<Vec<String>>>,
     /// Connections closed for being idle.
     pub idle_closed: Arc<AtomicUsize>,
-    /// Of those, the ones closed as a request was arriving on them: the race itself.
-    pub closed_on_a_request: Arc<AtomicUsize>,
 }
 
 impl IdleClosingInstance {
@@ -514,15 +512,10 @@ impl IdleClosingInstance {
         let addr = listener.local_addr().unwrap();
         let answered = Arc::new(Mutex::new(Vec::new()));
         let idle_closed = Arc::new(AtomicUsize::new(0));
-        let closed_on_a_request = Arc::new(AtomicUsize::new(0));
-        let (record, closed, raced) = (
-            answered.clone(),
-            idle_closed.clone(),
-            closed_on_a_request.clone(),
-        );
+        let (record, closed) = (answered.clone(), idle_closed.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (record, closed, raced) = (record.clone(), closed.clone(), raced.clone());
+                let (record, closed) = (record.clone(), closed.clone());
                 tokio::spawn(async move {
                     let mut reader = BufReader::new(stream);
                     loop {
@@ -532,13 +525,6 @@ impl IdleClosingInstance {
                             Ok(_) => return,
                             Err(_) => {
                                 closed.fetch_add(1, Ordering::SeqCst);
-                                if reader
-                                    .get_ref()
-                                    .try_read(&mut [0u8; 1])
-                                    .is_ok_and(|n| n > 0)
-                                {
-                                    raced.fetch_add(1, Ordering::SeqCst);
-                                }
                                 return;
                             }
                         }
@@ -578,7 +564,6 @@ impl IdleClosingInstance {
             addr,
             answered,
             idle_closed,
-            closed_on_a_request,
         }
     }
 }

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode};
@@ -13,17 +11,16 @@ use http_body_util::Full;
 
 /// The access record of the invocation with this request id.
 async fn access_record(gw: &GatewayProcess, id: &str) -> serde_json::Value {
-    for _ in 0..250 {
-        let found = gw
-            .records()
-            .into_iter()
-            .find(|r| r["target"] == "access" && r["request_id"] == id);
-        if let Some(record) = found {
-            return record;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no access record for {id}: {:?}", gw.records());
+    wait_for(
+        &format!("the access record of {id}"),
+        PATIENCE,
+        async || {
+            gw.records()
+                .into_iter()
+                .find(|r| r["target"] == "access" && r["request_id"] == id)
+        },
+    )
+    .await
 }
 
 fn decimals(record: &serde_json::Value) -> usize {

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use http::StatusCode;
 
@@ -16,23 +14,15 @@ fn function(name: &str, function_keys: &str) -> String {
     )
 }
 
-/// Polls the gateway's log records until one matches (bounded).
+/// The first of the gateway's log records that matches, once there is one.
 async fn record(
     gw: &GatewayProcess,
     want: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(r) = gw.records().into_iter().find(|r| want(r)) {
-            return r;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no such log record in {:?}",
-            gw.records()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the log record", PATIENCE, async || {
+        gw.records().into_iter().find(|r| want(r))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -319,7 +319,7 @@ async fn a_queue_wait_past_queue_timeout_answers_429_432() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_function_sleeping_past_its_timeout_gets_504_433_and_the_instance_serves_again() {
+async fn a_function_hanging_past_its_timeout_gets_504_433_and_the_instance_serves_again() {
     let instance = FakeInstance::start().await;
     let gw = gateway(&event_function(
         "hello",
@@ -597,9 +597,10 @@ async fn health_readiness_and_metrics_are_served_on_the_admin_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_instances_are_not_kept_connected() {
     let instance = FakeInstance::start().await;
+    // Long enough for the last wait to see the warm connection before it goes.
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-         upstream_idle_timeout = \"100ms\"\n{}",
+         upstream_idle_timeout = \"300ms\"\n{}",
         event_function("hello", &[instance.addr], "instance_concurrency = 4")
     );
     let gw = scf_gateway::RunningGateway::start(&config(&text))
@@ -615,7 +616,7 @@ async fn quiet_instances_are_not_kept_connected() {
     })
     .await;
     let settled = instance.record.connections.load(SeqCst);
-    // Quiet on purpose: ten idle timeouts (and keeper ticks) in which a keeper that
+    // Quiet on purpose: idle timeouts and keeper ticks in which a keeper that
     // reconnected idle instances would have done so.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
@@ -672,9 +673,10 @@ async fn many_functions_on_one_address_keep_one_set_of_warm_connections() {
         functions += &event_function(&format!("f{i}"), &[instance.addr], "");
     }
     functions += &event_function("f199", &[instance.addr], "instance_concurrency = 8");
+    // Long enough for the waits below to see the warm connections before they go.
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-         upstream_idle_timeout = \"400ms\"\n{functions}"
+         upstream_idle_timeout = \"1s\"\n{functions}"
     );
     let gw = scf_gateway::RunningGateway::start(&config(&text))
         .await

@@ -346,8 +346,8 @@ async fn a_response_that_stalls_after_its_head_is_cut_at_the_timeout() {
     .await;
     // The instance says nothing more, yet the stream is cut at the deadline (700 ms):
     // not ended as if whole when the instance would end it, nor cut at the connection's
-    // next 500 ms tick (1 s). A loaded machine can delay any one cut past 900 ms but
-    // cannot bring a cut at the tick before 1 s: the quickest of three tells them apart.
+    // next 500 ms tick (1 s). A loaded machine can delay any one cut past 900 ms, never
+    // bring one forward: the quickest of three attempts is held to that bound.
     let mut took = Vec::new();
     for _ in 0..3 {
         let req = Request::post("/v1/functions/raw/invocations")

@@ -239,6 +239,23 @@ async fn when_every_instance_refuses_the_answer_is_502_405() {
     gw.shutdown().await;
 }
 
+/// Starts an invocation of `hello` that `instance` holds (until released) and returns
+/// once it is there, taking the function's only slot.
+async fn hold_the_slot(
+    addr: std::net::SocketAddr,
+    instance: &FakeInstance,
+) -> tokio::task::JoinHandle<Answer> {
+    let held =
+        tokio::spawn(async move { invoke(addr, "hello", &[("x-test-hold", "1")], "{}").await });
+    wait_until(
+        "the first invocation to hold the slot",
+        PATIENCE,
+        async || instance.record.inflight() == 1,
+    )
+    .await;
+    held
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_429_432_with_retry_after() {
     let instance = FakeInstance::start().await;
@@ -249,14 +266,7 @@ async fn a_full_queue_answers_429_432_with_retry_after() {
     ))
     .await;
     let addr = gw.listen_addr();
-    let busy =
-        tokio::spawn(async move { invoke(addr, "hello", &[("x-test-hold", "1")], "{}").await });
-    wait_until(
-        "the first invocation to hold the slot",
-        PATIENCE,
-        async || instance.record.inflight() == 1,
-    )
-    .await;
+    let busy = hold_the_slot(addr, &instance).await;
     let queued = tokio::spawn(async move { invoke(addr, "hello", &[], "{}").await });
     let depth = "scf_gateway_queue_depth{function=\"hello\"}";
     wait_until("the second invocation to queue", PATIENCE, async || {
@@ -293,14 +303,7 @@ async fn a_queue_wait_past_queue_timeout_answers_429_432() {
     .await;
     let addr = gw.listen_addr();
     // Held until the waiter has expired: it can only be answered by its own timeout.
-    let busy =
-        tokio::spawn(async move { invoke(addr, "hello", &[("x-test-hold", "1")], "{}").await });
-    wait_until(
-        "the first invocation to hold the slot",
-        PATIENCE,
-        async || instance.record.inflight() == 1,
-    )
-    .await;
+    let busy = hold_the_slot(addr, &instance).await;
     let started = Instant::now();
     let expired = within("the queue timeout", invoke(addr, "hello", &[], "{}")).await;
     let waited = started.elapsed();

@@ -95,15 +95,8 @@ async fn instances_get_the_scf_environment_and_their_own_ports() {
     assert_eq!(p["PORT"], pinned.to_string());
 
     let tmp = a["TMPDIR"].as_str().unwrap().to_owned();
-    let mut gw = gw;
     gw.signal("TERM");
-    let status = within(
-        "the gateway to exit",
-        tokio::task::spawn_blocking(move || gw.child.wait()),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let status = gw.exited().await;
     assert_eq!(status.code(), Some(0));
     assert!(running(&m).is_empty(), "SIGTERM leaves no instance behind");
     assert!(

@@ -62,7 +62,7 @@ async fn a_64mb_body_streams_through_without_growing_the_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_invocations_finish_then_exits_0() {
     let instance = FakeInstance::start().await;
-    let mut gw = GatewayProcess::start(
+    let gw = GatewayProcess::start(
         "sigterm",
         "",
         &event_function("hello", &[instance.addr], "instance_concurrency = 4"),
@@ -97,13 +97,7 @@ async fn sigterm_lets_in_flight_invocations_finish_then_exits_0() {
         );
     }
     // Within the shutdown grace (10 s): after it the gateway would stop waiting.
-    let status = within(
-        "the gateway to exit",
-        tokio::task::spawn_blocking(move || gw.child.wait()),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let status = gw.exited().await;
     assert_eq!(status.code(), Some(0));
 }
 

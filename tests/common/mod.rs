@@ -671,6 +671,15 @@ impl GatewayProcess {
         let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");
     }
 
+    /// Waits (bounded) for the gateway to exit on its own, and its status.
+    pub async fn exited(mut self) -> std::process::ExitStatus {
+        let exit = tokio::task::spawn_blocking(move || self.child.wait());
+        match within("the gateway to exit", exit).await {
+            Ok(Ok(status)) => status,
+            other => panic!("waiting for the gateway failed: {other:?}"),
+        }
+    }
+
     pub fn signal(&self, sig: &str) {
         let status = std::process::Command::new("kill")
             .args([&format!("-{sig}"), &self.pid().to_string()])

@@ -71,12 +71,12 @@ impl BodyDecoder {
     }
 
     pub fn is_done(&self) -> bool {
-        self.state == Decode::Done
+        matches!(self.state, Decode::Done)
     }
 
     /// Whether only the close of the connection ends the body.
     pub fn ends_at_close(&self) -> bool {
-        self.state == Decode::ToClose
+        matches!(self.state, Decode::ToClose)
     }
 
     pub fn size_hint(&self) -> SizeHint {

@@ -15,7 +15,7 @@ use super::UpstreamError;
 
 /// A response head larger than this is refused (hyper's client allows ~400 KB; an
 /// instance answering with 64 KB of headers is broken).
-pub const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 
 /// At most this many spellings are remembered per connection.
@@ -217,6 +217,27 @@ mod tests {
         }
         let huge = [b"HTTP/1.1 200 OK\r\n".as_slice(), &[b'x'; MAX_HEAD]].concat();
         assert!(parse(&huge, &Method::GET).is_err());
+    }
+
+    /// What a fuzz target does: a whole response from bytes, head then body, with no
+    /// socket.
+    #[test]
+    fn a_whole_response_decodes_from_bytes() {
+        let wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                     4\r\nwhol\r\n1\r\ne\r\n0\r\n\r\nHTTP/1.1 200 OK";
+        let mut read = BytesMut::from(&wire[..]);
+        let head = parse_head(&mut read, &mut HeaderNames::default(), &Method::GET)
+            .unwrap()
+            .unwrap();
+        let mut body = head.body;
+        let mut data = Vec::new();
+        while let Some(frame) = body.decode(&mut read).unwrap() {
+            data.extend_from_slice(&frame);
+        }
+        assert_eq!(data, b"whole");
+        assert!(body.is_done() && head.keep_alive);
+        // The next response on the connection stays in the buffer.
+        assert_eq!(&read[..], b"HTTP/1.1 200 OK");
     }
 
     #[test]

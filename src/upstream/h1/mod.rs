@@ -56,7 +56,7 @@ pub use conn::Connection;
 pub use decode::BodyDecoder;
 pub use error::{SendError, UpstreamError};
 pub use framing::Framers;
-pub use head::{parse_head, HeaderNames, ResponseHead, MAX_HEAD};
+pub use head::{parse_head, HeaderNames, ResponseHead};
 pub use response::ResponseBody;
 
 use encode::encode_head;

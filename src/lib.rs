@@ -10,7 +10,7 @@
 //! | admit: body limit | [`invoke`], [`body`] |
 //! | strip and stamp `X-Scf-*` | [`headers`] |
 //! | queue, slots, balancing, warm connections | [`pool`] |
-//! | forward (HTTP/1.1 to the instance), deadline, stream the response | [`invoke`], [`pool::h1`], [`body`] |
+//! | forward (HTTP/1.1 to the instance), deadline, stream the response | [`invoke`], [`upstream::h1`], [`body`] |
 //! | map failures to the contract's errors | [`error`] |
 //! | record | [`metrics`], [`admin`] |
 //!
@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod pool;
 pub mod routing;
 pub mod server;
+pub mod upstream;
 pub mod worker;
 
 pub use config::Config;

@@ -23,7 +23,8 @@ use tokio::time::Instant;
 use crate::error::{BodyTooLarge, ForwardError};
 use crate::invocation::Invocation;
 use crate::metrics::Outcome;
-use crate::pool::h1::ResponseBody;
+use crate::pool::PooledConn;
+use crate::upstream::h1;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -160,6 +161,16 @@ pub async fn discard(mut body: Incoming) {
 
 /// What a request to an instance carries: the client's body, cut at the limit.
 pub type UpstreamBody = LimitedBody;
+
+/// A request found unsent on a dead pooled connection comes back whole for its next try.
+impl h1::RequestBody for LimitedBody {
+    fn put_back(&mut self, data: Bytes) {
+        LimitedBody::put_back(self, data);
+    }
+}
+
+/// An instance's response body, as the HTTP/1 client decodes it off a pooled connection.
+pub type ResponseBody = h1::ResponseBody<PooledConn, UpstreamBody>;
 
 // === impl InvocationBody ===
 

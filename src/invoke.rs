@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::body::{self, GatewayBody, InvocationBody, LimitedBody, UpstreamBody};
+use crate::body::{self, GatewayBody, InvocationBody, LimitedBody, ResponseBody, UpstreamBody};
 use crate::config::{Config, FunctionKind, EVENT_RESPONSE_LIMIT};
 use crate::error::{BodyTooLarge, ForwardError, GatewayError};
 use crate::function::Function;
@@ -30,9 +30,11 @@ use crate::headers::{self, StampValues, Stripped};
 use crate::instance::logs;
 use crate::invocation::{AccessLog, Invocation};
 use crate::metrics::Registry;
-use crate::pool::h1::{self, ResponseBody, SendError, UpstreamError};
 use crate::pool::{Instance, Pool, PooledConn, Upstreams};
 use crate::routing::{Router, Target};
+use crate::upstream::h1::{self, UpstreamError};
+
+type SendError = h1::SendError<UpstreamBody>;
 
 /// How long a broken connection waits for a launched instance's exit status.
 const EXIT_GRACE: Duration = Duration::from_millis(250);

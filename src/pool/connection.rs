@@ -30,9 +30,10 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{h1, lock, Pool};
+use super::{lock, Pool};
 use crate::instance::{Exit, Launched};
 use crate::metrics::FunctionMetrics;
+use crate::upstream::h1;
 
 /// How long a connection attempt may take before the instance counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -521,6 +522,23 @@ pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>)
                 }
             }
         }
+    }
+}
+
+// === impl PooledConn ===
+
+/// The HTTP/1 client drives a pooled connection as its own.
+impl std::ops::Deref for PooledConn {
+    type Target = h1::Connection;
+
+    fn deref(&self) -> &h1::Connection {
+        &self.h1
+    }
+}
+
+impl std::ops::DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut h1::Connection {
+        &mut self.h1
     }
 }
 

@@ -15,7 +15,6 @@
 //! connections ready.
 
 pub mod connection;
-pub mod h1;
 mod scale;
 
 use std::collections::VecDeque;

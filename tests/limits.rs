@@ -143,7 +143,7 @@ async fn an_instance_closing_idle_connections_loses_and_duplicates_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(130)).await;
     }
-    let answered = instance.answered.lock().unwrap().clone();
+    let answered = instance.answered.lock().clone();
     let unique: HashSet<String> = answered.iter().cloned().collect();
     assert_eq!(
         unique.len(),

@@ -7,7 +7,9 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -58,7 +60,7 @@ impl RawInstance {
     }
 
     fn last(&self) -> Received {
-        self.received.lock().unwrap().last().cloned().unwrap()
+        self.received.lock().last().cloned().unwrap()
     }
 }
 
@@ -116,7 +118,7 @@ async fn serve(stream: TcpStream, received: Arc<Mutex<Vec<Received>>>) {
                 body.extend_from_slice(&chunk);
             }
         }
-        received.lock().unwrap().push(Received {
+        received.lock().push(Received {
             head: head.clone(),
             body,
         });
@@ -348,7 +350,7 @@ async fn a_response_that_stalls_after_its_head_is_cut_at_the_timeout() {
         .body(Full::new(Bytes::from_static(b"{}")))
         .unwrap();
     let mut sender = connect(gw.listen_addr()).await.unwrap();
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let response = sender.send_request(req).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();

@@ -82,9 +82,10 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::net::unix::pipe;
 use tracing::Dispatch;
 
@@ -195,9 +196,8 @@ impl InstanceLog {
         self.lock().end(request_id.into(), &report)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock leaves consistent-enough state for logging.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     /// Largest number of function-line bytes that were queued for the emitter at once.
@@ -436,7 +436,7 @@ async fn read_pipes(mut rx: [Option<pipe::Receiver>; 2], state: Arc<Mutex<State>
         let mut total = 0;
         while total < READ_TURN {
             let Some(r) = &rx[i] else { break };
-            let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut st = state.lock();
             let outcome = match ready {
                 // A begin/end may have seen the EOF first.
                 _ if st.pipes[i].file.is_none() => Outcome::Closed,
@@ -715,8 +715,7 @@ mod tests {
     use std::path::PathBuf;
     use std::process::{Child, ChildStdin, Command as Cmd, Stdio};
     use std::sync::atomic::AtomicU64;
-    use std::sync::Mutex;
-    use std::time::Instant;
+    use tokio::time::Instant;
     use tracing_subscriber::fmt::MakeWriter;
 
     // ---- pure functions ----
@@ -809,7 +808,7 @@ mod tests {
 
     impl io::Write for Buf {
         fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
+            self.0.lock().extend_from_slice(b);
             Ok(b.len())
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -826,7 +825,7 @@ mod tests {
 
     impl Buf {
         fn records(&self) -> Vec<Value> {
-            let b = self.0.lock().unwrap();
+            let b = self.0.lock();
             String::from_utf8_lossy(&b)
                 .lines()
                 .map(|l| serde_json::from_str(l).expect("JSON record"))

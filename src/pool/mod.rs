@@ -20,9 +20,10 @@ mod scale;
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use parking_lot::{Mutex, MutexGuard};
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -742,8 +743,6 @@ impl Drop for Slot {
     }
 }
 
-/// Poisoning only means another thread panicked while holding the lock; the state it
-/// guards is a handful of counters that stay consistent, so carry on.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    m.lock()
 }

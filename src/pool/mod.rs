@@ -8,7 +8,7 @@
 //! waiter, so a burst cannot overtake the queue.
 //!
 //! Instances come from a source: a static list (fixed for the pool's life), or a
-//! [`Launcher`] that starts processes on demand (see [`scale`]). The state is one small
+//! [`Launcher`] that starts processes on demand (see `scale.rs`). The state is one small
 //! mutex per pool, held for a few instructions and never across an await. Instances
 //! that refuse connections are marked down; a keeper task (see [`connection`]) probes
 //! them back in with backoff, and one keeper per address keeps warm keep-alive

@@ -18,7 +18,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
-use rustix::process::{Pid, Signal, WaitIdOptions, WaitOptions, WaitStatus};
+use rustix::process::{Pid, WaitIdOptions, WaitOptions, WaitStatus};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -27,18 +27,18 @@ pub type RawPid = i32;
 
 /// The signals the gateway sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kill {
+pub enum Signal {
     /// SIGTERM: asks the process to stop.
     Term,
     /// SIGKILL.
     Kill,
 }
 
-impl Kill {
-    fn signal(self) -> Signal {
+impl Signal {
+    fn raw(self) -> rustix::process::Signal {
         match self {
-            Kill::Term => Signal::TERM,
-            Kill::Kill => Signal::KILL,
+            Signal::Term => rustix::process::Signal::TERM,
+            Signal::Kill => rustix::process::Signal::KILL,
         }
     }
 }
@@ -55,13 +55,13 @@ fn os(e: rustix::io::Errno) -> io::Error {
 }
 
 /// `kill(pid, signal)`.
-pub fn kill(target: RawPid, signal: Kill) -> io::Result<()> {
-    rustix::process::kill_process(pid(target)?, signal.signal()).map_err(os)
+pub fn kill(target: RawPid, signal: Signal) -> io::Result<()> {
+    rustix::process::kill_process(pid(target)?, signal.raw()).map_err(os)
 }
 
 /// `killpg(pgid, signal)`.
-pub fn kill_group(pgid: RawPid, signal: Kill) -> io::Result<()> {
-    rustix::process::kill_process_group(pid(pgid)?, signal.signal()).map_err(os)
+pub fn kill_group(pgid: RawPid, signal: Signal) -> io::Result<()> {
+    rustix::process::kill_process_group(pid(pgid)?, signal.raw()).map_err(os)
 }
 
 /// Makes the calling process a child subreaper (`PR_SET_CHILD_SUBREAPER`): orphans of
@@ -182,8 +182,8 @@ mod tests {
     fn ids_that_name_no_single_process_are_refused() {
         for raw in [0, -1] {
             let refused = |r: io::Result<()>| r.unwrap_err().kind() == io::ErrorKind::InvalidInput;
-            assert!(refused(kill(raw, Kill::Kill)));
-            assert!(refused(kill_group(raw, Kill::Kill)));
+            assert!(refused(kill(raw, Signal::Kill)));
+            assert!(refused(kill_group(raw, Signal::Kill)));
             assert!(reap(raw).is_err());
         }
     }

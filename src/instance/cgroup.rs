@@ -566,7 +566,7 @@ impl Cgroup {
             }
             for &pid in &pids {
                 // The pid was in our cgroup a moment ago.
-                let _ = sys::kill(pid, sys::Kill::Kill);
+                let _ = sys::kill(pid, sys::Signal::Kill);
             }
             seen.extend(pids);
         }

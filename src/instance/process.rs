@@ -39,7 +39,7 @@ use tokio::time::Instant;
 
 use super::cgroup::Cgroup;
 use crate::config::{FunctionConfig, InstanceSource, LaunchConfig, PlatformConfig};
-use crate::sys::{self, Kill};
+use crate::sys::{self, Signal};
 
 /// Everything needed to start instances of one function.
 #[derive(Debug, Clone)]
@@ -226,7 +226,7 @@ struct Inner {
 
 impl Inner {
     /// Sends `signal` to the whole process group, unless the leader was reaped already.
-    fn signal_group(&self, signal: Kill) {
+    fn signal_group(&self, signal: Signal) {
         let reaped = self.reaped.lock();
         if !*reaped {
             self.signalled.store(true, Ordering::Release);
@@ -463,7 +463,7 @@ impl Process {
     /// and the cgroup are removed. Idempotent; safe to call from several tasks.
     pub async fn stop(&self, grace: Duration) {
         if self.exit_now().is_none() {
-            self.inner.signal_group(Kill::Term);
+            self.inner.signal_group(Signal::Term);
             if tokio::time::timeout(grace, self.exited()).await.is_err() {
                 self.kill();
                 self.exited().await;
@@ -476,7 +476,7 @@ impl Process {
     /// SIGKILL to the process group now; does not wait. (Processes that left the group
     /// are killed through the cgroup by the supervisor once the leader has exited.)
     pub fn kill(&self) {
-        self.inner.signal_group(Kill::Kill);
+        self.inner.signal_group(Signal::Kill);
     }
 }
 
@@ -485,7 +485,7 @@ impl Drop for Process {
     /// reaps it and cleans up.
     fn drop(&mut self) {
         if self.exit_now().is_none() {
-            self.inner.signal_group(Kill::Kill);
+            self.inner.signal_group(Signal::Kill);
         }
     }
 }
@@ -538,7 +538,7 @@ async fn supervise(inner: Arc<Inner>) {
     // group, then reap the leader, under the lock that guards every group signal.
     let (status, members) = {
         let mut reaped = inner.reaped.lock();
-        let _ = sys::kill_group(pid, Kill::Kill);
+        let _ = sys::kill_group(pid, Signal::Kill);
         // Listed before the leader is reaped, while the group id cannot name another group.
         let members = processes_in_group(pid);
         let status = sys::reap(pid).ok();

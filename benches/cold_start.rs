@@ -7,7 +7,9 @@
 //! 20 cold starts by default (`COLD_STARTS=n` to change); prints median, p90, max.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

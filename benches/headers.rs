@@ -113,6 +113,15 @@ fn bench(c: &mut Criterion) {
     // The batch set-up itself (building the input map), to subtract from the above.
     g.bench_function("baseline_build_typical_map", |b| b.iter(typical_request));
     g.finish();
+
+    // `X-Scf-Log-Type: Tail`: the last 4 KB of an invocation's log, base64-encoded into
+    // `X-Scf-Log-Result`.
+    let tail: String = (0..4096)
+        .map(|i| char::from(b' ' + (i % 95) as u8))
+        .collect();
+    c.bench_function("log_result_base64_4k", |b| {
+        b.iter(|| scf_gateway::instance::logs::base64(black_box(tail.as_bytes())))
+    });
 }
 
 criterion_group!(benches, bench);

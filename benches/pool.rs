@@ -5,7 +5,9 @@
 //! one with a single free slot.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use scf_gateway::metrics::Registry;

@@ -178,7 +178,7 @@ async fn run(args: Args) -> std::io::Result<()> {
     }
     let addr = SocketAddr::from(([0, 0, 0, 0], args.port));
     let listener = TcpListener::bind(addr).await?;
-    let _ = LISTENING_SINCE.set(std::time::Instant::now());
+    let _ = LISTENING_SINCE.set(tokio::time::Instant::now());
     let runtime = match args.threads {
         None => "current_thread".to_owned(),
         Some(n) => format!("multi_thread x{n}"),
@@ -264,7 +264,7 @@ struct Switches {
 }
 
 /// When the listening socket was bound.
-static LISTENING_SINCE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+static LISTENING_SINCE: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
 
 #[derive(Clone, Copy)]
 enum Crash {
@@ -315,7 +315,7 @@ impl Switches {
 }
 
 async fn handle(req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
-    let arrived = std::time::Instant::now();
+    let arrived = tokio::time::Instant::now();
     let (parts, mut body) = req.into_parts();
     let switches = Switches::from_headers(&parts.headers);
 

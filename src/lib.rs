@@ -15,6 +15,10 @@
 //! | record | [`metrics`], [`admin`] |
 //!
 //! [`config`] turns the TOML file into the validated data all of this runs on.
+//!
+//! `unsafe` is confined to [`sys`], the one module that talks to the kernel directly.
+
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod body;
@@ -29,6 +33,8 @@ pub mod metrics;
 pub mod pool;
 pub mod routing;
 pub mod server;
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod upstream;
 pub mod worker;
 

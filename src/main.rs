@@ -1,5 +1,7 @@
 //! The `scf-gateway` command: `run` the daemon or `check` a config file.
 
+#![deny(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -27,6 +29,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 ///   overflowed it and its sweeps emptied it, 1,800 more instructions per request than
 ///   glibc (callgrind); with these, about 1,000 fewer.
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+// SAFETY: jemalloc reads this symbol as a NUL-terminated C string, which the literal is,
+// and nothing else in the program defines it.
+#[allow(unsafe_code)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static MALLOC_CONF: &[u8; 141] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,\
 tcache_nslots_small_min:128,tcache_nslots_large:128,tcache_gc_incr_bytes:4194304\0";

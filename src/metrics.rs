@@ -17,8 +17,10 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 const INVOCATIONS: &str = "scf_gateway_invocations_total";
 const DURATION: &str = "scf_gateway_invocation_duration_seconds";
@@ -290,7 +292,7 @@ impl Registry {
     /// The metrics of one function, allocated on first use; asking again for the same
     /// function and namespace returns the same cells.
     pub fn function(&self, function: &str, namespace: &str) -> FunctionMetrics {
-        let mut functions = lock(&self.shared.functions);
+        let mut functions = self.shared.functions.lock();
         let Functions { names, index } = &mut *functions;
         let at = *index.entry(function.to_owned()).or_insert_with(|| {
             names.push(Named {
@@ -313,7 +315,7 @@ impl Registry {
 
     /// Prometheus text exposition (format 0.0.4) of every series.
     pub fn render(&self) -> String {
-        let functions = lock(&self.shared.functions);
+        let functions = self.shared.functions.lock();
         let names = &functions.names;
         let members: usize = names.iter().map(|n| n.members.len()).sum();
         // Roughly 40 lines of about 100 bytes per function.
@@ -399,7 +401,7 @@ impl Registry {
             );
         }
 
-        let workers = lock(&self.shared.workers);
+        let workers = self.shared.workers.lock();
         if !workers.is_empty() {
             out.push('\n');
             family(&mut out, WORKER_CONNECTIONS, "counter");
@@ -414,7 +416,7 @@ impl Registry {
     /// Client connections accepted by one worker thread (`worker="0"`, ...): how the
     /// shared listening socket spreads connections over the workers.
     pub fn worker_connections(&self, worker: usize) -> Counter {
-        let mut workers = lock(&self.shared.workers);
+        let mut workers = self.shared.workers.lock();
         if workers.len() <= worker {
             workers.resize_with(worker + 1, Arc::default);
         }
@@ -544,12 +546,6 @@ fn escape(value: &str) -> String {
         }
     }
     escaped
-}
-
-/// Poisoning only means another thread panicked while registering or rendering; the
-/// list of functions stays usable, so carry on.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use common::{wait_for, PATIENCE};
@@ -93,7 +95,7 @@ impl Output {
                     if n == 0 {
                         break;
                     }
-                    out.0.lock().unwrap().extend_from_slice(&buf[..n]);
+                    out.0.lock().extend_from_slice(&buf[..n]);
                 }
             });
         }
@@ -101,19 +103,19 @@ impl Output {
     }
 
     fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        String::from_utf8_lossy(&self.0.lock()).into_owned()
     }
 }
 
 /// `kill(pid, 0)` fails with ESRCH: no such process, not even a zombie.
 fn gone(pid: i32) -> bool {
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    let pid = rustix::process::Pid::from_raw(pid).expect("a positive pid");
+    rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
 }
 
 fn group_gone(pgid: i32) -> bool {
-    let rc = unsafe { libc::killpg(pgid, 0) };
-    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    let pgid = rustix::process::Pid::from_raw(pgid).expect("a positive pgid");
+    rustix::process::test_kill_process_group(pgid) == Err(rustix::io::Errno::SRCH)
 }
 
 /// Every process whose process group is `pgid`, leader included.
@@ -134,7 +136,7 @@ fn group_members(pgid: i32) -> Vec<i32> {
 }
 
 fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 /// The instance's cgroup, or `None` (with a note) where the test must be skipped.

@@ -154,7 +154,7 @@ async fn an_instance_closing_idle_connections_loses_and_duplicates_nothing() {
         // The pause is the scenario.
         tokio::time::sleep(Duration::from_millis(12 + i as u64 % 12)).await;
     }
-    let answered = instance.answered.lock().unwrap().clone();
+    let answered = instance.answered.lock().clone();
     let unique: HashSet<String> = answered.iter().cloned().collect();
     assert_eq!(
         unique.len(),

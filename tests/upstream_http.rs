@@ -7,8 +7,11 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use common::*;
@@ -58,7 +61,7 @@ impl RawInstance {
     }
 
     fn last(&self) -> Received {
-        self.received.lock().unwrap().last().cloned().unwrap()
+        self.received.lock().last().cloned().unwrap()
     }
 }
 
@@ -118,7 +121,7 @@ async fn serve(stream: TcpStream, received: Arc<Mutex<Vec<Received>>>) {
                 body.extend_from_slice(&chunk);
             }
         }
-        received.lock().unwrap().push(Received {
+        received.lock().push(Received {
             head: head.clone(),
             body,
         });

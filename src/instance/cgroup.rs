@@ -32,8 +32,12 @@ use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::sys;
 
 /// The directory under the hierarchy's root that holds the gateway's cgroups.
 const BASE_DIR: &str = "scf-gateway";
@@ -170,11 +174,7 @@ fn prepare(version: Version, mount: PathBuf) -> Result<Layout, String> {
         enable_memory_controller(&base)?;
     }
     // It may exist already (made by root earlier) without being ours to write in.
-    let c_base = std::ffi::CString::new(base.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("{} holds a NUL byte", base.display()))?;
-    // SAFETY: a valid C string.
-    if unsafe { libc::access(c_base.as_ptr(), libc::W_OK) } != 0 {
-        let e = io::Error::last_os_error();
+    if let Err(e) = sys::check_writable(&base) {
         return Err(format!(
             "cannot create cgroups in {}: {}",
             base.display(),
@@ -214,7 +214,7 @@ fn enable_memory_controller(dir: &Path) -> Result<(), String> {
 
 fn explain(e: &io::Error) -> String {
     match e.raw_os_error() {
-        Some(libc::EACCES) | Some(libc::EPERM) if unsafe { libc::geteuid() } != 0 => {
+        Some(libc::EACCES) | Some(libc::EPERM) if !sys::is_root() => {
             format!("{e} (not running as root)")
         }
         Some(libc::EROFS) => format!("{e} (the cgroup filesystem is mounted read-only)"),
@@ -428,7 +428,7 @@ impl Cgroup {
     }
 
     /// `cgroup.procs`, opened for writing. Open it before `fork` and let the child write
-    /// its pid to it before `exec` ([`join_before_exec`]): then the instance and all it
+    /// its pid to it before `exec` ([`sys::join_cgroup_at_exec`]): then the instance and all it
     /// starts are inside from the first instruction.
     pub fn procs_file(&self) -> io::Result<File> {
         OpenOptions::new()
@@ -476,7 +476,7 @@ impl Cgroup {
         match self.version {
             Version::V1 => write_file(&self.path.join("memory.max_usage_in_bytes"), "0").is_ok(),
             Version::V2 => {
-                let mut peak = self.peak_fd.lock().unwrap_or_else(|e| e.into_inner());
+                let mut peak = self.peak_fd.lock();
                 if peak.1 == PeakReset::No {
                     return false;
                 }
@@ -518,7 +518,7 @@ impl Cgroup {
         let value = match self.version {
             Version::V1 => read_u64(&self.path.join("memory.max_usage_in_bytes")).ok(),
             Version::V2 => {
-                let peak = self.peak_fd.lock().unwrap_or_else(|e| e.into_inner());
+                let peak = self.peak_fd.lock();
                 match &peak.0 {
                     Some(file) => read_u64_at(file).ok(),
                     None => read_u64(&self.path.join("memory.peak"))
@@ -565,8 +565,8 @@ impl Cgroup {
                 let _ = write_file(&self.path.join("cgroup.kill"), "1");
             }
             for &pid in &pids {
-                // SAFETY: plain syscall; the pid was in our cgroup a moment ago.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                // The pid was in our cgroup a moment ago.
+                let _ = sys::kill(pid, sys::Signal::Kill);
             }
             seen.extend(pids);
         }
@@ -583,7 +583,7 @@ impl Cgroup {
         let _ = self.oom_kills();
         self.kill_all();
         // Release our own `memory.peak` descriptor first.
-        *self.peak_fd.lock().unwrap_or_else(|e| e.into_inner()) = (None, PeakReset::No);
+        *self.peak_fd.lock() = (None, PeakReset::No);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         let mut pause = Duration::from_millis(1);
         loop {
@@ -612,7 +612,7 @@ impl Drop for Cgroup {
     fn drop(&mut self) {
         if !self.removed.load(Ordering::Acquire) {
             // Best effort: succeeds when no process is left in it.
-            *self.peak_fd.get_mut().unwrap_or_else(|e| e.into_inner()) = (None, PeakReset::No);
+            *self.peak_fd.get_mut() = (None, PeakReset::No);
             let _ = fs::remove_dir(&self.path);
         }
     }
@@ -625,36 +625,6 @@ fn read_u64_at(file: &File) -> io::Result<u64> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "not a number"))
-}
-
-/// For a `pre_exec` hook: writes the calling process's pid to `procs_fd` (an open
-/// `cgroup.procs`). Async-signal-safe: `getpid` and `write` on a stack buffer only.
-///
-/// # Safety
-/// `procs_fd` must be an open descriptor for the whole call.
-pub unsafe fn join_before_exec(procs_fd: libc::c_int) -> io::Result<()> {
-    let mut buf = [0u8; 24];
-    let mut pid = libc::getpid() as u64;
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (pid % 10) as u8;
-        pid /= 10;
-        if pid == 0 {
-            break;
-        }
-    }
-    let digits = &buf[at..];
-    loop {
-        let n = libc::write(procs_fd, digits.as_ptr().cast(), digits.len());
-        if n >= 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
-        }
-    }
 }
 
 /// How one invocation's peak memory is measured.

@@ -24,22 +24,22 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::cgroup::{self, Cgroup};
+use super::cgroup::Cgroup;
 use crate::config::{FunctionConfig, InstanceSource, LaunchConfig, PlatformConfig};
+use crate::sys::{self, Signal};
 
 /// Everything needed to start instances of one function.
 #[derive(Debug, Clone)]
@@ -183,7 +183,7 @@ const INHERITED_ENV: [&str; 5] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ"];
 
 pub fn free_port() -> io::Result<u16> {
     static RECENT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let mut recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut recent = RECENT.lock();
     let mut port = 0;
     for _ in 0..32 {
         let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;
@@ -226,13 +226,13 @@ struct Inner {
 
 impl Inner {
     /// Sends `signal` to the whole process group, unless the leader was reaped already.
-    fn signal_group(&self, signal: i32) {
-        let reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
+    fn signal_group(&self, signal: Signal) {
+        let reaped = self.reaped.lock();
         if !*reaped {
             self.signalled.store(true, Ordering::Release);
-            // SAFETY: plain syscall. The group id is the leader's pid, which cannot be
-            // reused while the leader is unreaped (checked under the lock above).
-            unsafe { libc::killpg(self.pid as libc::pid_t, signal) };
+            // The group id is the leader's pid, which cannot be reused while the leader
+            // is unreaped (checked under the lock above).
+            let _ = sys::kill_group(self.pid as sys::RawPid, signal);
         }
     }
 }
@@ -290,13 +290,8 @@ impl Process {
         for (key, value) in spec.env(port, &tmpdir) {
             command.env(key, value);
         }
-        if let Some(procs) = &procs {
-            let fd = procs.as_raw_fd();
-            // SAFETY: the hook only calls getpid and write (async-signal-safe, no
-            // allocation); `procs` outlives the spawn.
-            unsafe {
-                command.pre_exec(move || cgroup::join_before_exec(fd));
-            }
+        if let Some(procs) = procs {
+            sys::join_cgroup_at_exec(&mut command, procs);
         }
         let mut child = match command.spawn() {
             Ok(child) => child,
@@ -308,8 +303,8 @@ impl Process {
                 ));
             }
         };
+        // Closes the parent's `cgroup.procs`, which the command held for the child.
         drop(command);
-        drop(procs);
         let pid = child.id();
         let output = match (child.stdout.take(), child.stderr.take()) {
             (Some(out), Some(err)) => Some((OwnedFd::from(out), OwnedFd::from(err))),
@@ -468,7 +463,7 @@ impl Process {
     /// and the cgroup are removed. Idempotent; safe to call from several tasks.
     pub async fn stop(&self, grace: Duration) {
         if self.exit_now().is_none() {
-            self.inner.signal_group(libc::SIGTERM);
+            self.inner.signal_group(Signal::Term);
             if tokio::time::timeout(grace, self.exited()).await.is_err() {
                 self.kill();
                 self.exited().await;
@@ -481,7 +476,7 @@ impl Process {
     /// SIGKILL to the process group now; does not wait. (Processes that left the group
     /// are killed through the cgroup by the supervisor once the leader has exited.)
     pub fn kill(&self) {
-        self.inner.signal_group(libc::SIGKILL);
+        self.inner.signal_group(Signal::Kill);
     }
 }
 
@@ -490,7 +485,7 @@ impl Drop for Process {
     /// reaps it and cleans up.
     fn drop(&mut self) {
         if self.exit_now().is_none() {
-            self.inner.signal_group(libc::SIGKILL);
+            self.inner.signal_group(Signal::Kill);
         }
     }
 }
@@ -499,13 +494,8 @@ impl Drop for Process {
 fn become_subreaper() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
-        // SAFETY: plain prctl on the calling process.
-        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        if rc != 0 {
-            tracing::debug!(
-                "cannot become a child subreaper: {}",
-                io::Error::last_os_error()
-            );
+        if let Err(e) = sys::become_child_subreaper() {
+            tracing::debug!("cannot become a child subreaper: {e}");
         }
     });
 }
@@ -547,20 +537,18 @@ async fn supervise(inner: Arc<Inner>) {
     // The leader is a zombie: its pid still names the group. Kill what is left of the
     // group, then reap the leader, under the lock that guards every group signal.
     let (status, members) = {
-        let mut reaped = inner.reaped.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: plain syscalls on our own unreaped child.
-        unsafe { libc::killpg(pid, libc::SIGKILL) };
+        let mut reaped = inner.reaped.lock();
+        let _ = sys::kill_group(pid, Signal::Kill);
         // Listed before the leader is reaped, while the group id cannot name another group.
         let members = processes_in_group(pid);
-        let status = reap(pid);
+        let status = sys::reap(pid).ok();
         *reaped = true;
         (status, members)
     };
 
     let (code, signal) = match status {
-        Some(s) if libc::WIFEXITED(s) => (Some(libc::WEXITSTATUS(s)), None),
-        Some(s) if libc::WIFSIGNALED(s) => (None, Some(libc::WTERMSIG(s))),
-        _ => (None, None),
+        Some(s) => (s.exit_status(), s.terminating_signal()),
+        None => (None, None),
     };
     let mut oom_killed = false;
     if let (Some(cgroup), Some(libc::SIGKILL)) = (&inner.cgroup, signal) {
@@ -642,18 +630,10 @@ async fn supervise(inner: Arc<Inner>) {
 
 /// Waits until `pid` (our child) has exited, leaving it unreaped.
 async fn wait_for_exit_unreaped(pid: libc::pid_t) {
-    // SAFETY: pidfd_open returns a new descriptor we own, or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd >= 0 {
-        // SAFETY: a fresh descriptor, owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
-        // SAFETY: an OwnedFd keeps its descriptor open and unchanged while the AsyncFd
-        // owns it.
-        if let Ok(fd) = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
-            // A pidfd becomes readable when the process exits.
-            let _ = fd.readable().await;
-            return;
-        }
+    if let Ok(fd) = sys::pidfd(pid) {
+        // A pidfd becomes readable when the process exits.
+        let _ = fd.readable().await;
+        return;
     }
     // No pidfds (old kernel, seccomp).
     wait_blocking_unreaped(pid).await;
@@ -662,38 +642,7 @@ async fn wait_for_exit_unreaped(pid: libc::pid_t) {
 /// The fallback of [`wait_for_exit_unreaped`]: a blocking `waitid(WNOWAIT)` on the
 /// blocking pool (one thread per running instance).
 async fn wait_blocking_unreaped(pid: libc::pid_t) {
-    let _ = tokio::task::spawn_blocking(move || loop {
-        // SAFETY: a zeroed siginfo_t is a valid out-parameter.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        if rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            break;
-        }
-    })
-    .await;
-}
-
-/// Reaps `pid` (our exited child); its wait status.
-fn reap(pid: libc::pid_t) -> Option<libc::c_int> {
-    loop {
-        let mut status = 0;
-        // SAFETY: plain waitpid on our own child.
-        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if rc == pid {
-            return Some(status);
-        }
-        if rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-            continue;
-        }
-        return None;
-    }
+    let _ = tokio::task::spawn_blocking(move || sys::wait_exited_unreaped(pid)).await;
 }
 
 /// `(state, ppid, pgrp)` from `/proc/<pid>/stat`.
@@ -726,12 +675,8 @@ fn reap_pass(pids: &mut Vec<libc::pid_t>) {
     let me = std::process::id() as libc::pid_t;
     pids.retain(|&pid| match proc_stat(pid) {
         None => false,
-        Some((_, ppid, _)) if ppid == me => {
-            let mut status = 0;
-            // SAFETY: `pid` is our child (ppid checked; only we can reap it now).
-            let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            rc == 0
-        }
+        // Our child (ppid checked; only we can reap it now): kept while it runs.
+        Some((_, ppid, _)) if ppid == me => matches!(sys::try_reap(pid), Ok(false)),
         Some((state, _, _)) => state != 'Z',
     });
 }
@@ -858,8 +803,8 @@ mod tests {
                 wait_blocking_unreaped(pid).await;
             }
             assert_eq!(proc_stat(pid).map(|s| s.0), Some('Z'));
-            let status = reap(pid).unwrap();
-            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+            let status = sys::reap(pid).unwrap();
+            assert_eq!(status.exit_status(), Some(0));
             assert!(proc_stat(pid).is_none());
         }
     }
@@ -869,7 +814,7 @@ mod tests {
         let me = std::process::id() as libc::pid_t;
         let (state, ppid, pgrp) = proc_stat(me).unwrap();
         assert!(matches!(state, 'R' | 'S'));
-        assert_eq!(ppid, unsafe { libc::getppid() });
-        assert_eq!(pgrp, unsafe { libc::getpgrp() });
+        assert_eq!(ppid as u32, std::os::unix::process::parent_id());
+        assert_eq!(pgrp, rustix::process::getpgrp().as_raw_nonzero().get());
     }
 }

@@ -22,10 +22,11 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
+use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -652,9 +653,9 @@ mod tests {
         let (body_tx, body_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let (stream, _) = front.accept().await.unwrap();
-            let body_tx = std::sync::Mutex::new(Some(body_tx));
+            let body_tx = parking_lot::Mutex::new(Some(body_tx));
             let service = hyper::service::service_fn(move |req: http::Request<_>| {
-                if let Some(tx) = body_tx.lock().unwrap().take() {
+                if let Some(tx) = body_tx.lock().take() {
                     let _ = tx.send(req.into_body());
                 }
                 std::future::pending::<Result<http::Response<String>, std::convert::Infallible>>()

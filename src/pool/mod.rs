@@ -8,7 +8,7 @@
 //! waiter, so a burst cannot overtake the queue.
 //!
 //! Instances come from a source: a static list (fixed for the pool's life), or a
-//! [`Launcher`] that starts processes on demand (see [`scale`]). The state is one small
+//! [`Launcher`] that starts processes on demand (see `scale.rs`). The state is one small
 //! mutex per pool, held for a few instructions and never across an await. Instances
 //! that refuse connections are marked down; a keeper task (see [`connection`]) probes
 //! them back in with backoff, and one keeper per address keeps warm keep-alive
@@ -19,9 +19,10 @@ mod scale;
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use parking_lot::{Mutex, MutexGuard};
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -741,8 +742,6 @@ impl Drop for Slot {
     }
 }
 
-/// Poisoning only means another thread panicked while holding the lock; the state it
-/// guards is a handful of counters that stay consistent, so carry on.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    m.lock()
 }

@@ -43,10 +43,7 @@ pub(super) async fn memory_upkeep(period: Duration, min_released: usize) {
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn trim_heap() {
-    // SAFETY: malloc_trim has no preconditions; it only takes the allocator's locks.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::sys::malloc_trim();
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

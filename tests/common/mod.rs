@@ -18,7 +18,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -80,11 +82,11 @@ impl Record {
     }
 
     pub fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
+        self.seen.lock().len()
     }
 
     pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
+        self.seen.lock().clone()
     }
 }
 
@@ -169,7 +171,7 @@ async fn respond(record: &Record, req: Request<Incoming>) -> Result<Response<Fak
             record.got_bytes.notify_waiters();
         }
     }
-    record.seen.lock().unwrap().push(Seen {
+    record.seen.lock().push(Seen {
         method: parts.method.to_string(),
         path: parts.uri.to_string(),
         headers: parts.headers.clone(),
@@ -550,7 +552,6 @@ impl IdleClosingInstance {
                         }
                         record
                             .lock()
-                            .unwrap()
                             .push(String::from_utf8_lossy(&body).into_owned());
                         let response = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                         if reader.get_mut().write_all(response).await.is_err() {
@@ -609,7 +610,7 @@ impl GatewayProcess {
                 .next()
                 .expect("gateway exited before it was ready")
                 .unwrap();
-            logs.lock().unwrap().push(line.clone());
+            logs.lock().push(line.clone());
             if line.contains("scf-gateway ready") {
                 break serde_json::from_str::<serde_json::Value>(&line).unwrap();
             }
@@ -618,7 +619,7 @@ impl GatewayProcess {
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
+                sink.lock().push(line);
             }
         });
         let addr = |k: &str| ready[k].as_str().unwrap().parse().unwrap();
@@ -639,7 +640,6 @@ impl GatewayProcess {
     pub fn records(&self) -> Vec<serde_json::Value> {
         self.logs
             .lock()
-            .unwrap()
             .iter()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
@@ -697,8 +697,8 @@ impl Drop for GatewayProcess {
             let _ = std::process::Command::new("kill")
                 .args(["-TERM", &self.child.id().to_string()])
                 .status();
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while std::time::Instant::now() < deadline {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while tokio::time::Instant::now() < deadline {
                 if let Ok(Some(_)) = self.child.try_wait() {
                     break;
                 }

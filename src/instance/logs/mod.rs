@@ -23,7 +23,9 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::AtomicUsize;
 #[cfg(test)]
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use attribution::State;
 use emit::{emitter, Shared, Stream};
@@ -119,9 +121,8 @@ impl InstanceLog {
         self.lock().end(request_id.into(), &report)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock leaves consistent-enough state for logging.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     /// Largest number of function-line bytes that were queued for the emitter at once.

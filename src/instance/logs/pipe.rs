@@ -10,7 +10,9 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use tokio::net::unix::pipe;
 
@@ -73,7 +75,7 @@ pub(super) async fn read_pipes(mut rx: [Option<pipe::Receiver>; 2], state: Arc<M
         let mut total = 0;
         while total < READ_TURN {
             let Some(r) = &rx[i] else { break };
-            let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut st = state.lock();
             let outcome = match ready {
                 // A begin/end may have seen the EOF first.
                 _ if st.pipes[i].file.is_none() => Outcome::Closed,

@@ -1,11 +1,13 @@
 use super::*;
+use parking_lot::Mutex;
 use serde_json::Value;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command as Cmd, Stdio};
 use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 use tracing_subscriber::fmt::MakeWriter;
 
 /// Decodes standard base64, to check what [`base64`] encodes.
@@ -38,7 +40,7 @@ struct Buf(Arc<Mutex<Vec<u8>>>);
 
 impl io::Write for Buf {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
+        self.0.lock().extend_from_slice(b);
         Ok(b.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -55,7 +57,7 @@ impl<'a> MakeWriter<'a> for Buf {
 
 impl Buf {
     fn records(&self) -> Vec<Value> {
-        let b = self.0.lock().unwrap();
+        let b = self.0.lock();
         String::from_utf8_lossy(&b)
             .lines()
             .map(|l| serde_json::from_str(l).expect("JSON record"))

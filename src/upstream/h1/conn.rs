@@ -132,7 +132,7 @@ impl Connection {
         #[cfg(target_os = "linux")]
         {
             // A socket that refuses the option only loses the shortcut.
-            let _ = socket2::SockRef::from(&self.io).set_tcp_quickack(true);
+            let _ = rustix::net::sockopt::set_tcp_quickack(&self.io, true);
         }
     }
 

@@ -384,6 +384,29 @@ async fn wait_for_record(
     .await
 }
 
+/// A timeout that stops a launched instance is a WARN line with the request id, naming
+/// the instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_that_stops_an_instance_is_a_warning_with_the_request_id() {
+    let m = marker("timeout-warn");
+    let gw = GatewayProcess::start(
+        "timeout-warn",
+        "",
+        &rust_function("slow", &m, "timeout = \"300ms\"", ""),
+    );
+    let answer = invoke(gw.listen, "slow", &[("x-test-sleep-ms", "5000")], "{}").await;
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    let id = answer.request_id().to_owned();
+    let warning = wait_for_record(&gw, |r| {
+        r["request_id"] == id.as_str() && r["level"] == "WARN"
+    })
+    .await;
+    let message = warning["message"].as_str().unwrap_or_default();
+    assert!(message.contains("timed out after 300ms"), "{warning}");
+    assert_eq!(warning["function"], "slow");
+    assert!(warning["instance"].as_str().is_some(), "{warning}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_end_report_surround_each_invocation_and_tail_returns_its_lines() {
     let app = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/functions/hello");

@@ -48,12 +48,11 @@ const HOP_BY_HOP: [&str; 9] = [
 /// The per-function headers every request to an instance carries, prebuilt as the
 /// bytes they are on the wire: the request path copies them into the request head
 /// instead of inserting a dozen entries into a header map (a hash, a probe and often a
-/// rehash each: the largest single cost of the first version of the hot path).
+/// rehash each).
 ///
 /// The platform's identity and credentials are one block shared by every function, so
 /// with a thousand functions a request reads its function's few lines and one common
-/// block, not a thousand copies of the same bytes (cache misses measured with
-/// callgrind's cache simulation: see loadtests/README.md).
+/// block, not a thousand copies of the same bytes.
 #[derive(Clone)]
 pub struct Stamp {
     /// Memory, timeout, version, name, namespace: `name: value\r\n` lines, lower-case

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use scf_gateway::config::{Config, FunctionKind, InstanceSource};
 
-/// jemalloc rather than glibc's malloc, measured (README, "Memory"): many idle keep-alive
+/// jemalloc rather than glibc's malloc (docs/adr/0004-jemalloc.md): many idle keep-alive
 /// connections leave glibc's heap fragmented, each parked connection's few long-lived
 /// objects between the holes its request buffers left, holes whose first page
 /// `malloc_trim` cannot give back (10,000 idle connections: +42 MB with glibc, +15 MB with
@@ -20,7 +20,7 @@ use scf_gateway::config::{Config, FunctionKind, InstanceSource};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's settings, read at its first allocation; `_RJEM_MALLOC_CONF` in the
-/// environment adds to them. Measured (README, "Memory"):
+/// environment adds to them (docs/adr/0004-jemalloc.md):
 /// - freed pages go back to the system after about a second, by jemalloc's own
 ///   background thread rather than on the request path (with no delay,
 ///   `dirty_decay_ms:0`, the purging cost 17 % more CPU per request under load);

@@ -7,9 +7,9 @@
 //! lookup, no lock, no allocation, no floating point. The cells one invocation touches
 //! (in-flight gauge, success counter, reused-connection counter, duration sum, billing
 //! and the fast histogram buckets) share the block's first cache line, so a typical
-//! request pulls in one or two lines of metrics state however many functions there are.
-//! (With a general-purpose recorder every counter and gauge was its own allocation,
-//! spread over the heap: with 1,000 functions that meant a cache miss per series.)
+//! request pulls in one or two lines of metrics state however many functions there are,
+//! where a general-purpose recorder makes every series its own allocation
+//! (docs/adr/0003-metrics-cells.md).
 //!
 //! The text exposition is rendered here, on scrape, in a fixed order: the families in
 //! the order of the contract, functions in the order they were registered.

@@ -207,7 +207,7 @@ fn lowercase(host: &str) -> Cow<'_, str> {
 
 /// Query values as browsers and SDKs send them (`%24LATEST`, `+` for space). By hand
 /// rather than with `form_urlencoded`, which costs the invocation path more: see
-/// docs/adr/0010-query-decoding.md.
+/// docs/adr/0007-query-decoding.md.
 fn percent_decode(value: &str) -> Cow<'_, str> {
     if !value.contains(['%', '+']) {
         return Cow::Borrowed(value);

@@ -1,5 +1,6 @@
 //! The heap a quiet keep-alive client connection keeps once it is parked: the budget
-//! behind "10,000 idle connections add at most 40 MB" (README, Performance), counted
+//! behind "10,000 idle connections add at most 40 MB"
+//! (docs/adr/0006-connection-parking.md), counted
 //! by a counting allocator rather than read from RSS, so it holds on any allocator and
 //! under any machine load.
 

@@ -8,7 +8,8 @@
 //!
 //! `current`: one `current_thread` runtime (everything on the main thread, no work
 //! stealing, no cross-thread wake-ups). `multi`: the work-stealing runtime with
-//! `--threads` workers (what `scf-gateway run` does with `workers = N`).
+//! `--threads` workers (for comparison: `scf-gateway run` runs `workers = N`
+//! `current_thread` runtimes, one per thread; docs/adr/0002-thread-per-core.md).
 //! Stops on SIGTERM or SIGINT. Logs nothing (benchmark use).
 
 use std::path::PathBuf;

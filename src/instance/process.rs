@@ -72,7 +72,7 @@ impl Spec {
         })
     }
 
-    /// The environment an instance gets on top of the gateway's own, in order (later
+    /// The environment an instance gets on top of `INHERITED_ENV`, in order (later
     /// entries win): the SCF variables, `PORT`, `TMPDIR`, then the function's `env`.
     pub fn env(&self, port: u16, tmpdir: &Path) -> Vec<(String, OsString)> {
         let mut env: Vec<(String, OsString)> = vec![
@@ -174,13 +174,13 @@ impl From<io::Error> for StartError {
     }
 }
 
-/// A free TCP port on 127.0.0.1, chosen by binding port 0 and releasing it. The last
-/// 256 ports handed out are not handed out again (a starting instance may not have
-/// bound its port yet), so two instances started one after the other never share one.
 /// What an instance inherits from the gateway's environment: enough to find programs
 /// and keep the locale, nothing else.
 const INHERITED_ENV: [&str; 5] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ"];
 
+/// A free TCP port on 127.0.0.1, chosen by binding port 0 and releasing it. The last
+/// 256 ports handed out are not handed out again (a starting instance may not have
+/// bound its port yet), so two instances started one after the other never share one.
 pub fn free_port() -> io::Result<u16> {
     static RECENT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let mut recent = RECENT.lock();
@@ -240,7 +240,8 @@ impl Inner {
 impl Process {
     /// Spawns `command args` in its own process group and memory cgroup, cwd =
     /// `launch.workdir`, stdin `/dev/null`, stdout and stderr piped (see
-    /// [`Process::take_output`]), with the gateway's environment plus [`Spec::env`] and a
+    /// [`Process::take_output`]), with `INHERITED_ENV` of the gateway's environment,
+    /// then [`Spec::env`], and a
     /// private `TMPDIR` (0700, removed when the instance is gone).
     ///
     /// `name` identifies the instance in logs, its cgroup and its `TMPDIR` (`hello-3`).

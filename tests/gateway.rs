@@ -540,6 +540,33 @@ async fn http2_prior_knowledge_clients_are_served() {
     gw.shutdown().await;
 }
 
+/// An HTTP/2 client may open at most 100 concurrent streams per connection, as the
+/// gateway announces in its SETTINGS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_get_at_most_100_concurrent_streams() {
+    let instance = FakeInstance::start().await;
+    let gw = gateway(&event_function("hello", &[instance.addr], "")).await;
+    let stream = tokio::net::TcpStream::connect(gw.listen_addr())
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = Request::post(format!(
+        "http://{}/v1/functions/hello/invocations",
+        gw.listen_addr()
+    ))
+    .body(())
+    .unwrap();
+    // One exchange: by its answer the server's SETTINGS have been read.
+    let (response, mut body) = client.send_request(req, false).unwrap();
+    body.send_data(Bytes::from_static(b"{}"), true).unwrap();
+    let response = within("the answer", response).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(client.current_max_send_streams(), 100);
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics_are_served_on_the_admin_listener() {
     let instance = FakeInstance::start().await;

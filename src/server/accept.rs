@@ -19,6 +19,10 @@ use super::connection::{client_connection, ClientTimers};
 use super::drain::Drain;
 use crate::body::GatewayBody;
 
+/// Concurrent streams one HTTP/2 client connection may open (the contract's limit;
+/// hyper's own default is 200).
+pub(crate) const MAX_H2_STREAMS: u32 = 100;
+
 /// Accepts connections until told to stop, then drains them for at most `grace`.
 /// Several workers may serve one listening socket: each is woken by a new connection
 /// and one wins the accept (the others' `EAGAIN` stays inside tokio). The first to run
@@ -42,7 +46,9 @@ pub(super) async fn serve<F, Fut>(
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1.keep_alive(true).header_read_timeout(None);
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http2.timer(TokioTimer::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_H2_STREAMS);
     let builders = Arc::new((http1, http2));
     'accepting: loop {
         if let Some((balance, index)) = &drain.share {

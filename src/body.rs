@@ -196,6 +196,8 @@ pub struct InvocationBody {
     /// then shared with it.
     state: Holder,
     watchdog: Option<AbortHandle>,
+    /// The client left: the body is being read to its end and thrown away.
+    abandoned: bool,
 }
 
 enum Holder {
@@ -227,6 +229,7 @@ impl InvocationBody {
             deadline,
             state: Holder::Inline(LeaseState::Active(invocation)),
             watchdog: None,
+            abandoned: false,
         };
         // An empty body (204, HEAD, Content-Length: 0) may never be polled.
         if body.inner.is_end_stream() {
@@ -245,7 +248,43 @@ impl InvocationBody {
                 Outcome::Success => self.inner.take_reusable(),
                 _ => None,
             };
+            let outcome = match outcome {
+                Outcome::Success if self.abandoned => Outcome::ClientClosed,
+                outcome => outcome,
+            };
             invocation.end(outcome, conn);
+        }
+    }
+
+    /// Whether the invocation is still on its instance (not ended, not timed out).
+    fn is_active(&self) -> bool {
+        match &self.state {
+            Holder::Inline(state) => matches!(state, LeaseState::Active(_)),
+            Holder::Shared(shared) => matches!(&*lock(shared), LeaseState::Active(_)),
+        }
+    }
+
+    /// The client left before the body ended. A departed client does not end the
+    /// invocation early: the rest of the response is read and thrown away, so the
+    /// instance keeps its slot until its response has ended (and its connection goes
+    /// back to the pool) or the deadline passed (then it is a timed-out invocation),
+    /// and the invocation is billed and logged like any other.
+    pub async fn drain(mut self: Box<Self>) {
+        self.abandoned = true;
+        let deadline = self.deadline;
+        let body = &mut self;
+        let ended = tokio::time::timeout_at(deadline, async {
+            while let Some(frame) =
+                std::future::poll_fn(|cx| Pin::new(&mut **body).poll_frame(cx)).await
+            {
+                if frame.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        if ended.is_err() {
+            self.finish(Outcome::Timeout);
         }
     }
 
@@ -370,16 +409,40 @@ fn lock<T>(m: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
 
 /// The body of every response the gateway sends.
 pub enum GatewayBody {
-    /// Boxed: one allocation per invocation is cheaper than copying the body (with its
-    /// connection and invocation, ~400 bytes) each of the several times the response moves
-    /// on its way through hyper's dispatcher.
-    Invocation(Box<InvocationBody>),
+    Invocation(ToClient),
     Full(Option<Bytes>),
 }
 
 impl GatewayBody {
     pub fn full(data: Bytes) -> GatewayBody {
         GatewayBody::Full(Some(data))
+    }
+
+    pub fn invocation(body: InvocationBody) -> GatewayBody {
+        GatewayBody::Invocation(ToClient(Some(Box::new(body))))
+    }
+}
+
+/// An invocation's response body as the client's connection holds it.
+///
+/// Boxed: one allocation per invocation is cheaper than copying the body (with its
+/// connection and invocation, ~400 bytes) each of the several times the response moves
+/// on its way through hyper's dispatcher.
+pub struct ToClient(Option<Box<InvocationBody>>);
+
+impl Drop for ToClient {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away. The invocation goes on in a task
+        // of its own (see `InvocationBody::drain`).
+        if !self.0.as_ref().is_some_and(|body| body.is_active()) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if let Some(body) = self.0.take() {
+            runtime.spawn(body.drain());
+        }
     }
 }
 
@@ -392,21 +455,24 @@ impl Body for GatewayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            GatewayBody::Invocation(b) => Pin::new(b).poll_frame(cx),
+            GatewayBody::Invocation(ToClient(Some(b))) => Pin::new(b).poll_frame(cx),
+            GatewayBody::Invocation(ToClient(None)) => Poll::Ready(None),
             GatewayBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            GatewayBody::Invocation(b) => b.is_end_stream(),
+            GatewayBody::Invocation(ToClient(Some(b))) => b.is_end_stream(),
+            GatewayBody::Invocation(ToClient(None)) => true,
             GatewayBody::Full(data) => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            GatewayBody::Invocation(b) => b.size_hint(),
+            GatewayBody::Invocation(ToClient(Some(b))) => b.size_hint(),
+            GatewayBody::Invocation(ToClient(None)) => SizeHint::with_exact(0),
             GatewayBody::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
             GatewayBody::Full(None) => SizeHint::with_exact(0),
         }

@@ -147,6 +147,23 @@ impl Invocation {
         }
     }
 
+    /// Takes the invocation over, leaving an ended husk behind: for work that must go on
+    /// after the future that owned the invocation is gone (a client that left before its
+    /// answer does not end the invocation early).
+    pub fn detach(&mut self) -> Invocation {
+        let detached = Invocation {
+            function: self.function.clone(),
+            request_id: self.request_id.clone(),
+            started: self.started,
+            attempt: self.attempt.take(),
+            status: self.status,
+            access: self.access.take(),
+            ended: self.ended,
+        };
+        self.ended = true;
+        detached
+    }
+
     /// The status the client is answered with, for the access log.
     pub fn responded(&mut self, status: StatusCode) {
         self.status = status.as_u16();

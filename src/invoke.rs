@@ -12,6 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{HeaderValue, CONTENT_LENGTH, EXPECT, HOST};
@@ -19,8 +20,9 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::body::{self, GatewayBody, InvocationBody, LimitedBody, ResponseBody, UpstreamBody};
 use crate::config::{Config, FunctionKind, EVENT_RESPONSE_LIMIT};
@@ -29,7 +31,7 @@ use crate::function::Function;
 use crate::headers::{self, StampValues, Stripped};
 use crate::instance::logs;
 use crate::invocation::{AccessLog, Invocation};
-use crate::metrics::Registry;
+use crate::metrics::{Outcome, Registry};
 use crate::pool::{Instance, Pool, PooledConn, Upstreams};
 use crate::routing::{Router, Target};
 use crate::upstream::h1::{self, UpstreamError};
@@ -261,19 +263,28 @@ impl Gateway {
             if function.kind == FunctionKind::Event {
                 upstream.headers_mut().insert(HOST, instance.host().clone());
             }
-            let sent =
-                match tokio::time::timeout_at(deadline, h1::send(conn, upstream, stamp)).await {
-                    Ok(Ok(response)) => Ok(Ok(response)),
-                    Ok(Err(SendError::Failed(e))) => Ok(Err(Failure::Failed(e))),
-                    // A pooled connection found closed before any byte was written: one
-                    // fresh connection gets the request (once a byte went out, it is never
-                    // sent again). Rare, so boxed: the hot future stays small.
-                    Ok(Err(SendError::Unsent(req))) => {
+            let sending = h1::send(conn, upstream, stamp);
+            let sent = match Exchanging::new(sending, deadline, invocation, function).await {
+                Ok(Ok(response)) => Ok(Ok(response)),
+                Ok(Err(SendError::Failed(e))) => Ok(Err(Failure::Failed(e))),
+                // A pooled connection found closed before any byte was written: one
+                // fresh connection gets the request (once a byte went out, it is never
+                // sent again). Rare, so boxed: the hot future stays small.
+                Ok(Err(SendError::Unsent(req))) => match invocation.instance() {
+                    Some(instance) => {
                         let fresh = Box::pin(send_fresh(req, stamp, instance, pool));
-                        tokio::time::timeout_at(deadline, fresh).await
+                        tokio::time::timeout_at(deadline, fresh)
+                            .await
+                            .map_err(|_| PastDeadline)
                     }
-                    Err(elapsed) => Err(elapsed),
-                };
+                    None => Ok(Err(Failure::Refused(req))),
+                },
+                Err(past) => Err(past),
+            };
+            // Handed over above: the attempt is the invocation's until `abandon_attempt`.
+            let Some(instance) = invocation.instance() else {
+                return Err(function.timeout_error().into());
+            };
             match sent {
                 Ok(Ok(response)) => return Ok(Exchange { response, deadline }),
                 Ok(Err(Failure::Refused(req))) => {
@@ -287,9 +298,98 @@ impl Gateway {
                 Ok(Err(Failure::Failed(e))) => {
                     return Err(Box::pin(failed(instance, function, e)).await)
                 }
-                Err(_elapsed) => return Err(function.timeout_error().into()),
+                Err(PastDeadline) => return Err(function.timeout_error().into()),
             }
         }
+    }
+}
+
+/// The deadline passed before the response head arrived.
+struct PastDeadline;
+
+type Sending = h1::Sending<PooledConn, UpstreamBody>;
+
+pin_project! {
+    /// The exchange with an instance up to its response head, under the deadline.
+    ///
+    /// A client that leaves drops the request's future, and with it this one. That must
+    /// not end the invocation early (the instance would lose its slot while still
+    /// running it, and more invocations than `instance_concurrency` would run at once):
+    /// dropped unfinished, the exchange goes on in a task of its own, with the
+    /// invocation, until the response has ended (read and thrown away) or the deadline
+    /// passed.
+    struct Exchanging<'a> {
+        sending: Option<Sending>,
+        #[pin]
+        deadline: Sleep,
+        invocation: &'a mut Invocation,
+        response_limit: u64,
+    }
+
+    impl PinnedDrop for Exchanging<'_> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let Some(sending) = this.sending.take() else {
+                return;
+            };
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            let invocation = this.invocation.detach();
+            let deadline = this.deadline.deadline();
+            runtime.spawn(finish_abandoned(sending, invocation, deadline, *this.response_limit));
+        }
+    }
+}
+
+impl<'a> Exchanging<'a> {
+    fn new(
+        sending: Sending,
+        deadline: Instant,
+        invocation: &'a mut Invocation,
+        function: &Function,
+    ) -> Self {
+        Exchanging {
+            sending: Some(sending),
+            deadline: tokio::time::sleep_until(deadline),
+            invocation,
+            response_limit: function.response_limit,
+        }
+    }
+}
+
+impl Future for Exchanging<'_> {
+    type Output = Result<Result<Response<ResponseBody>, SendError>, PastDeadline>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Some(sending) = this.sending.as_mut() else {
+            return Poll::Ready(Err(PastDeadline));
+        };
+        if let Poll::Ready(sent) = Pin::new(sending).poll(cx) {
+            *this.sending = None;
+            return Poll::Ready(Ok(sent));
+        }
+        if this.deadline.poll(cx).is_ready() {
+            *this.sending = None;
+            return Poll::Ready(Err(PastDeadline));
+        }
+        Poll::Pending
+    }
+}
+
+/// The rest of an exchange whose client left before the response head: the instance
+/// keeps its slot until the response has ended or the deadline passed, and the
+/// invocation is billed and logged like any other (as `client_closed`).
+async fn finish_abandoned(sending: Sending, invocation: Invocation, deadline: Instant, limit: u64) {
+    match tokio::time::timeout_at(deadline, sending).await {
+        Ok(Ok(response)) => {
+            let body = InvocationBody::new(response.into_body(), deadline, limit, invocation);
+            Box::new(body).drain().await;
+        }
+        // The request never reached the instance whole; nobody waits for a retry.
+        Ok(Err(_)) => invocation.end(Outcome::ClientClosed, None),
+        Err(_) => invocation.end(Outcome::Timeout, None),
     }
 }
 
@@ -329,10 +429,7 @@ fn respond(
     });
     let body = InvocationBody::new(incoming, exchange.deadline, limit, invocation);
     match held {
-        None => Responded::Now(Response::from_parts(
-            parts,
-            GatewayBody::Invocation(Box::new(body)),
-        )),
+        None => Responded::Now(Response::from_parts(parts, GatewayBody::invocation(body))),
         Some((rx, instance)) => Responded::Held(Box::pin(with_log_tail(
             parts, body, rx, request_id, instance,
         ))),
@@ -483,7 +580,9 @@ async fn with_log_tail(
     instance: String,
 ) -> Response<GatewayBody> {
     use http_body_util::BodyExt;
-    let collected = match body.collect().await {
+    // As the client's body: a client that leaves while it is held does not end the
+    // invocation early either.
+    let collected = match GatewayBody::invocation(body).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
             let error = match e.downcast::<ForwardError>() {

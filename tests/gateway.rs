@@ -49,6 +49,9 @@ async fn all_headers_are_stamped_and_no_forgery_reaches_the_instance() {
         .header("X_Scf_Uin", "666")
         .header("Connection", "X-Scf-Name")
         .header("X-Scf-Name", "evil")
+        .header("Transfer_Encoding", "chunked")
+        .header("Content_Length", "99")
+        .header("Keep_Alive", "1")
         .header("X-Custom", "kept")
         .body(Full::new(Bytes::from_static(b"{\"a\":1}")))
         .unwrap();
@@ -89,6 +92,10 @@ async fn all_headers_are_stamped_and_no_forgery_reaches_the_instance() {
     assert!(!h.contains_key("x-scf-trigger-src"));
     assert_eq!(h.get("x-custom").map(String::as_str), Some("kept"));
     assert!(!h.contains_key("connection"));
+    for alias in ["transfer_encoding", "content_length", "keep_alive"] {
+        assert!(!h.contains_key(alias), "{alias} reached the instance");
+    }
+    assert_eq!(h.get("content-length").map(String::as_str), Some("7"));
     assert_eq!(
         h.get("host").map(String::as_str),
         Some(instance.addr.to_string().as_str())

@@ -12,7 +12,28 @@ use serde::Serialize;
 use crate::headers::REQUEST_ID;
 use crate::metrics::Outcome;
 
-/// The request could not be matched to a function.
+/// The most of a client's text (a host, a path, a name) an error message repeats.
+pub const REFLECTED_MAX: usize = 256;
+
+/// `text` as an error message repeats it: cut to [`REFLECTED_MAX`] bytes (on a character
+/// boundary) and marked `...` when cut, so a client cannot have the gateway echo a
+/// request head's worth of its own bytes back, nor make it copy them.
+pub fn reflected(text: &str) -> String {
+    if text.len() <= REFLECTED_MAX {
+        return text.to_owned();
+    }
+    let mut end = REFLECTED_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut cut = String::with_capacity(end + 3);
+    cut.push_str(&text[..end]);
+    cut.push_str("...");
+    cut
+}
+
+/// The request could not be matched to a function. What it repeats of the request is
+/// cut with [`reflected`].
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     #[error("Function [{name}] not found in namespace [{namespace}]")]
@@ -213,6 +234,28 @@ mod tests {
         assert_eq!(seconds_text(Duration::from_millis(500)), "0.5");
         assert_eq!(seconds_text(Duration::from_millis(1250)), "1.25");
         assert_eq!(seconds_text(Duration::from_millis(20)), "0.02");
+    }
+
+    #[test]
+    fn reflected_text_is_cut_on_a_character_boundary() {
+        assert_eq!(reflected("web.test"), "web.test");
+        let exact = "a".repeat(REFLECTED_MAX);
+        assert_eq!(reflected(&exact), exact);
+        let long = "a".repeat(120 * 1024);
+        assert_eq!(reflected(&long), format!("{}...", &long[..REFLECTED_MAX]));
+        // A two-byte character straddling the limit is left out whole.
+        let text = format!("{}é{}", "a".repeat(REFLECTED_MAX - 1), "b".repeat(10));
+        assert_eq!(
+            reflected(&text),
+            format!("{}...", "a".repeat(REFLECTED_MAX - 1))
+        );
+        let error = GatewayError::from(RouteError::NoRoute {
+            host: reflected(&long),
+            path: reflected(&format!("/{long}")),
+        });
+        let message = error.to_string();
+        assert!(message.len() < 2 * REFLECTED_MAX + 64, "{}", message.len());
+        assert!(message.ends_with("...]"), "{message}");
     }
 
     #[test]

@@ -47,6 +47,16 @@ pub enum RouteError {
     NoRoute { host: String, path: String },
 }
 
+/// The request is malformed in a way that leaves its target unclear; it is refused
+/// before routing, so no function sees it.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+pub enum BadRequest {
+    #[error("The request has no Host header (required in HTTP/1.1)")]
+    MissingHost,
+    #[error("The request has more than one Host header")]
+    DuplicateHost,
+}
+
 /// The request body broke `server.max_body_bytes`.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("The request body exceeds the limit of {limit} bytes (server.max_body_bytes)")]
@@ -112,6 +122,8 @@ pub enum ForwardError {
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error(transparent)]
+    BadRequest(#[from] BadRequest),
+    #[error(transparent)]
     Route(#[from] RouteError),
     #[error(transparent)]
     BodyTooLarge(#[from] BodyTooLarge),
@@ -134,6 +146,7 @@ impl GatewayError {
     /// The contract's error table: HTTP status and SCF error code.
     pub fn status_and_code(&self) -> (StatusCode, u16) {
         match self {
+            GatewayError::BadRequest(_) => (StatusCode::BAD_REQUEST, 400),
             GatewayError::Route(_) => (StatusCode::NOT_FOUND, 435),
             GatewayError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 406),
             GatewayError::Admit(AdmitError::QueueFull { .. })
@@ -164,7 +177,8 @@ impl GatewayError {
     /// How the invocation ended, for `scf_gateway_invocations_total{outcome}`.
     pub fn outcome(&self) -> Outcome {
         match self {
-            GatewayError::Route(_) => Outcome::NotFound,
+            // Refused before routing, so never an invocation's outcome; the nearest one.
+            GatewayError::BadRequest(_) | GatewayError::Route(_) => Outcome::NotFound,
             GatewayError::BodyTooLarge(_) => Outcome::BodyTooLarge,
             GatewayError::Admit(AdmitError::NoInstance { .. })
             | GatewayError::Admit(AdmitError::StartFailed { .. }) => Outcome::InstanceError,
@@ -271,6 +285,8 @@ mod tests {
             timeout.to_string(),
             "Invoking task timed out after 0.5 seconds"
         );
+        let no_host = GatewayError::from(BadRequest::MissingHost);
+        assert_eq!(no_host.status_and_code(), (StatusCode::BAD_REQUEST, 400));
         let too_big = GatewayError::from(ForwardError::ResponseTooLarge);
         assert_eq!(too_big.status_and_code(), (StatusCode::BAD_GATEWAY, 407));
         let missing = GatewayError::from(RouteError::FunctionNotFound {

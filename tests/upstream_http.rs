@@ -389,11 +389,9 @@ async fn a_response_that_stalls_after_its_head_is_cut_at_the_timeout() {
     gw.shutdown().await;
 }
 
-/// Trailers a client sends with a chunked request never reach the instance: a forged
-/// `X-Scf-*`, `Host` or underscore-spelled name in them would otherwise be merged into
-/// the request's headers by many frameworks.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_trailers_never_reach_the_instance() {
+/// An instance that takes one chunked request, gives its raw bytes to the receiver and
+/// answers 200.
+async fn one_chunked_request() -> (SocketAddr, tokio::sync::oneshot::Receiver<Vec<u8>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (got_tx, got_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
@@ -425,6 +423,29 @@ async fn request_trailers_never_reach_the_instance() {
             .await;
         let _ = got_tx.send(got);
     });
+    (addr, got_rx)
+}
+
+/// The request an instance got: a chunked `hello` and none of the client's trailers.
+fn assert_no_trailers(got: &[u8]) {
+    let got = String::from_utf8_lossy(got).to_ascii_lowercase();
+    let (head, body) = got.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert_eq!(body, "5\r\nhello\r\n0\r\n\r\n", "{got}");
+    for forged in ["forged", "evil", "x_scf_name", "content-length: 99"] {
+        assert!(
+            !got.contains(forged),
+            "{forged} reached the instance: {got}"
+        );
+    }
+}
+
+/// Trailers a client sends with a chunked request never reach the instance: a forged
+/// `X-Scf-*`, `Host` or underscore-spelled name in them would otherwise be merged into
+/// the request's headers by many frameworks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_trailers_never_reach_the_instance() {
+    let (addr, got) = one_chunked_request().await;
     let gw = gateway(&event_function("raw", &[addr], "")).await;
     let mut client = TcpStream::connect(gw.listen_addr()).await.unwrap();
     client
@@ -442,15 +463,65 @@ async fn request_trailers_never_reach_the_instance() {
         .unwrap();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let got = within("the instance's request", got_rx).await.unwrap();
-    let got = String::from_utf8_lossy(&got).to_ascii_lowercase();
-    let (head, body) = got.split_once("\r\n\r\n").unwrap();
-    assert!(head.contains("transfer-encoding: chunked"), "{head}");
-    assert_eq!(body, "5\r\nhello\r\n0\r\n\r\n", "{got}");
-    for forged in ["forged", "evil", "x_scf_name", "content-length: 99"] {
-        assert!(
-            !got.contains(forged),
-            "{forged} reached the instance: {got}"
+    assert_no_trailers(&within("the instance's request", got).await.unwrap());
+}
+
+/// HTTP/2 trailers are dropped the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_request_trailers_never_reach_the_instance() {
+    let (addr, got) = one_chunked_request().await;
+    let gw = gateway(&event_function("raw", &[addr], "")).await;
+    let stream = TcpStream::connect(gw.listen_addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut trailers = http::HeaderMap::new();
+    for (name, value) in [
+        ("x-scf-secret-key", "forged"),
+        ("host", "evil"),
+        ("x_scf_name", "x"),
+    ] {
+        trailers.insert(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
         );
+    }
+    // No length: the body reaches the instance chunked, where trailers could go.
+    let body = Frames(
+        vec![
+            http_body::Frame::data(Bytes::from_static(b"hello")),
+            http_body::Frame::trailers(trailers),
+        ]
+        .into(),
+    );
+    let req = Request::post(format!(
+        "http://{}/v1/functions/raw/invocations",
+        gw.listen_addr()
+    ))
+    .body(body)
+    .unwrap();
+    let response = within("the answer", sender.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_no_trailers(&within("the instance's request", got).await.unwrap());
+}
+
+/// A body of the given frames, with no size known in advance.
+struct Frames(std::collections::VecDeque<http_body::Frame<Bytes>>);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
     }
 }

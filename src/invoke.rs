@@ -337,7 +337,6 @@ fn respond(
     }
 }
 
-/// An error answer in the body every response has.
 /// The host a request is for: the URI's authority when it has one (an absolute-form
 /// target, RFC 9112 §3.2.2, or HTTP/2's `:authority`), else `Host`. An HTTP/1.1 request
 /// must carry exactly one `Host` (§3.2) whatever its target's form.
@@ -361,6 +360,7 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, BadRequest> {
     Ok(authority.or_else(|| host.and_then(|h| h.to_str().ok())))
 }
 
+/// An error answer in the body every response has.
 fn error_response(e: GatewayError, request_id: &HeaderValue) -> Response<GatewayBody> {
     e.into_response(request_id).map(GatewayBody::full)
 }

@@ -12,7 +12,28 @@ use serde::Serialize;
 use crate::headers::REQUEST_ID;
 use crate::metrics::Outcome;
 
-/// The request could not be matched to a function.
+/// The most of a client's text (a host, a path, a name) an error message repeats.
+pub const REFLECTED_MAX: usize = 256;
+
+/// `text` as an error message repeats it: cut to [`REFLECTED_MAX`] bytes (on a character
+/// boundary) and marked `...` when cut, so a client cannot have the gateway echo a
+/// request head's worth of its own bytes back, nor make it copy them.
+pub fn reflected(text: &str) -> String {
+    if text.len() <= REFLECTED_MAX {
+        return text.to_owned();
+    }
+    let mut end = REFLECTED_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut cut = String::with_capacity(end + 3);
+    cut.push_str(&text[..end]);
+    cut.push_str("...");
+    cut
+}
+
+/// The request could not be matched to a function. What it repeats of the request is
+/// cut with [`reflected`].
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     #[error("Function [{name}] not found in namespace [{namespace}]")]
@@ -24,6 +45,16 @@ pub enum RouteError {
     WebFunction { name: String, namespace: String },
     #[error("No route for host [{host}] and path [{path}]")]
     NoRoute { host: String, path: String },
+}
+
+/// The request is malformed in a way that leaves its target unclear; it is refused
+/// before routing, so no function sees it.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+pub enum BadRequest {
+    #[error("The request has no Host header (required in HTTP/1.1)")]
+    MissingHost,
+    #[error("The request has more than one Host header")]
+    DuplicateHost,
 }
 
 /// The request body broke `server.max_body_bytes`.
@@ -91,6 +122,8 @@ pub enum ForwardError {
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error(transparent)]
+    BadRequest(#[from] BadRequest),
+    #[error(transparent)]
     Route(#[from] RouteError),
     #[error(transparent)]
     BodyTooLarge(#[from] BodyTooLarge),
@@ -113,6 +146,7 @@ impl GatewayError {
     /// The contract's error table: HTTP status and SCF error code.
     pub fn status_and_code(&self) -> (StatusCode, u16) {
         match self {
+            GatewayError::BadRequest(_) => (StatusCode::BAD_REQUEST, 400),
             GatewayError::Route(_) => (StatusCode::NOT_FOUND, 435),
             GatewayError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 406),
             GatewayError::Admit(AdmitError::QueueFull { .. })
@@ -143,7 +177,8 @@ impl GatewayError {
     /// How the invocation ended, for `scf_gateway_invocations_total{outcome}`.
     pub fn outcome(&self) -> Outcome {
         match self {
-            GatewayError::Route(_) => Outcome::NotFound,
+            // Refused before routing, so never an invocation's outcome; the nearest one.
+            GatewayError::BadRequest(_) | GatewayError::Route(_) => Outcome::NotFound,
             GatewayError::BodyTooLarge(_) => Outcome::BodyTooLarge,
             GatewayError::Admit(AdmitError::NoInstance { .. })
             | GatewayError::Admit(AdmitError::StartFailed { .. }) => Outcome::InstanceError,
@@ -216,6 +251,28 @@ mod tests {
     }
 
     #[test]
+    fn reflected_text_is_cut_on_a_character_boundary() {
+        assert_eq!(reflected("web.test"), "web.test");
+        let exact = "a".repeat(REFLECTED_MAX);
+        assert_eq!(reflected(&exact), exact);
+        let long = "a".repeat(120 * 1024);
+        assert_eq!(reflected(&long), format!("{}...", &long[..REFLECTED_MAX]));
+        // A two-byte character straddling the limit is left out whole.
+        let text = format!("{}é{}", "a".repeat(REFLECTED_MAX - 1), "b".repeat(10));
+        assert_eq!(
+            reflected(&text),
+            format!("{}...", "a".repeat(REFLECTED_MAX - 1))
+        );
+        let error = GatewayError::from(RouteError::NoRoute {
+            host: reflected(&long),
+            path: reflected(&format!("/{long}")),
+        });
+        let message = error.to_string();
+        assert!(message.len() < 2 * REFLECTED_MAX + 64, "{}", message.len());
+        assert!(message.ends_with("...]"), "{message}");
+    }
+
+    #[test]
     fn error_table_matches_the_contract() {
         let timeout = GatewayError::from(ForwardError::Timeout {
             seconds: "0.5".into(),
@@ -228,6 +285,8 @@ mod tests {
             timeout.to_string(),
             "Invoking task timed out after 0.5 seconds"
         );
+        let no_host = GatewayError::from(BadRequest::MissingHost);
+        assert_eq!(no_host.status_and_code(), (StatusCode::BAD_REQUEST, 400));
         let too_big = GatewayError::from(ForwardError::ResponseTooLarge);
         assert_eq!(too_big.status_and_code(), (StatusCode::BAD_GATEWAY, 407));
         let missing = GatewayError::from(RouteError::FunctionNotFound {

@@ -185,26 +185,39 @@ fn is_scf(name: &str) -> bool {
     scf_suffix(name).is_some()
 }
 
+/// `name` is `canonical` (a lower-case name spelled with `-`), with `_` for any `-`.
+/// Lengths differ for almost every pair, so most calls stop at the first comparison.
+fn spelled(name: &[u8], canonical: &[u8]) -> bool {
+    name.len() == canonical.len()
+        && name
+            .iter()
+            .zip(canonical)
+            .all(|(x, y)| x == y || (*x == b'_' && *y == b'-'))
+}
+
 /// `X-Scf-*` headers a function must not pass to the client: credentials, and its own
 /// request id (the gateway's replaces it). `-` and `_` are the same here.
 fn is_scf_private(name: &str) -> bool {
-    // Compare with `-` and `_` as one, without allocating.
-    fn same(a: &[u8], b: &[u8]) -> bool {
-        a.len() == b.len()
-            && a.iter()
-                .zip(b)
-                .all(|(x, y)| x == y || (*x == b'_' && *y == b'-'))
-    }
     scf_suffix(name).is_some_and(|rest| {
         let rest = rest.as_bytes();
-        (rest.len() > 7 && same(&rest[..7], b"secret-"))
-            || same(rest, b"session-token")
-            || same(rest, b"request-id")
+        (rest.len() > 7 && spelled(&rest[..7], b"secret-"))
+            || spelled(rest, b"session-token")
+            || spelled(rest, b"request-id")
     })
 }
 
 fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.contains(&name)
+}
+
+/// A hop-by-hop or framing header in either spelling: `Transfer_Encoding`,
+/// `Content_Length`, `Keep_Alive`, `Proxy_Connection`, ... Many servers (CGI and WSGI
+/// among them) fold `_` and `-` into one name, so an instance could take the `_` form
+/// for the real header. `Content-Length` itself stays: the body it frames goes along.
+fn is_hop_by_hop_or_alias(name: &str) -> bool {
+    let b = name.as_bytes();
+    HOP_BY_HOP.iter().any(|h| spelled(b, h.as_bytes()))
+        || (b != b"content-length" && spelled(b, b"content-length"))
 }
 
 /// The header names a `Connection` header lists (they are hop-by-hop too).
@@ -232,12 +245,14 @@ pub struct Stripped {
 }
 
 /// Cleans a client request's headers, in place, for an instance: no `X-Scf-*`, no
-/// hop-by-hop header, nothing named in `Connection`, no `Expect` (a per-hop
+/// hop-by-hop header, no `_` spelling of a hop-by-hop or framing name (so
+/// `Transfer_Encoding` cannot pass for framing), nothing named in `Connection`, no
+/// `Expect` (a per-hop
 /// negotiation the gateway answers itself), with room reserved for the stamp. `Host` is
 /// left for the caller to keep (web) or replace (event). Most requests have nothing to
 /// remove; they cost one pass over the names.
 pub fn strip_request(mut headers: HeaderMap, extra: usize) -> Stripped {
-    let doomed = |n: &str| is_scf(n) || is_hop_by_hop(n) || n == "expect";
+    let doomed = |n: &str| is_scf(n) || is_hop_by_hop_or_alias(n) || n == "expect";
     let mut log_tail = false;
     // Most requests carry nothing to strip, and so no `X-Scf-Log-Type` either: the scan
     // that finds out spares them the lookup.
@@ -349,6 +364,38 @@ mod tests {
         assert_eq!(names, vec!["accept", "content-type", "host", "x-scfnot"]);
         let accepts: Vec<_> = out.get_all("accept").iter().collect();
         assert_eq!(accepts, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn underscore_spellings_of_hop_by_hop_and_framing_names_are_stripped() {
+        let h = map(&[
+            ("Transfer_Encoding", "chunked"),
+            ("Content_Length", "99"),
+            ("Keep_Alive", "1"),
+            ("Proxy_Connection", "x"),
+            ("Proxy_Authorization", "x"),
+            ("X_Scf_Secret-Key", "forged"),
+            ("x-scf_request_id", "forged"),
+            ("content-length", "2"),
+            ("x_custom_name", "kept"),
+            ("content_type", "kept"),
+            ("content-lengthy", "kept"),
+        ]);
+        let out = strip_request(h, 0).headers;
+        let mut names: Vec<&str> = out.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            vec![
+                "content-length",
+                "content-lengthy",
+                "content_type",
+                "x_custom_name"
+            ]
+        );
+        assert!(spelled(b"keep_alive", b"keep-alive"));
+        assert!(!spelled(b"keep-alive", b"keep_alive"));
+        assert!(!spelled(b"keep-alivee", b"keep-alive"));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::body::{self, GatewayBody, InvocationBody, LimitedBody, ResponseBody, UpstreamBody};
 use crate::config::{Config, FunctionKind, EVENT_RESPONSE_LIMIT};
-use crate::error::{BodyTooLarge, ForwardError, GatewayError};
+use crate::error::{BadRequest, BodyTooLarge, ForwardError, GatewayError};
 use crate::function::Function;
 use crate::headers::{self, StampValues, Stripped};
 use crate::instance::logs;
@@ -99,11 +99,10 @@ impl Gateway {
         let request_id = headers::new_request_id();
 
         // Route.
-        let host = req
-            .headers()
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        let host = match request_host(&req) {
+            Ok(host) => host,
+            Err(e) => return error_response(e.into(), &request_id),
+        };
         let routed = self
             .router
             .route(req.method(), req.uri().path(), req.uri().query(), host);
@@ -183,15 +182,14 @@ impl Gateway {
         }
 
         // Stamp: events get the instance as `Host` once one is picked; web requests
-        // keep theirs (read before stripping: `Connection` may name it).
+        // keep the host they were routed by (read before stripping: `Connection` may
+        // name `Host`), which is the URI's when it has one (see `request_host`).
         let original_host = match target {
             Target::Invoke { .. } => None,
-            Target::Web { .. } => parts.headers.get(HOST).cloned().or_else(|| {
-                parts
-                    .uri
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            }),
+            Target::Web { .. } => match parts.uri.authority() {
+                Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+                None => parts.headers.get(HOST).cloned(),
+            },
         };
         // The stamp itself is written straight into the request head (see `h1::send`).
         // Room for what is added: events only replace `Host`; web requests add up to
@@ -436,6 +434,29 @@ fn respond(
     }
 }
 
+/// The host a request is for: the URI's authority when it has one (an absolute-form
+/// target, RFC 9112 §3.2.2, or HTTP/2's `:authority`), else `Host`. An HTTP/1.1 request
+/// must carry exactly one `Host` (§3.2) whatever its target's form.
+///
+/// `Host` is looked up once: its second value, if any, is reached from the first
+/// without another lookup.
+fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, BadRequest> {
+    let authority = req.uri().authority().map(|a| a.as_str());
+    let host = if req.version() == Version::HTTP_11 {
+        let mut hosts = req.headers().get_all(HOST).iter();
+        let host = hosts.next().ok_or(BadRequest::MissingHost)?;
+        if hosts.next().is_some() {
+            return Err(BadRequest::DuplicateHost);
+        }
+        Some(host)
+    } else if authority.is_none() {
+        req.headers().get(HOST)
+    } else {
+        None
+    };
+    Ok(authority.or_else(|| host.and_then(|h| h.to_str().ok())))
+}
+
 /// An error answer in the body every response has.
 fn error_response(e: GatewayError, request_id: &HeaderValue) -> Response<GatewayBody> {
     e.into_response(request_id).map(GatewayBody::full)
@@ -650,5 +671,34 @@ mod tests {
         assert_eq!(web_uri(&uri, 4), "/a/b?x=1");
         let uri: Uri = "/web?x=1".parse().unwrap();
         assert_eq!(web_uri(&uri, 4), "/?x=1");
+    }
+
+    #[test]
+    fn the_request_host_is_the_uris_and_http_1_1_needs_exactly_one_host() {
+        let request = |version, uri: &str, hosts: &[&str]| {
+            let mut req = Request::builder().version(version).uri(uri);
+            for host in hosts {
+                req = req.header(HOST, *host);
+            }
+            req.body(()).unwrap()
+        };
+        let h11 = Version::HTTP_11;
+        let req = request(h11, "/web/x", &["web.test"]);
+        assert_eq!(request_host(&req).unwrap(), Some("web.test"));
+        let req = request(h11, "http://web.test/web/x", &["other"]);
+        assert_eq!(request_host(&req).unwrap(), Some("web.test"));
+        let req = request(h11, "/web/x", &[]);
+        assert!(matches!(request_host(&req), Err(BadRequest::MissingHost)));
+        let req = request(h11, "http://web.test/web/x", &[]);
+        assert!(matches!(request_host(&req), Err(BadRequest::MissingHost)));
+        let req = request(h11, "/web/x", &["a", "a"]);
+        assert!(matches!(request_host(&req), Err(BadRequest::DuplicateHost)));
+        // HTTP/1.0 may leave it out; HTTP/2 names the host in `:authority`.
+        let req = request(Version::HTTP_10, "/web/x", &[]);
+        assert_eq!(request_host(&req).unwrap(), None);
+        let req = request(Version::HTTP_2, "http://web.test/web/x", &["other"]);
+        assert_eq!(request_host(&req).unwrap(), Some("web.test"));
+        let req = request(Version::HTTP_2, "/web/x", &["web.test"]);
+        assert_eq!(request_host(&req).unwrap(), Some("web.test"));
     }
 }

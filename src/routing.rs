@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::collections::HashMap as StdHashMap;
 
 use crate::config::{Config, FunctionKind};
-use crate::error::RouteError;
+use crate::error::{reflected, RouteError};
 
 /// The tables' maps. They are built once from the config and only read per request, so
 /// the keyed SipHash that guards maps clients can insert into buys nothing here: a
@@ -140,8 +140,8 @@ impl Router {
             }
         }
         let not_found = || RouteError::FunctionNotFound {
-            name: name.to_owned(),
-            namespace: namespace.to_string(),
+            name: reflected(name),
+            namespace: reflected(&namespace),
         };
         let entry = self
             .functions
@@ -153,8 +153,8 @@ impl Router {
         }
         if entry.kind == FunctionKind::Http {
             return Err(RouteError::WebFunction {
-                name: name.to_owned(),
-                namespace: namespace.into_owned(),
+                name: reflected(name),
+                namespace: reflected(&namespace),
             });
         }
         Ok(Target::Invoke {
@@ -174,8 +174,8 @@ impl Router {
                 strip: if route.strip { len } else { 0 },
             }),
             None => Err(RouteError::NoRoute {
-                host: host.unwrap_or("").to_owned(),
-                path: path.to_owned(),
+                host: reflected(host.unwrap_or("")),
+                path: reflected(path),
             }),
         }
     }
@@ -299,6 +299,30 @@ mod tests {
             r.route(&post, "/v1/functions/web/invocations", None, None),
             Err(RouteError::WebFunction { .. })
         ));
+    }
+
+    #[test]
+    fn errors_repeat_at_most_a_bounded_part_of_the_request() {
+        let r = router("");
+        let long = "h".repeat(100_000);
+        let path = format!("/{}", "p".repeat(100_000));
+        let err = r.route(&Method::GET, &path, None, Some(&long)).unwrap_err();
+        let RouteError::NoRoute { host, path } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(host.len(), crate::error::REFLECTED_MAX + 3);
+        assert_eq!(path.len(), crate::error::REFLECTED_MAX + 3);
+        assert!(err.to_string().len() < 1024);
+        let name = "n".repeat(10_000);
+        let err = r
+            .route(
+                &Method::POST,
+                &format!("/v1/functions/{name}/invocations"),
+                Some(&format!("namespace={name}")),
+                None,
+            )
+            .unwrap_err();
+        assert!(err.to_string().len() < 1024, "{err}");
     }
 
     #[test]

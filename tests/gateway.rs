@@ -49,6 +49,9 @@ async fn all_headers_are_stamped_and_no_forgery_reaches_the_instance() {
         .header("X_Scf_Uin", "666")
         .header("Connection", "X-Scf-Name")
         .header("X-Scf-Name", "evil")
+        .header("Transfer_Encoding", "chunked")
+        .header("Content_Length", "99")
+        .header("Keep_Alive", "1")
         .header("X-Custom", "kept")
         .body(Full::new(Bytes::from_static(b"{\"a\":1}")))
         .unwrap();
@@ -89,6 +92,10 @@ async fn all_headers_are_stamped_and_no_forgery_reaches_the_instance() {
     assert!(!h.contains_key("x-scf-trigger-src"));
     assert_eq!(h.get("x-custom").map(String::as_str), Some("kept"));
     assert!(!h.contains_key("connection"));
+    for alias in ["transfer_encoding", "content_length", "keep_alive"] {
+        assert!(!h.contains_key(alias), "{alias} reached the instance");
+    }
+    assert_eq!(h.get("content-length").map(String::as_str), Some("7"));
     assert_eq!(
         h.get("host").map(String::as_str),
         Some(instance.addr.to_string().as_str())
@@ -833,5 +840,74 @@ async fn functions_sharing_instances_balance_by_address_load() {
         counts[0].abs_diff(counts[1]) <= 2,
         "per-address balance: {counts:?}"
     );
+    gw.shutdown().await;
+}
+
+/// Sends raw request bytes on a new connection and reads the answer to its end (the
+/// request asks for `Connection: close`).
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    within("the answer", stream.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_1_needs_one_host_and_an_absolute_uri_names_the_host() {
+    let instance = FakeInstance::start().await;
+    let functions = format!(
+        "[[functions]]\nname = \"web\"\ntype = \"http\"\ninstances = [\"{}\"]\n\
+         [[routes]]\nhost = \"web.test\"\npath_prefix = \"/web\"\nfunction = \"web\"\n",
+        instance.addr
+    );
+    let gw = gateway(&functions).await;
+    let addr = gw.listen_addr();
+    for (request, what) in [
+        (
+            &b"GET /web/x HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+            "no Host",
+        ),
+        (
+            b"GET /web/x HTTP/1.1\r\nHost: web.test\r\nHost: web.test\r\nConnection: close\r\n\r\n",
+            "more than one Host",
+        ),
+        (
+            b"GET http://web.test/web/x HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "no Host",
+        ),
+    ] {
+        let answer = raw_exchange(addr, request).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(answer.contains("\"errorCode\":400"), "{answer}");
+        assert!(answer.contains(what), "{what}: {answer}");
+        assert!(answer.to_ascii_lowercase().contains("x-scf-request-id: "));
+    }
+    assert_eq!(instance.record.count(), 0);
+
+    // An absolute-form target's host wins over `Host`, for routing and for the instance.
+    let answer = raw_exchange(
+        addr,
+        b"POST http://web.test/web/x HTTP/1.1\r\nHost: other\r\nContent-Length: 2\r\n\
+          Connection: close\r\n\r\nhi",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let seen = instance.record.seen();
+    assert_eq!(seen.len(), 1);
+    let h = header_map(&seen[0]);
+    assert_eq!(h["host"], "web.test");
+    assert_eq!(h["x-forwarded-host"], "web.test");
+    assert_eq!(seen[0].path, "/web/x");
+    // Without a route for `other`, a request routed by `Host` alone would be 404.
+    let answer = raw_exchange(
+        addr,
+        b"GET /web/x HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
     gw.shutdown().await;
 }

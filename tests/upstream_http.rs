@@ -388,3 +388,140 @@ async fn a_response_that_stalls_after_its_head_is_cut_at_the_timeout() {
     assert_eq!(answer.status, StatusCode::OK);
     gw.shutdown().await;
 }
+
+/// An instance that takes one chunked request, gives its raw bytes to the receiver and
+/// answers 200.
+async fn one_chunked_request() -> (SocketAddr, tokio::sync::oneshot::Receiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (got_tx, got_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The head, then a chunked body up to its terminating empty line.
+        loop {
+            let Ok(n) = stream.read(&mut buf).await else {
+                return;
+            };
+            if n == 0 {
+                return;
+            }
+            got.extend_from_slice(&buf[..n]);
+            let body = got
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|end| &got[end + 4..]);
+            if body.is_some_and(|b| b.ends_with(b"\r\n\r\n") && b.starts_with(b"5\r\nhello\r\n")) {
+                break;
+            }
+        }
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+        let _ = got_tx.send(got);
+    });
+    (addr, got_rx)
+}
+
+/// The request an instance got: a chunked `hello` and none of the client's trailers.
+fn assert_no_trailers(got: &[u8]) {
+    let got = String::from_utf8_lossy(got).to_ascii_lowercase();
+    let (head, body) = got.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert_eq!(body, "5\r\nhello\r\n0\r\n\r\n", "{got}");
+    for forged in ["forged", "evil", "x_scf_name", "content-length: 99"] {
+        assert!(
+            !got.contains(forged),
+            "{forged} reached the instance: {got}"
+        );
+    }
+}
+
+/// Trailers a client sends with a chunked request never reach the instance: a forged
+/// `X-Scf-*`, `Host` or underscore-spelled name in them would otherwise be merged into
+/// the request's headers by many frameworks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_trailers_never_reach_the_instance() {
+    let (addr, got) = one_chunked_request().await;
+    let gw = gateway(&event_function("raw", &[addr], "")).await;
+    let mut client = TcpStream::connect(gw.listen_addr()).await.unwrap();
+    client
+        .write_all(
+            b"POST /v1/functions/raw/invocations HTTP/1.1\r\nHost: gateway.test\r\n\
+              Transfer-Encoding: chunked\r\nTrailer: X-Scf-Secret-Key\r\nConnection: close\r\n\r\n\
+              5\r\nhello\r\n0\r\nX-Scf-Secret-Key: forged\r\nHost: evil\r\nx_scf_name: x\r\n\
+              Content-Length: 99\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    within("the answer", client.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_no_trailers(&within("the instance's request", got).await.unwrap());
+}
+
+/// HTTP/2 trailers are dropped the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_request_trailers_never_reach_the_instance() {
+    let (addr, got) = one_chunked_request().await;
+    let gw = gateway(&event_function("raw", &[addr], "")).await;
+    let stream = TcpStream::connect(gw.listen_addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut trailers = http::HeaderMap::new();
+    for (name, value) in [
+        ("x-scf-secret-key", "forged"),
+        ("host", "evil"),
+        ("x_scf_name", "x"),
+    ] {
+        trailers.insert(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        );
+    }
+    // No length: the body reaches the instance chunked, where trailers could go.
+    let body = Frames(
+        vec![
+            http_body::Frame::data(Bytes::from_static(b"hello")),
+            http_body::Frame::trailers(trailers),
+        ]
+        .into(),
+    );
+    let req = Request::post(format!(
+        "http://{}/v1/functions/raw/invocations",
+        gw.listen_addr()
+    ))
+    .body(body)
+    .unwrap();
+    let response = within("the answer", sender.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_no_trailers(&within("the instance's request", got).await.unwrap());
+}
+
+/// A body of the given frames, with no size known in advance.
+struct Frames(std::collections::VecDeque<http_body::Frame<Bytes>>);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}

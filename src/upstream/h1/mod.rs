@@ -157,11 +157,9 @@ where
             Err(e) if !exchange.out.written && !matches!(e, UpstreamError::RequestBody(_)) => {
                 // Nothing went out: the connection was dead before the request touched
                 // it. A body frame already taken (to go with the head) goes back in,
-                // so the request is whole; trailers cannot, so that rare request fails.
-                match exchange.out.into_unsent_body() {
-                    Some(body) => Err(SendError::Unsent(Request::from_parts(parts, body))),
-                    None => Err(SendError::Failed(e)),
-                }
+                // so the request is whole.
+                let body = exchange.out.into_unsent_body();
+                Err(SendError::Unsent(Request::from_parts(parts, body)))
             }
             Err(e) => Err(SendError::Failed(e)),
         })

@@ -9,7 +9,7 @@ use bytes::{Buf, Bytes};
 use http_body::Frame;
 use tokio::io::AsyncWrite;
 
-use super::encode::{put_header, Framing};
+use super::encode::Framing;
 use super::{Connection, RequestBody, UpstreamError};
 
 /// Pending bytes (the connection's `out` buffer, then a data frame, then a static
@@ -57,15 +57,12 @@ impl<B: RequestBody> Outgoing<B> {
     }
 
     /// The body as it was before any of it was taken, for a request none of which was
-    /// written: a data frame taken goes back in; `None` if trailers were taken.
-    pub(super) fn into_unsent_body(self) -> Option<B> {
-        if self.body_done && self.data.is_empty() && self.tail == b"\r\n" {
-            // Only taking trailers leaves an empty frame, a finished body and this tail.
-            return None;
-        }
+    /// written: a data frame taken goes back in. Trailers taken were dropped anyway, so
+    /// the body sends the same bytes again.
+    pub(super) fn into_unsent_body(self) -> B {
         let mut body = self.body;
         body.put_back(self.data);
-        Some(body)
+        body
     }
 
     pub(super) fn abandon(&mut self) {
@@ -154,19 +151,13 @@ impl<B: RequestBody> Outgoing<B> {
                 self.body_done = last;
                 self.data = data;
             }
-            Err(frame) => {
-                // Trailers end the body; only chunked framing can carry them.
-                if let Ok(trailers) = frame.into_trailers() {
-                    self.body_done = true;
-                    if chunked {
-                        let out = self.reuse_out(conn);
-                        out.extend_from_slice(b"0\r\n");
-                        for (name, value) in &trailers {
-                            put_header(out, name.as_str().as_bytes(), value.as_bytes());
-                        }
-                        self.out_end = conn.out.len();
-                        self.tail = b"\r\n";
-                    }
+            Err(_trailers) => {
+                // Trailers end the body, and are not forwarded: an instance that merges
+                // them into its headers would otherwise take a client's `X-Scf-*`,
+                // `Host` or framing fields for the gateway's.
+                self.body_done = true;
+                if chunked {
+                    self.tail = b"0\r\n\r\n";
                 }
             }
         }
@@ -198,5 +189,82 @@ impl<B: RequestBody> Outgoing<B> {
         }
         n -= from_data;
         self.tail = &self.tail[n.min(self.tail.len())..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use http::{HeaderMap, HeaderValue};
+    use http_body::Body;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A body of the given frames, in order.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    impl RequestBody for Frames {
+        fn put_back(&mut self, data: Bytes) {
+            if !data.is_empty() {
+                self.0.push_front(Frame::data(data));
+            }
+        }
+    }
+
+    /// What a body framed `framing` looks like on the wire.
+    async fn sent(frames: Vec<Frame<Bytes>>, framing: Framing) -> Vec<u8> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let mut conn = Connection::new(client);
+        let mut out = Outgoing::new(Frames(frames.into()), false, framing, 0);
+        std::future::poll_fn(|cx| out.poll_send(&mut conn, cx))
+            .await
+            .unwrap();
+        assert!(out.done());
+        drop(conn);
+        let mut wire = Vec::new();
+        server.read_to_end(&mut wire).await.unwrap();
+        wire
+    }
+
+    #[tokio::test]
+    async fn trailers_are_dropped_and_the_chunked_body_still_ends() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-scf-secret-key", HeaderValue::from_static("forged"));
+        trailers.insert("host", HeaderValue::from_static("evil"));
+        let frames = || {
+            vec![
+                Frame::data(Bytes::from_static(b"hello")),
+                Frame::trailers(trailers.clone()),
+            ]
+        };
+        assert_eq!(
+            sent(frames(), Framing::Chunked).await,
+            b"5\r\nhello\r\n0\r\n\r\n"
+        );
+        assert_eq!(sent(frames(), Framing::Length).await, b"hello");
+        // A body of trailers alone is an empty chunked body.
+        assert_eq!(
+            sent(vec![Frame::trailers(trailers.clone())], Framing::Chunked).await,
+            b"0\r\n\r\n"
+        );
     }
 }

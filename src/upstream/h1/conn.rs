@@ -141,3 +141,56 @@ impl Connection {
         self.quick_ack = false;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    async fn pair() -> (Connection, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Connection::new(client), server)
+    }
+
+    /// Waits (bounded) until the socket reports readable, so `is_closed` sees it.
+    async fn readable(conn: &Connection) {
+        tokio::time::timeout(Duration::from_secs(30), conn.io.readable())
+            .await
+            .expect("the socket became readable")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_quiet_connection_is_reusable() {
+        let (mut conn, _server) = pair().await;
+        assert!(!conn.is_closed());
+    }
+
+    #[tokio::test]
+    async fn bytes_an_instance_sent_while_idle_make_the_connection_unusable() {
+        let (mut conn, mut server) = pair().await;
+        // A late or unsolicited response: never to be taken for the next request's.
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        readable(&conn).await;
+        assert!(conn.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_instance_closed_is_unusable() {
+        let (mut conn, server) = pair().await;
+        drop(server);
+        readable(&conn).await;
+        assert!(conn.is_closed());
+    }
+}

@@ -55,7 +55,12 @@ pub enum BadRequest {
     MissingHost,
     #[error("The request has more than one Host header")]
     DuplicateHost,
+    #[error("The request target is longer than {MAX_TARGET} bytes")]
+    TargetTooLong,
 }
+
+/// The longest request target (path and query) the gateway takes: 414 beyond it.
+pub const MAX_TARGET: usize = 8 * 1024;
 
 /// The request body broke `server.max_body_bytes`.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -146,6 +151,7 @@ impl GatewayError {
     /// The contract's error table: HTTP status and SCF error code.
     pub fn status_and_code(&self) -> (StatusCode, u16) {
         match self {
+            GatewayError::BadRequest(BadRequest::TargetTooLong) => (StatusCode::URI_TOO_LONG, 414),
             GatewayError::BadRequest(_) => (StatusCode::BAD_REQUEST, 400),
             GatewayError::Route(_) => (StatusCode::NOT_FOUND, 435),
             GatewayError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 406),
@@ -287,6 +293,12 @@ mod tests {
         );
         let no_host = GatewayError::from(BadRequest::MissingHost);
         assert_eq!(no_host.status_and_code(), (StatusCode::BAD_REQUEST, 400));
+        let long = GatewayError::from(BadRequest::TargetTooLong);
+        assert_eq!(long.status_and_code(), (StatusCode::URI_TOO_LONG, 414));
+        assert_eq!(
+            long.to_string(),
+            "The request target is longer than 8192 bytes"
+        );
         let too_big = GatewayError::from(ForwardError::ResponseTooLarge);
         assert_eq!(too_big.status_and_code(), (StatusCode::BAD_GATEWAY, 407));
         let missing = GatewayError::from(RouteError::FunctionNotFound {

@@ -26,7 +26,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::body::{self, GatewayBody, InvocationBody, LimitedBody, ResponseBody, UpstreamBody};
 use crate::config::{Config, FunctionKind, EVENT_RESPONSE_LIMIT};
-use crate::error::{BadRequest, BodyTooLarge, ForwardError, GatewayError};
+use crate::error::{BadRequest, BodyTooLarge, ForwardError, GatewayError, MAX_TARGET};
 use crate::function::Function;
 use crate::headers::{self, StampValues, Stripped};
 use crate::instance::logs;
@@ -436,11 +436,15 @@ fn respond(
 
 /// The host a request is for: the URI's authority when it has one (an absolute-form
 /// target, RFC 9112 §3.2.2, or HTTP/2's `:authority`), else `Host`. An HTTP/1.1 request
-/// must carry exactly one `Host` (§3.2) whatever its target's form.
+/// must carry exactly one `Host` (§3.2) whatever its target's form. A target over
+/// [`MAX_TARGET`] bytes is refused first (414).
 ///
 /// `Host` is looked up once: its second value, if any, is reached from the first
 /// without another lookup.
 fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, BadRequest> {
+    if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_TARGET {
+        return Err(BadRequest::TargetTooLong);
+    }
     let authority = req.uri().authority().map(|a| a.as_str());
     let host = if req.version() == Version::HTTP_11 {
         let mut hosts = req.headers().get_all(HOST).iter();
@@ -699,6 +703,13 @@ mod tests {
         let req = request(Version::HTTP_2, "http://web.test/web/x", &["other"]);
         assert_eq!(request_host(&req).unwrap(), Some("web.test"));
         let req = request(Version::HTTP_2, "/web/x", &["web.test"]);
+        assert_eq!(request_host(&req).unwrap(), Some("web.test"));
+        // The target's length is bounded, whatever the host.
+        let long = format!("/web/{}", "x".repeat(MAX_TARGET));
+        let req = request(h11, &long, &["web.test"]);
+        assert!(matches!(request_host(&req), Err(BadRequest::TargetTooLong)));
+        let fits = format!("/web/{}", "x".repeat(MAX_TARGET - 5));
+        let req = request(h11, &fits, &["web.test"]);
         assert_eq!(request_host(&req).unwrap(), Some("web.test"));
     }
 }

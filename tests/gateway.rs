@@ -911,3 +911,39 @@ async fn http_1_1_needs_one_host_and_an_absolute_uri_names_the_host() {
     assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
     gw.shutdown().await;
 }
+
+/// A request target over 8 KB is 414, and nothing of it reaches an instance; a target
+/// just under the limit passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_target_over_8_kb_gets_414() {
+    let instance = FakeInstance::start().await;
+    let gw = gateway(&event_function("hello", &[instance.addr], "")).await;
+    let addr = gw.listen_addr();
+    let request = |target: &str| {
+        format!(
+            "POST {target} HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\
+             Connection: close\r\n\r\n{{}}"
+        )
+        .into_bytes()
+    };
+    let invoke = "/v1/functions/hello/invocations";
+    let long = format!("{invoke}?pad={}", "p".repeat(9 * 1024));
+    let answer = raw_exchange(addr, &request(&long)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 414 "),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    assert!(answer.contains("\"errorCode\":414"), "{answer}");
+    assert_eq!(instance.record.count(), 0);
+
+    let fits = format!("{invoke}?pad={}", "p".repeat(7 * 1024));
+    let answer = raw_exchange(addr, &request(&fits)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200 "),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    assert_eq!(instance.record.count(), 1);
+    gw.shutdown().await;
+}

@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE};
 
 use crate::config::{Config, FunctionConfig};
 
@@ -244,11 +244,30 @@ pub struct Stripped {
     pub log_tail: bool,
 }
 
+/// HTTP/2 lets a client split `cookie` into several fields (RFC 9113 §8.2.3); on the
+/// way to an instance over HTTP/1.1 they are joined into one with `; `, as that RFC
+/// asks, since many servers read only the first `Cookie` line.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(COOKIE).iter();
+    let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for more in headers.get_all(COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(more.as_bytes());
+    }
+    // Every part was a valid header value, and `; ` is too.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, value);
+    }
+}
+
 /// Cleans a client request's headers, in place, for an instance: no `X-Scf-*`, no
 /// hop-by-hop header, no `_` spelling of a hop-by-hop or framing name (so
 /// `Transfer_Encoding` cannot pass for framing), nothing named in `Connection`, no
-/// `Expect` (a per-hop
-/// negotiation the gateway answers itself), with room reserved for the stamp. `Host` is
+/// `Expect` (a per-hop negotiation the gateway answers itself), with room reserved for
+/// the stamp. `Host` is
 /// left for the caller to keep (web) or replace (event). Most requests have nothing to
 /// remove; they cost one pass over the names.
 pub fn strip_request(mut headers: HeaderMap, extra: usize) -> Stripped {
@@ -495,5 +514,23 @@ mod tests {
         assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1, 127.0.0.1");
         assert_eq!(h.get(X_FORWARDED_PROTO).unwrap(), "http");
         assert_eq!(h.get(X_FORWARDED_HOST).unwrap(), "example.com");
+    }
+
+    #[test]
+    fn cookie_fields_of_http2_are_joined_into_one() {
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1"));
+        h.append(COOKIE, HeaderValue::from_static("b=2"));
+        h.append(COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
+        let mut one = HeaderMap::new();
+        one.insert(COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut one);
+        assert_eq!(one[COOKIE], "a=1");
+        let mut none = HeaderMap::new();
+        join_cookies(&mut none);
+        assert!(none.is_empty());
     }
 }

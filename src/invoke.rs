@@ -202,6 +202,9 @@ impl Gateway {
             mut headers,
             log_tail,
         } = headers::strip_request(parts.headers, room);
+        if parts.version == Version::HTTP_2 {
+            headers::join_cookies(&mut headers);
+        }
         let (method, uri) = match target {
             Target::Invoke { .. } => (Method::POST, self.event_uri.clone()),
             Target::Web { strip, .. } => {

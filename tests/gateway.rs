@@ -548,9 +548,9 @@ async fn http2_prior_knowledge_clients_are_served() {
 }
 
 /// An HTTP/2 client may open at most 100 concurrent streams per connection, as the
-/// gateway announces in its SETTINGS.
+/// gateway announces in its SETTINGS; its cookie fields are joined for the instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http2_clients_get_at_most_100_concurrent_streams() {
+async fn http2_clients_get_100_streams_and_their_cookies_joined() {
     let instance = FakeInstance::start().await;
     let gw = gateway(&event_function("hello", &[instance.addr], "")).await;
     let stream = tokio::net::TcpStream::connect(gw.listen_addr())
@@ -563,6 +563,8 @@ async fn http2_clients_get_at_most_100_concurrent_streams() {
         "http://{}/v1/functions/hello/invocations",
         gw.listen_addr()
     ))
+    .header("cookie", "a=1")
+    .header("cookie", "b=2")
     .body(())
     .unwrap();
     // One exchange: by its answer the server's SETTINGS have been read.
@@ -571,6 +573,10 @@ async fn http2_clients_get_at_most_100_concurrent_streams() {
     let response = within("the answer", response).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(client.current_max_send_streams(), 100);
+    // HTTP/2's split cookie fields reach the instance as one `Cookie` line.
+    let seen = instance.record.seen();
+    let cookies: Vec<_> = seen[0].headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2"]);
     gw.shutdown().await;
 }
 

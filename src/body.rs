@@ -210,7 +210,7 @@ impl Holder {
     fn with<R>(&mut self, f: impl FnOnce(&mut LeaseState) -> R) -> R {
         match self {
             Holder::Inline(state) => f(state),
-            Holder::Shared(shared) => f(&mut lock(shared)),
+            Holder::Shared(shared) => f(&mut shared.lock()),
         }
     }
 }
@@ -260,7 +260,7 @@ impl InvocationBody {
     fn is_active(&self) -> bool {
         match &self.state {
             Holder::Inline(state) => matches!(state, LeaseState::Active(_)),
-            Holder::Shared(shared) => matches!(&*lock(shared), LeaseState::Active(_)),
+            Holder::Shared(shared) => matches!(&*shared.lock(), LeaseState::Active(_)),
         }
     }
 
@@ -308,7 +308,7 @@ impl InvocationBody {
         let waker = waker.clone();
         let task = tokio::spawn(async move {
             tokio::time::sleep_until(deadline).await;
-            let mut state = lock(&shared);
+            let mut state = shared.lock();
             let error = match &*state {
                 LeaseState::Active(invocation) => invocation.function().timeout_error(),
                 _ => return,
@@ -385,7 +385,7 @@ impl Body for InvocationBody {
     fn is_end_stream(&self) -> bool {
         match &self.state {
             Holder::Inline(state) => matches!(state, LeaseState::Ended),
-            Holder::Shared(shared) => matches!(&*lock(shared), LeaseState::Ended),
+            Holder::Shared(shared) => matches!(&*shared.lock(), LeaseState::Ended),
         }
     }
 
@@ -399,10 +399,6 @@ impl Drop for InvocationBody {
         // Dropped before its end: the client went away (or the server is gone).
         self.finish(Outcome::ClientClosed);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
-    m.lock()
 }
 
 // === impl GatewayBody ===

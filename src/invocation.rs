@@ -88,18 +88,9 @@ impl Invocation {
         &self.function
     }
 
-    pub fn request_id(&self) -> &HeaderValue {
-        &self.request_id
-    }
-
     /// The instance the invocation was handed to, if it was.
     pub fn instance(&self) -> Option<&Arc<Instance>> {
         self.attempt.as_ref().map(|a| a.slot.instance())
-    }
-
-    /// The slot of the instance the invocation was handed to, if it was.
-    pub fn slot(&self) -> Option<&Slot> {
-        self.attempt.as_ref().map(|a| &a.slot)
     }
 
     /// Hands the invocation to the instance holding `slot`, as of `at`: for a launched

@@ -287,10 +287,7 @@ async fn a_full_queue_answers_429_432_with_retry_after() {
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.error_code(), 432);
     assert_eq!(refused.headers.get("retry-after").unwrap(), "5");
-    let message = refused.json()["errorMessage"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
+    let message = refused.error_message();
     assert!(
         message.contains("hello") && message.contains("instance_concurrency 1"),
         "{message}"
@@ -380,10 +377,7 @@ async fn an_instance_crashing_mid_request_gives_502_405() {
     .await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
     assert_eq!(answer.error_code(), 405);
-    let message = answer.json()["errorMessage"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
+    let message = answer.error_message();
     assert!(message.contains(&instance.addr.to_string()), "{message}");
 
     // Once the response has started, a crash can only cut the stream.
@@ -501,10 +495,7 @@ async fn web_functions_get_the_original_request_with_forwarding_headers() {
         let answer = send(addr, req).await.unwrap();
         assert_eq!(answer.status, StatusCode::NOT_FOUND);
         assert_eq!(answer.error_code(), 435);
-        let message = answer.json()["errorMessage"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
+        let message = answer.error_message();
         assert!(
             message.contains("shop.example.com") && message.contains(path),
             "{message}"

@@ -125,7 +125,7 @@ async fn an_instance_that_never_listens_gives_503_405_and_is_killed() {
     let took = started.elapsed();
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(answer.error_code(), 405);
-    let message = answer.json()["errorMessage"].as_str().unwrap().to_owned();
+    let message = answer.error_message();
     let port = message
         .strip_prefix("The request timed out in 1000ms.Please confirm your http server have enabled listening on port ")
         .and_then(|rest| rest.strip_suffix('.'))
@@ -260,7 +260,7 @@ async fn a_crash_mid_invocation_gives_502_405_and_a_new_instance_serves_next() {
     .await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
     assert_eq!(answer.error_code(), 405);
-    let message = answer.json()["errorMessage"].as_str().unwrap().to_owned();
+    let message = answer.error_message();
     assert!(message.contains("exited with status 1"), "{message}");
     let after = env_of(&invoke(gw.listen, "crash", &[("x-test-echo-env", "1")], "{}").await);
     assert_ne!(before["pid"], after["pid"], "a new instance");
@@ -285,7 +285,7 @@ async fn a_function_crashing_at_start_fails_fast_and_does_not_spin() {
     let fails_fast = |answer: &Answer| {
         assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{:?}", answer.body);
         assert_eq!(answer.error_code(), 405);
-        let message = answer.json()["errorMessage"].as_str().unwrap().to_owned();
+        let message = answer.error_message();
         assert!(message.contains("exited with status 3"), "{message}");
     };
     fails_fast(&invoke(gw.listen, "broken", &[], "{}").await);
@@ -348,7 +348,7 @@ async fn memory_limit_kills_with_502_434_and_reports_plausible_usage() {
     let answer = invoke(gw.listen, "oom", &[("x-test-alloc-mb", "200")], "{}").await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{:?}", answer.body);
     assert_eq!(answer.error_code(), 434);
-    let message = answer.json()["errorMessage"].as_str().unwrap().to_owned();
+    let message = answer.error_message();
     assert!(message.contains("64 MB"), "{message}");
 
     let (line, usage) = mem_usage(&gw, &id).await;

@@ -27,10 +27,7 @@ async fn a_7mb_body_with_content_length_is_refused_before_any_instance_is_touche
         .expect("the client reads the answer");
     assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(answer.error_code(), 406);
-    let message = answer.json()["errorMessage"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
+    let message = answer.error_message();
     assert!(message.contains("6291456"), "names the limit: {message}");
     assert!(!answer.request_id().is_empty());
     assert_eq!(instance.record.count(), 0);

@@ -246,10 +246,7 @@ async fn a_malformed_response_is_a_502_405_that_says_so() {
     let answer = invoke(gw.listen_addr(), "raw", &[("x-raw", "garbage")], "{}").await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
     assert_eq!(answer.error_code(), 405);
-    let message = answer.json()["errorMessage"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
+    let message = answer.error_message();
     assert!(message.contains("invalid HTTP response"), "{message}");
     let answer = invoke(gw.listen_addr(), "raw", &[], "{}").await;
     assert_eq!(answer.status, StatusCode::OK);

@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{lock, Pool};
+use super::Pool;
 use crate::instance::{Exit, Launched};
 use crate::metrics::FunctionMetrics;
 use crate::upstream::h1;
@@ -99,7 +99,8 @@ pub struct Upstreams {
 impl Upstreams {
     /// The upstream of `addr`, created on first use.
     pub fn get(&self, addr: SocketAddr) -> Arc<Upstream> {
-        lock(&self.by_addr)
+        self.by_addr
+            .lock()
             .entry(addr)
             .or_insert_with(|| Arc::new(Upstream::new(addr)))
             .clone()
@@ -111,7 +112,8 @@ impl Upstreams {
         // Start-up only: the upstream is looked up (and the key built) even when the
         // instance exists already.
         let upstream = self.get(addr);
-        lock(&self.instances)
+        self.instances
+            .lock()
             .entry((authority.to_owned(), addr))
             .or_insert_with(|| Arc::new(Instance::fixed(authority, addr, upstream)))
             .clone()
@@ -290,7 +292,7 @@ impl Upstream {
         let here = crate::worker::current();
         loop {
             let conn = {
-                let mut idle = lock(&self.idle);
+                let mut idle = self.idle.lock();
                 // Tens long at most, and with one worker the last one matches.
                 let i = match idle.iter().rposition(|c| c.home == here) {
                     Some(i) => i,
@@ -319,7 +321,7 @@ impl Upstream {
     /// Keeps a connection whose last exchange completed cleanly at `now`.
     pub fn checkin(&self, mut conn: PooledConn, now: Instant) {
         conn.idle_since = now;
-        lock(&self.idle).push(conn);
+        self.idle.lock().push(conn);
     }
 
     /// Opens a new keep-alive connection (TCP_NODELAY, HTTP/1.1), counted as new.
@@ -362,13 +364,13 @@ impl Upstream {
     /// Closes idle connections older than the limit; returns how many remain.
     fn evict_idle(&self, idle_timeout: Duration) -> usize {
         let now = Instant::now();
-        let mut idle = lock(&self.idle);
+        let mut idle = self.idle.lock();
         idle.retain_mut(|c| now.duration_since(c.idle_since) < idle_timeout && !c.h1.is_closed());
         idle.len()
     }
 
     pub fn clear_idle(&self) {
-        lock(&self.idle).clear();
+        self.idle.lock().clear();
     }
 
     /// Counts a slot taken on this address (by any pool).
@@ -635,7 +637,7 @@ mod tests {
             upstream.checkin(conn, Instant::now());
         });
         assert_eq!(upstream.live_connections(), 1);
-        assert_eq!(lock(&upstream.idle).len(), 1);
+        assert_eq!(upstream.idle.lock().len(), 1);
     }
 
     /// A pooled connection the instance reset is found dead by the write that carries

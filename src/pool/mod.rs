@@ -22,7 +22,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -172,7 +172,7 @@ impl Pool {
             changed: Notify::new(),
             home: OnceLock::new(),
         });
-        pool.publish_instances(&lock(&pool.state));
+        pool.publish_instances(&pool.state.lock());
         pool
     }
 
@@ -183,7 +183,7 @@ impl Pool {
     pub fn start(self: &Arc<Self>) {
         let _ = self.home.set(Handle::current());
         let adopted: Vec<usize> = {
-            let state = lock(&self.state);
+            let state = self.state.lock();
             (0..state.entries.len())
                 .filter(|&i| match &state.entries[i] {
                     Some(e) => {
@@ -200,7 +200,7 @@ impl Pool {
         }
         if self.launcher.is_some() {
             let task = self.spawn(scale::supervise(self.clone()));
-            lock(&self.tasks).push(task.abort_handle());
+            self.tasks.lock().push(task.abort_handle());
         }
     }
 
@@ -217,7 +217,7 @@ impl Pool {
     }
 
     fn spawn_keeper(self: &Arc<Self>, index: usize) {
-        let instance = match lock(&self.state).entries.get_mut(index) {
+        let instance = match self.state.lock().entries.get_mut(index) {
             Some(Some(e)) if !e.keeper => {
                 e.keeper = true;
                 e.instance.clone()
@@ -225,7 +225,7 @@ impl Pool {
             _ => return,
         };
         let task = self.spawn(connection::keep(self.clone(), index, instance));
-        let mut tasks = lock(&self.tasks);
+        let mut tasks = self.tasks.lock();
         tasks.retain(|t| !t.is_finished());
         tasks.push(task.abort_handle());
     }
@@ -233,7 +233,7 @@ impl Pool {
     /// Ends the keeper of an instance that is up while another keeper tends its
     /// upstream. False if the instance went down meanwhile: then it still has to probe.
     fn retire_keeper(&self, index: usize, instance: &Arc<Instance>) -> bool {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         match state.entries.get_mut(index).and_then(Option::as_mut) {
             Some(e) if Arc::ptr_eq(&e.instance, instance) => {
                 if e.up {
@@ -247,11 +247,11 @@ impl Pool {
 
     /// Stops the background tasks and, for launched functions, every instance.
     pub async fn close(&self, grace: Duration) {
-        for task in lock(&self.tasks).drain(..) {
+        for task in self.tasks.lock().drain(..) {
             task.abort();
         }
         let instances: Vec<Arc<Instance>> = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             state.waiters.clear();
             state.up_count = 0;
             state.live = 0;
@@ -290,7 +290,8 @@ impl Pool {
 
     /// The instances currently in the pool.
     pub fn instances(&self) -> Vec<Arc<Instance>> {
-        lock(&self.state)
+        self.state
+            .lock()
             .entries
             .iter()
             .flatten()
@@ -300,7 +301,7 @@ impl Pool {
 
     /// How many instances the pool may try for one invocation before giving up.
     pub fn max_attempts(&self) -> usize {
-        let live = lock(&self.state).live;
+        let live = self.state.lock().live;
         live.max(
             self.launcher
                 .as_ref()
@@ -311,7 +312,7 @@ impl Pool {
     /// Ready for traffic: a launched function with `min_instances > 0` has an instance up.
     pub fn is_ready(&self) -> bool {
         match &self.launcher {
-            Some(l) if l.policy().min_instances > 0 => lock(&self.state).up_count > 0,
+            Some(l) if l.policy().min_instances > 0 => self.state.lock().up_count > 0,
             _ => true,
         }
     }
@@ -320,7 +321,7 @@ impl Pool {
     /// the wait is for an instance being started, `ready_timeout` plus that).
     pub async fn acquire(self: &Arc<Self>) -> Result<Slot, AdmitError> {
         let (id, rx, limit) = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             if state.waiters.is_empty() {
                 if let Some(slot) = state
                     .pick(self.per_instance)
@@ -413,7 +414,7 @@ impl Pool {
     /// Gives a slot back: to the oldest waiter if there is one, else to the instance.
     fn release(self: &Arc<Self>, index: usize, instance: &Arc<Instance>) {
         let waiter = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             let Some(entry) = state.entries.get_mut(index).and_then(Option::as_mut) else {
                 instance.upstream().slot_freed();
                 return;
@@ -460,7 +461,7 @@ impl Pool {
     /// when this call changed its state.
     pub fn mark_down(self: &Arc<Self>, index: usize, instance: &Arc<Instance>) -> bool {
         let (dropped_waiters, probe) = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             let Some(entry) = state.entries.get_mut(index).and_then(Option::as_mut) else {
                 return false;
             };
@@ -497,7 +498,7 @@ impl Pool {
     /// Puts an instance back into rotation and hands its free slots to waiters.
     pub fn mark_up(self: &Arc<Self>, index: usize, instance: &Arc<Instance>) {
         {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             let Some(entry) = state.entries.get_mut(index).and_then(Option::as_mut) else {
                 return;
             };
@@ -520,7 +521,7 @@ impl Pool {
     fn hand_out(self: &Arc<Self>, index: usize) {
         loop {
             let (waiter, slot) = {
-                let mut state = lock(&self.state);
+                let mut state = self.state.lock();
                 let free = match state.entries.get(index).and_then(Option::as_ref) {
                     Some(e) => e.up && e.inflight < self.per_instance,
                     None => false,
@@ -546,7 +547,9 @@ impl Pool {
 
     /// `Some(up)` while the instance is in the pool, `None` once it left.
     fn instance_state(&self, index: usize, instance: &Arc<Instance>) -> Option<bool> {
-        match lock(&self.state)
+        match self
+            .state
+            .lock()
             .entries
             .get(index)
             .and_then(Option::as_ref)
@@ -590,7 +593,7 @@ impl Pool {
     }
 
     fn queue_expired(&self, waited: Duration) -> AdmitError {
-        let instances = self.capacity(lock(&self.state).live);
+        let instances = self.capacity(self.state.lock().live);
         AdmitError::QueueTimeout {
             function: self.function.clone(),
             slots: instances as u64 * u64::from(self.per_instance),
@@ -695,7 +698,7 @@ impl QueueWait<'_> {
     fn cancel(&mut self) -> Option<WaitResult> {
         let mut rx = self.rx.take()?;
         {
-            let mut state = lock(&self.pool.state);
+            let mut state = self.pool.state.lock();
             if let Some(pos) = state.waiters.iter().position(|w| w.id == self.id) {
                 state.waiters.remove(pos);
                 self.pool.metrics.set_queue_depth(state.waiters.len());
@@ -740,8 +743,4 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.pool.release(self.index, &self.instance);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock()
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{lock, Instance, Pool, State};
+use super::{Instance, Pool, State};
 use crate::error::AdmitError;
 use crate::instance::{Launcher, StartError};
 
@@ -87,7 +87,7 @@ async fn start_one(pool: Arc<Pool>) {
         Ok(launched) => {
             let instance = Arc::new(Instance::launched(launched));
             let index = {
-                let mut state = lock(&pool.state);
+                let mut state = pool.state.lock();
                 state.launch.starting -= 1;
                 state.launch.failures = 0;
                 state.launch.backoff_until = None;
@@ -121,7 +121,7 @@ async fn start_one(pool: Arc<Pool>) {
                 }
             }
             let doomed: Vec<super::Waiter> = {
-                let mut state = lock(&pool.state);
+                let mut state = pool.state.lock();
                 let launch = &mut state.launch;
                 launch.starting -= 1;
                 launch.failures += 1;
@@ -165,7 +165,7 @@ async fn watch_exit(pool: Arc<Pool>, instance: Arc<Instance>) {
         return;
     };
     let removed = {
-        let mut state = lock(&pool.state);
+        let mut state = pool.state.lock();
         let removed = state.remove(&instance);
         replace_for_waiters(&pool, &mut state);
         pool.publish_instances(&state);
@@ -209,7 +209,7 @@ pub(super) async fn supervise(pool: Arc<Pool>) {
     let tick = (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         let idle: Vec<Arc<Instance>> = {
-            let mut state = lock(&pool.state);
+            let mut state = pool.state.lock();
             let now = Instant::now();
             while state.live + state.launch.starting < min && !state.launch.in_backoff(now) {
                 begin_start(&pool, &mut state);
@@ -254,7 +254,7 @@ impl Pool {
             return;
         }
         {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             state.remove(instance);
             replace_for_waiters(self, &mut state);
             self.publish_instances(&state);

@@ -64,7 +64,7 @@ impl Drain {
 
     pub(super) fn start(&self) {
         self.closing.store(true, Ordering::Release);
-        let wakers: Vec<Waker> = lock(&self.wakers).drain().map(|(_, w)| w).collect();
+        let wakers: Vec<Waker> = self.wakers.lock().drain().map(|(_, w)| w).collect();
         for waker in wakers {
             waker.wake();
         }
@@ -92,7 +92,7 @@ impl Open {
     /// stays valid for the task's life, so once is enough).
     pub(super) async fn register(&self) {
         poll_fn(|cx| {
-            lock(&self.drain.wakers).insert(self.id, cx.waker().clone());
+            self.drain.wakers.lock().insert(self.id, cx.waker().clone());
             Poll::Ready(())
         })
         .await
@@ -101,7 +101,7 @@ impl Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        lock(&self.drain.wakers).remove(&self.id);
+        self.drain.wakers.lock().remove(&self.id);
         if let Some((balance, index)) = &self.drain.share {
             balance.add(*index, false);
         }
@@ -110,10 +110,6 @@ impl Drop for Open {
             self.drain.all_closed.notify_waiters();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
-    m.lock()
 }
 
 #[cfg(test)]

@@ -373,6 +373,14 @@ impl Answer {
         self.json()["errorCode"].as_i64().unwrap_or(-1)
     }
 
+    /// The error body's `errorMessage` (empty when there is none).
+    pub fn error_message(&self) -> String {
+        self.json()["errorMessage"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+
     pub fn request_id(&self) -> &str {
         self.headers
             .get("x-scf-request-id")

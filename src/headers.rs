@@ -233,7 +233,9 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
 /// spelling: `Connection: x-foo` names `x_foo` too, and `Connection: x_foo` names
 /// `x-foo`, since a server that folds `_` into `-` takes them for one header.
 fn is_listed(listed: &[String], name: &str) -> bool {
-    listed.iter().any(|t| spelled(name.as_bytes(), t.as_bytes()))
+    listed
+        .iter()
+        .any(|t| spelled(name.as_bytes(), t.as_bytes()))
 }
 
 /// The client's header asking for the tail of the invocation's log (`Tail`), which the

@@ -7,7 +7,7 @@ use std::io;
 #[cfg(test)]
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
@@ -44,15 +44,15 @@ impl Connection {
     }
 
     /// Whether the instance closed the connection (or sent something unasked) while it
-    /// sat in the pool. Costs a syscall only when the socket reported readable.
+    /// sat in the pool. Costs a syscall only when the reactor reported the socket
+    /// readable; otherwise it is one atomic load, with no waker to register.
     pub fn is_closed(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => false,
-            Poll::Ready(Err(_)) => true,
-            // End of stream, an error, or bytes nobody asked for: not reusable. Pending
-            // means the readiness was stale and is now cleared.
-            Poll::Ready(Ok(())) => self.poll_fill(&mut cx).is_ready(),
+        // A byte read here is one nobody asked for: the connection is dropped with it.
+        match self.io.try_read(&mut [0u8; 1]) {
+            // The readiness was stale (and is now cleared), or there was none.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            // End of stream, an error, or bytes nobody asked for: not reusable.
+            Ok(_) | Err(_) => true,
         }
     }
 

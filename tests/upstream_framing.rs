@@ -375,6 +375,13 @@ async fn act(stream: TcpStream, id: usize) {
                 request_body(&mut io, &head).await;
                 io.get_mut().write_all(rest).await
             }
+            // A tunnel accepted, as a forward proxy answers `CONNECT`.
+            "tunnel" => {
+                request_body(&mut io, &head).await;
+                io.get_mut()
+                    .write_all(b"HTTP/1.1 200 Connection Established\r\ncontent-length: 0\r\n\r\n")
+                    .await
+            }
             // A chunked body that breaks after its first chunk went out.
             "broken-later" => {
                 request_body(&mut io, &head).await;
@@ -549,5 +556,49 @@ async fn a_chunked_body_broken_after_the_head_went_out_cuts_the_stream() {
     assert_eq!(data, b"hello");
     let next = invoke(gw.listen_addr(), "f", &[], "{}").await;
     assert_eq!(next.status, StatusCode::OK);
+    gw.shutdown().await;
+}
+
+/// A web function whose instance accepts a client's `CONNECT` as a tunnel: a 2xx to
+/// `CONNECT` turns the connection into a tunnel whatever its framing says (RFC 9112
+/// §6.3), so it is refused (502/405) and that connection never carries another
+/// request, where reused it would pipe the next invocation, stamped with the platform's
+/// credentials, to wherever the tunnel leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_accepted_by_an_instance_is_a_502_and_its_connection_is_not_reused() {
+    let instance = Scripted::start().await;
+    let gw = gateway(&format!(
+        "[[functions]]\nname = \"f\"\ntype = \"http\"\ninstances = [\"{}\"]\n\
+         instance_concurrency = 1\n\
+         [[routes]]\npath_prefix = \"/\"\nfunction = \"f\"\n",
+        instance.addr
+    ))
+    .await;
+    let mut client = TcpStream::connect(gw.listen_addr()).await.unwrap();
+    client
+        .write_all(b"CONNECT /x HTTP/1.1\r\nhost: gw\r\nx-mode: tunnel\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = vec![0; 4096];
+    let n = within("the answer to CONNECT", client.read(&mut got))
+        .await
+        .unwrap();
+    let got = String::from_utf8_lossy(&got[..n]).to_string();
+    assert!(got.starts_with("HTTP/1.1 502 "), "{got}");
+    assert!(got.contains("unexpected tunnel"), "{got}");
+    // Every connection the next requests go on starts with them: none is the one that
+    // carried the CONNECT.
+    let mut first_on = std::collections::HashMap::new();
+    for _ in 0..4 {
+        let req = Request::get("/x")
+            .header("host", "gw")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let answer = send(gw.listen_addr(), req).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        let (conn, n) = place_of(&answer);
+        first_on.entry(conn).or_insert(n);
+    }
+    assert!(first_on.values().all(|&n| n == 1), "{first_on:?}");
     gw.shutdown().await;
 }

@@ -118,6 +118,12 @@ pub fn parse_head(
         }
         let status = StatusCode::from_u16(code)
             .map_err(|_| UpstreamError::Invalid("invalid status code"))?;
+        if method == Method::CONNECT && status.is_success() {
+            // The connection is a tunnel from here, whatever the head says of a body
+            // (RFC 9112 §6.3): the gateway does not tunnel, and reused, the connection
+            // would carry the next request into it.
+            return Err(UpstreamError::Invalid("unexpected tunnel (2xx to CONNECT)"));
+        }
         let version = match parsed.version {
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
@@ -220,6 +226,15 @@ mod tests {
         ] {
             assert!(parse(bad, &Method::GET).is_err(), "{bad:?}");
         }
+        let tunnel = b"HTTP/1.1 200 Connection Established\r\ncontent-length: 0\r\n\r\n";
+        assert!(parse(tunnel, &Method::CONNECT).is_err());
+        let refused = b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n";
+        assert!(
+            parse(refused, &Method::CONNECT)
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        );
         let huge = [b"HTTP/1.1 200 OK\r\n".as_slice(), &[b'x'; MAX_HEAD]].concat();
         assert!(parse(&huge, &Method::GET).is_err());
     }

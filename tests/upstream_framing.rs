@@ -382,6 +382,21 @@ async fn act(stream: TcpStream, id: usize) {
                     .write_all(b"HTTP/1.1 200 Connection Established\r\ncontent-length: 0\r\n\r\n")
                     .await
             }
+            // A protocol switch nobody asked for (the gateway never forwards `Upgrade`),
+            // then on as if the connection still spoke HTTP/1.1.
+            "switch" => {
+                request_body(&mut io, &head).await;
+                if ["upgrade", "expect", "connection"]
+                    .iter()
+                    .any(|h| header(&head, h).is_some())
+                {
+                    let _ = io.get_mut().write_all(&answer("leaked")).await;
+                    continue;
+                }
+                io.get_mut()
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
+                    .await
+            }
             // A chunked body that breaks after its first chunk went out.
             "broken-later" => {
                 request_body(&mut io, &head).await;
@@ -586,19 +601,68 @@ async fn a_tunnel_accepted_by_an_instance_is_a_502_and_its_connection_is_not_reu
     let got = String::from_utf8_lossy(&got[..n]).to_string();
     assert!(got.starts_with("HTTP/1.1 502 "), "{got}");
     assert!(got.contains("unexpected tunnel"), "{got}");
-    // Every connection the next requests go on starts with them: none is the one that
-    // carried the CONNECT.
-    let mut first_on = std::collections::HashMap::new();
-    for _ in 0..4 {
-        let req = Request::get("/x")
+    // None of the next requests goes on the connection that carried the CONNECT.
+    assert_fresh_connections(&gw, || {
+        Request::get("/x")
             .header("host", "gw")
             .body(Empty::<Bytes>::new())
-            .unwrap();
-        let answer = send(gw.listen_addr(), req).await.unwrap();
+            .unwrap()
+    })
+    .await;
+    gw.shutdown().await;
+}
+
+/// Sends a few requests made by `req`: every connection they go on starts with them,
+/// so none is one that an earlier, broken exchange left out of step.
+async fn assert_fresh_connections(
+    gw: &scf_gateway::RunningGateway,
+    req: impl Fn() -> Request<Empty<Bytes>>,
+) {
+    let mut first_on = std::collections::HashMap::new();
+    for _ in 0..4 {
+        let answer = send(gw.listen_addr(), req()).await.unwrap();
         assert_eq!(answer.status, StatusCode::OK);
         let (conn, n) = place_of(&answer);
         first_on.entry(conn).or_insert(n);
     }
     assert!(first_on.values().all(|&n| n == 1), "{first_on:?}");
+}
+
+/// A client asking for an upgrade, with `Expect: 100-continue`, cannot put an
+/// instance's connection out of step: neither header reaches the instance, and an
+/// instance that switches protocols anyway (`101`) is a 502/405 whose connection is
+/// closed, though it goes on answering on it as if nothing happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_switches_protocols_is_a_502_and_its_connection_is_not_reused() {
+    let instance = Scripted::start().await;
+    let gw = gateway(&event_function(
+        "f",
+        &[instance.addr],
+        "instance_concurrency = 1",
+    ))
+    .await;
+    let answer = invoke(
+        gw.listen_addr(),
+        "f",
+        &[
+            ("x-mode", "switch"),
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("expect", "100-continue"),
+        ],
+        "{}",
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(answer.error_code(), 405);
+    let message = answer.error_message();
+    assert!(message.contains("unexpected protocol switch"), "{message}");
+    assert_fresh_connections(&gw, || {
+        Request::post("/v1/functions/f/invocations")
+            .header("host", "gw")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    })
+    .await;
     gw.shutdown().await;
 }

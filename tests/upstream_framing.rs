@@ -1,6 +1,9 @@
 //! The HTTP/1.1 client for instances on its own and behind the gateway: responses
-//! framed two ways or in a coding the gateway cannot pass on, and an instance built on
-//! Python's `http.server`, which writes a response's head and body separately.
+//! framed two ways or in a coding the gateway cannot pass on, an instance built on
+//! Python's `http.server`, which writes a response's head and body separately, and
+//! instances out of step with their requests (a second answer nobody asked for, an
+//! answer before the request was read, a broken chunked body, a `101`, a tunnel),
+//! whose connections must never carry another request.
 
 mod common;
 

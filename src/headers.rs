@@ -216,20 +216,54 @@ fn is_hop_by_hop(name: &str) -> bool {
 /// for the real header. `Content-Length` itself stays: the body it frames goes along.
 fn is_hop_by_hop_or_alias(name: &str) -> bool {
     let b = name.as_bytes();
+    // Every header of every request goes by here, and most names have
+    // none of the lengths looked for: they are passed over with one bit test.
+    if b.len() >= 32 || ALIAS_LENGTHS & (1 << b.len()) == 0 {
+        return false;
+    }
+    // `Content-Length`, in nearly every request and response, is the one name of its
+    // length (see `ALIAS_LENGTHS`).
+    if b.len() == LENGTH_NAME.len() {
+        return b != LENGTH_NAME && spelled(b, LENGTH_NAME);
+    }
     HOP_BY_HOP.iter().any(|h| spelled(b, h.as_bytes()))
-        || (b != b"content-length" && spelled(b, b"content-length"))
 }
 
-/// The header names a `Connection` header lists (they are hop-by-hop too).
+const LENGTH_NAME: &[u8] = b"content-length";
+
+/// The lengths of the names [`is_hop_by_hop_or_alias`] looks for, as bits. No
+/// hop-by-hop name has the length of `content-length` (checked when this is built).
+const ALIAS_LENGTHS: u32 = {
+    let mut bits = 1 << LENGTH_NAME.len();
+    let mut i = 0;
+    while i < HOP_BY_HOP.len() {
+        assert!(HOP_BY_HOP[i].len() != LENGTH_NAME.len());
+        bits |= 1 << HOP_BY_HOP[i].len();
+        i += 1;
+    }
+    bits
+};
+
+/// The header names a `Connection` header lists (they are hop-by-hop too), lower case
+/// and spelled with `-` for `_`: see [`is_listed`].
 fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+        .map(|t| t.trim().to_ascii_lowercase().replace('_', "-"))
         .filter(|t| !t.is_empty())
         .collect()
+}
+
+/// `name` is one of the `listed` tokens (from [`connection_tokens`]) in either
+/// spelling: `Connection: x-foo` names `x_foo` too, and `Connection: x_foo` names
+/// `x-foo`, since a server that folds `_` into `-` takes them for one header.
+fn is_listed(listed: &[String], name: &str) -> bool {
+    listed
+        .iter()
+        .any(|t| spelled(name.as_bytes(), t.as_bytes()))
 }
 
 /// The client's header asking for the tail of the invocation's log (`Tail`), which the
@@ -282,7 +316,7 @@ pub fn strip_request(mut headers: HeaderMap, extra: usize) -> Stripped {
         let listed = connection_tokens(&headers);
         let names: Vec<HeaderName> = headers
             .keys()
-            .filter(|n| doomed(n.as_str()) || listed.iter().any(|t| t == n.as_str()))
+            .filter(|n| doomed(n.as_str()) || is_listed(&listed, n.as_str()))
             .cloned()
             .collect();
         for name in names {
@@ -293,9 +327,9 @@ pub fn strip_request(mut headers: HeaderMap, extra: usize) -> Stripped {
     Stripped { headers, log_tail }
 }
 
-/// Cleans a function's response headers for the client: hop-by-hop headers go, the
-/// credentials the function might echo never leave, and the gateway's request id
-/// replaces whatever the function sent.
+/// Cleans a function's response headers for the client: hop-by-hop headers and those
+/// named in `Connection` (in either spelling) go, the credentials the function might
+/// echo never leave, and the gateway's request id replaces whatever the function sent.
 pub fn strip_response(headers: &mut HeaderMap, request_id: &HeaderValue) {
     // One pass to find out whether anything must go; most responses need nothing.
     let doomed = |n: &HeaderName| {
@@ -306,7 +340,7 @@ pub fn strip_response(headers: &mut HeaderMap, request_id: &HeaderValue) {
         let listed = connection_tokens(headers);
         let names: Vec<HeaderName> = headers
             .keys()
-            .filter(|n| doomed(n) || listed.iter().any(|t| t == n.as_str()))
+            .filter(|n| doomed(n) || is_listed(&listed, n.as_str()))
             .cloned()
             .collect();
         for name in names {
@@ -415,6 +449,35 @@ mod tests {
         assert!(spelled(b"keep_alive", b"keep-alive"));
         assert!(!spelled(b"keep-alive", b"keep_alive"));
         assert!(!spelled(b"keep-alivee", b"keep-alive"));
+    }
+
+    #[test]
+    fn headers_named_in_connection_go_in_either_spelling() {
+        let h = map(&[
+            ("connection", "X-Foo, x_bar"),
+            ("x-foo", "1"),
+            ("x_foo", "2"),
+            ("X_Bar", "3"),
+            ("x-bar", "4"),
+            ("x-foo-bar", "kept"),
+            ("x_fo", "kept"),
+        ]);
+        let out = strip_request(h, 0).headers;
+        let mut names: Vec<&str> = out.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["x-foo-bar", "x_fo"]);
+
+        let mut h = map(&[
+            ("connection", "x-foo"),
+            ("x_foo", "1"),
+            ("x-foo", "2"),
+            ("content-length", "2"),
+            ("x-kept", "yes"),
+        ]);
+        strip_response(&mut h, &HeaderValue::from_static("ours"));
+        let mut names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["content-length", "x-kept", "x-scf-request-id"]);
     }
 
     #[test]

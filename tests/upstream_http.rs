@@ -135,6 +135,10 @@ async fn serve(stream: TcpStream, received: Arc<Mutex<Vec<Received>>>) {
                 b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nafter"
             }
             "no-content" => b"HTTP/1.1 204 No Content\r\nX-Empty: 1\r\n\r\n",
+            "connection-named" => {
+                b"HTTP/1.1 200 OK\r\nConnection: x-bar\r\nx_bar: 1\r\nx-bar: 2\r\n\
+                  X-Kept: 1\r\ncontent-length: 2\r\n\r\nok"
+            }
             "garbage" => b"HTTP/1.1 two hundred\r\n\r\n",
             _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
         };
@@ -521,4 +525,36 @@ impl http_body::Body for Frames {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         std::task::Poll::Ready(self.0.pop_front().map(Ok))
     }
+}
+
+/// Headers named in `Connection` go in both spellings, on the way in and on the way out:
+/// an instance (or a client) that folds `_` into `-` never gets `x_foo` for a header
+/// the other side declared hop-by-hop as `x-foo`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_named_in_connection_go_in_either_spelling() {
+    let instance = RawInstance::start().await;
+    let gw = gateway_for(&instance).await;
+    let answer = invoke(
+        gw.listen_addr(),
+        "raw",
+        &[
+            ("connection", "x-foo"),
+            ("x_foo", "1"),
+            ("x-foo", "2"),
+            ("x-raw", "connection-named"),
+            ("x-other", "kept"),
+        ],
+        "{}",
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let head = instance.last().head;
+    assert!(!head.contains("x_foo") && !head.contains("x-foo"), "{head}");
+    assert!(head.contains("x-other: kept\r\n"), "{head}");
+    for gone in ["x_bar", "x-bar"] {
+        assert!(!answer.headers.contains_key(gone), "{:?}", answer.headers);
+    }
+    assert_eq!(answer.headers["x-kept"], "1");
+    assert_eq!(answer.body, "ok");
+    gw.shutdown().await;
 }

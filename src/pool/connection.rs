@@ -304,7 +304,7 @@ impl Upstream {
             if now.saturating_duration_since(conn.idle_since) >= idle_timeout {
                 continue;
             }
-            let mut conn = if conn.home == here {
+            let conn = if conn.home == here {
                 conn
             } else {
                 match conn.rehome(here) {
@@ -614,7 +614,7 @@ mod tests {
 
         // Worker 1 has none of its own: the most recent (b) moves over.
         on(1, &rt1, &mut || {
-            let mut conn = upstream.checkout(FRESH, Instant::now()).unwrap();
+            let conn = upstream.checkout(FRESH, Instant::now()).unwrap();
             assert_eq!((conn.home, conn.h1.local_addr()), (1, b));
             assert!(!conn.h1.is_closed());
             upstream.checkin(conn, Instant::now());

@@ -38,6 +38,69 @@ enum Chunk {
     Trailers(usize),
 }
 
+/// What the chunked framing at the front of the buffer says to do next.
+enum Step {
+    /// Skip this many bytes of framing.
+    Framing(usize),
+    /// This many bytes of data come first.
+    Data(usize),
+    /// More bytes are needed.
+    More,
+    /// The body ends after this many bytes (the empty line closing the trailers).
+    End(usize),
+}
+
+impl Chunk {
+    /// Reads the framing at the front of `buf` and moves on past it.
+    fn step(&mut self, buf: &[u8]) -> Result<Step, UpstreamError> {
+        match *self {
+            Chunk::Size => {
+                let Some(end) = line_end(buf) else {
+                    return too_long(buf.len(), MAX_CHUNK_LINE, "chunk size line too long");
+                };
+                let size = chunk_size(&buf[..end])?;
+                *self = if size == 0 {
+                    Chunk::Trailers(0)
+                } else {
+                    Chunk::Data(size)
+                };
+                Ok(Step::Framing(end + 2))
+            }
+            Chunk::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(Step::More);
+                }
+                let n = left.min(buf.len() as u64);
+                *self = if n == left {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left - n)
+                };
+                Ok(Step::Data(n as usize))
+            }
+            Chunk::DataEnd => match buf.get(..2) {
+                None => Ok(Step::More),
+                Some(b"\r\n") => {
+                    *self = Chunk::Size;
+                    Ok(Step::Framing(2))
+                }
+                Some(_) => Err(UpstreamError::Invalid("chunk not followed by CRLF")),
+            },
+            // Trailers are read and dropped: the gateway's clients get none.
+            Chunk::Trailers(seen) => {
+                let Some(end) = line_end(buf) else {
+                    return too_long(seen + buf.len(), MAX_TRAILERS, "trailers too long");
+                };
+                if end == 0 {
+                    return Ok(Step::End(2));
+                }
+                *self = Chunk::Trailers(seen + end + 2);
+                Ok(Step::Framing(end + 2))
+            }
+        }
+    }
+}
+
 impl BodyDecoder {
     /// A body of `n` bytes.
     pub fn length(n: u64) -> BodyDecoder {
@@ -108,58 +171,31 @@ impl BodyDecoder {
                     }
                     return Ok(Some(read.split_to(n as usize).freeze()));
                 }
-                Decode::Chunked(chunk) => match *chunk {
-                    Chunk::Size => {
-                        let Some(end) = line_end(read) else {
-                            return too_long(
-                                read.len(),
-                                MAX_CHUNK_LINE,
-                                "chunk size line too long",
-                            );
-                        };
-                        let size = chunk_size(&read[..end])?;
-                        read.advance(end + 2);
-                        *chunk = if size == 0 {
-                            Chunk::Trailers(0)
-                        } else {
-                            Chunk::Data(size)
-                        };
-                    }
-                    Chunk::Data(left) => {
-                        if read.is_empty() {
-                            return Ok(None);
-                        }
-                        let n = left.min(read.len() as u64);
-                        *chunk = if n == left {
-                            Chunk::DataEnd
-                        } else {
-                            Chunk::Data(left - n)
-                        };
-                        return Ok(Some(read.split_to(n as usize).freeze()));
-                    }
-                    Chunk::DataEnd => {
-                        if read.len() < 2 {
-                            return Ok(None);
-                        }
-                        if &read[..2] != b"\r\n" {
-                            return Err(UpstreamError::Invalid("chunk not followed by CRLF"));
-                        }
-                        read.advance(2);
-                        *chunk = Chunk::Size;
-                    }
-                    // Trailers are read and dropped: the gateway's clients get none.
-                    Chunk::Trailers(seen) => {
-                        let Some(end) = line_end(read) else {
-                            return too_long(seen + read.len(), MAX_TRAILERS, "trailers too long");
-                        };
-                        read.advance(end + 2);
-                        if end == 0 {
-                            self.state = Decode::Done;
-                        } else {
-                            *chunk = Chunk::Trailers(seen + end + 2);
-                        }
+                Decode::Chunked(chunk) => match chunk.step(read)? {
+                    Step::Framing(n) => read.advance(n),
+                    Step::Data(n) => return Ok(Some(read.split_to(n).freeze())),
+                    Step::More => return Ok(None),
+                    Step::End(n) => {
+                        read.advance(n);
+                        self.state = Decode::Done;
                     }
                 },
+            }
+        }
+    }
+
+    /// Checks the framing of the body bytes already in `buf` (those that came with the
+    /// head), consuming nothing: a chunked body broken there is refused while the
+    /// response can still be answered with an error, before its head is passed on.
+    pub fn check(&self, buf: &[u8]) -> Result<(), UpstreamError> {
+        let Decode::Chunked(mut chunk) = self.state else {
+            return Ok(());
+        };
+        let mut at = 0;
+        loop {
+            match chunk.step(&buf[at..])? {
+                Step::Framing(n) | Step::Data(n) => at += n,
+                Step::More | Step::End(_) => return Ok(()),
             }
         }
     }
@@ -181,11 +217,11 @@ fn line_end(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
 }
 
-fn too_long<T>(len: usize, limit: usize, what: &'static str) -> Result<Option<T>, UpstreamError> {
+fn too_long(len: usize, limit: usize, what: &'static str) -> Result<Step, UpstreamError> {
     if len > limit {
         Err(UpstreamError::Invalid(what))
     } else {
-        Ok(None)
+        Ok(Step::More)
     }
 }
 
@@ -291,6 +327,30 @@ mod tests {
         let mut decoder = BodyDecoder::chunked();
         while decoder.decode(&mut read).unwrap().is_some() {}
         assert_eq!(&read[..], b"HTTP/1.1");
+    }
+
+    /// `check` judges the bytes it is given as `decode` would, without consuming them.
+    #[test]
+    fn check_finds_what_decode_would_fail_on() {
+        let cases: [&[u8]; 8] = [
+            b"5\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\nextra",
+            b"5\r\nhel",
+            b"zz\r\n",
+            b"fffffffffffffffff\r\n",
+            b"5\r\nhelloXX",
+            b"1\r\na\r\n;\r\n",
+            b"3;x=y\r\nabc\r\n0\r\nt: 1\r\n",
+        ];
+        for wire in cases {
+            let decoder = BodyDecoder::chunked();
+            let checked = decoder.check(wire);
+            assert_eq!(checked.is_err(), body(decoder, wire).1.is_err(), "{wire:?}");
+        }
+        assert!(BodyDecoder::length(3).check(b"zz\r\n").is_ok());
+        assert!(BodyDecoder::to_close().check(b"zz\r\n").is_ok());
+        let long = vec![b'1'; MAX_CHUNK_LINE + 1];
+        assert!(BodyDecoder::chunked().check(&long).is_err());
     }
 
     #[test]

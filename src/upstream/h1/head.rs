@@ -118,6 +118,12 @@ pub fn parse_head(
         }
         let status = StatusCode::from_u16(code)
             .map_err(|_| UpstreamError::Invalid("invalid status code"))?;
+        if method == Method::CONNECT && status.is_success() {
+            // The connection is a tunnel from here, whatever the head says of a body
+            // (RFC 9112 §6.3): the gateway does not tunnel, and reused, the connection
+            // would carry the next request into it.
+            return Err(UpstreamError::Invalid("unexpected tunnel (2xx to CONNECT)"));
+        }
         let version = match parsed.version {
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
@@ -146,6 +152,11 @@ pub fn parse_head(
             headers.append(name, value);
         }
         let body = framers.decoder(method, status, version)?;
+        // A body whose framing is already broken in the bytes that came with the head
+        // makes the whole response invalid: refused here, it is a 502 the client can
+        // still be given, where failing on the first poll of the body would leave the
+        // client with a head and a cut stream, or with nothing.
+        body.check(read)?;
         if framers.length_overridden() {
             headers.remove(CONTENT_LENGTH);
         }
@@ -215,6 +226,15 @@ mod tests {
         ] {
             assert!(parse(bad, &Method::GET).is_err(), "{bad:?}");
         }
+        let tunnel = b"HTTP/1.1 200 Connection Established\r\ncontent-length: 0\r\n\r\n";
+        assert!(parse(tunnel, &Method::CONNECT).is_err());
+        let refused = b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n";
+        assert!(
+            parse(refused, &Method::CONNECT)
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        );
         let huge = [b"HTTP/1.1 200 OK\r\n".as_slice(), &[b'x'; MAX_HEAD]].concat();
         assert!(parse(&huge, &Method::GET).is_err());
     }
@@ -238,6 +258,33 @@ mod tests {
         assert!(body.is_done() && head.keep_alive);
         // The next response on the connection stays in the buffer.
         assert_eq!(&read[..], b"HTTP/1.1 200 OK");
+    }
+
+    #[test]
+    fn a_chunked_body_broken_in_the_bytes_that_came_with_the_head_fails_the_head() {
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".as_slice();
+        for broken in [
+            &b"zz\r\n"[..],
+            b"fffffffffffffffff\r\nx\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"5\r\nhello\r\nq\r\n",
+        ] {
+            let wire = [head, broken].concat();
+            assert!(
+                matches!(parse(&wire, &Method::GET), Err(UpstreamError::Invalid(_))),
+                "{broken:?}"
+            );
+        }
+        // Cut short, the body is not judged yet: the rest may come.
+        for partial in [&b""[..], b"5", b"5\r\nhel", b"5\r\nhello\r", b"0\r\nx: y"] {
+            let wire = [head, partial].concat();
+            assert!(parse(&wire, &Method::GET).unwrap().is_some(), "{partial:?}");
+        }
+        // Only chunked framing can be broken; a length or a HEAD body is not looked at.
+        let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nzz\r\n";
+        assert!(parse(wire, &Method::GET).unwrap().is_some());
+        let wire = [head, b"zz\r\n"].concat();
+        assert!(parse(&wire, &Method::HEAD).unwrap().is_some());
     }
 
     #[test]

@@ -14,10 +14,20 @@
 //! as given, otherwise chunked), full duplex (the request body keeps flowing while the
 //! response streams); response framing as RFC 9112 §6.3 orders it (HEAD, 204 and 304
 //! without a body, then chunked, then `Content-Length`, else until close); interim 1xx
-//! responses skipped; keep-alive by version and `Connection`. Not covered, on purpose:
-//! upgrades (the gateway strips `Upgrade` before a request gets here), pipelining,
-//! transfer codings other than chunked (refused, see [`Framers`]), and response
-//! trailers (read and dropped, as the gateway's clients get none).
+//! responses skipped; keep-alive by version and `Connection`.
+//!
+//! A connection is reused only after an exchange framed cleanly end to end: the request
+//! fully written before the final response head arrived, the response body ended by
+//! its own framing, and not a byte after it (read with it, or arriving while the
+//! connection sits idle, see [`Connection::is_closed`]). Anything else, an answer to a
+//! request not yet sent whole, a second response nobody asked for, a `101`, a broken
+//! body, retires the connection, so an instance out of step with its requests cannot
+//! stay out of step on it.
+//!
+//! Not covered, on purpose: upgrades (the gateway strips `Upgrade` and `Expect` before
+//! a request gets here, and a `101` is refused as invalid), pipelining, transfer codings
+//! other than chunked (refused, see [`Framers`]), and response trailers (read and
+//! dropped, as the gateway's clients get none).
 //!
 //! The client knows nothing of pools or invocations: it borrows a [`Connection`] through
 //! whatever holds it (any `DerefMut<Target = Connection>`, which [`ResponseBody`] hands
@@ -143,9 +153,13 @@ where
         };
         Poll::Ready(match result {
             Ok(head) => {
+                // An answer that came before the request was fully written was not
+                // framed as one: HTTP/1.1 has no way to tell it from a late one meant
+                // for an earlier request, so that connection carries nothing more.
+                let answered_early = !exchange.out.done();
                 let mut response = Response::new(ResponseBody {
                     decoder: head.body,
-                    keep_alive: head.keep_alive,
+                    keep_alive: head.keep_alive && !answered_early,
                     out: exchange.out,
                     conn: Some(exchange.conn),
                 });

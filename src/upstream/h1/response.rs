@@ -28,12 +28,14 @@ where
     C: DerefMut<Target = Connection>,
     B: RequestBody,
 {
-    /// The connection, if the exchange ended cleanly and it can carry another one.
+    /// The connection, if the exchange ended cleanly and it can carry another one: not
+    /// if a byte came after the response, read with it or reported by the reactor
+    /// since (a second response nobody asked for would answer the next request).
     pub fn take_reusable(&mut self) -> Option<C> {
         let clean =
             self.decoder.is_done() && self.keep_alive && self.out.done() && !self.out.abandoned;
         match self.conn.take() {
-            Some(conn) if clean && conn.read.is_empty() => Some(conn),
+            Some(conn) if clean && conn.read.is_empty() && !conn.is_closed() => Some(conn),
             _ => None,
         }
     }

@@ -25,8 +25,8 @@ use super::drain::Open;
 use super::parking::{serve_http1, wait_readable, Wake};
 use crate::body::GatewayBody;
 
-/// How client connections are timed. The contract is silent; the values follow what an
-/// nginx operator expects (docs/behaviour.md, "Client connections").
+/// How client connections are timed (`server.header_read_timeout` and
+/// `server.client_idle_timeout`, docs/behaviour.md, "Client connections").
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ClientTimers {
     /// A new connection must send its first byte within this, and a request head must
@@ -39,13 +39,19 @@ pub(crate) struct ClientTimers {
     pub tick: Duration,
 }
 
-/// The daemon's client timers: `header` is hyper's former default (what clients got
-/// before), `idle` is nginx's `keepalive_timeout`.
-pub(crate) const CLIENT_TIMERS: ClientTimers = ClientTimers {
-    header: Duration::from_secs(30),
-    idle: Duration::from_secs(75),
-    tick: Duration::from_millis(500),
-};
+/// The longest tick: both timers hold to about this, and a quiet HTTP/1 connection is
+/// parked after it. Shorter only when a timer is configured shorter than a few ticks.
+const MAX_TICK: Duration = Duration::from_millis(500);
+
+impl ClientTimers {
+    /// The timers of `server.header_read_timeout` and `server.client_idle_timeout`,
+    /// checked every [`MAX_TICK`], or every eighth of the shorter one if that is less
+    /// (so a short timer still holds to an eighth of itself).
+    pub(crate) fn new(header: Duration, idle: Duration) -> ClientTimers {
+        let tick = (header.min(idle) / 8).clamp(Duration::from_millis(1), MAX_TICK);
+        ClientTimers { header, idle, tick }
+    }
+}
 
 /// One client connection, from accept to close. A client that goes away mid-request is
 /// not the gateway's error, so connection errors end the task silently.

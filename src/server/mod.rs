@@ -35,7 +35,7 @@ mod parking;
 
 use accept::serve;
 use balance::Balance;
-use connection::CLIENT_TIMERS;
+use connection::ClientTimers;
 use drain::Drain;
 use memory::{memory_upkeep, TRIM_AFTER_RELEASED, TRIM_PERIOD};
 
@@ -93,6 +93,10 @@ impl RunningGateway {
         let ready = Arc::new(AtomicBool::new(false));
         let grace = config.server.shutdown_grace;
 
+        let timers = ClientTimers::new(
+            config.server.header_read_timeout,
+            config.server.client_idle_timeout,
+        );
         let (stop_invocations, stop) = watch::channel(false);
         let n = config.server.workers.max(1);
         let balance = (n > 1).then(|| Arc::new(Balance::new(n)));
@@ -103,7 +107,7 @@ impl RunningGateway {
             // gateway on the port still fails to bind.
             let shared = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
             let (stop, gateway) = (stop.clone(), gateway.clone());
-            match Worker::spawn(index, shared, stop, grace, drain(index), gateway).await {
+            match Worker::spawn(index, shared, stop, grace, timers, drain(index), gateway).await {
                 Ok(w) => workers.push(w),
                 Err(e) => {
                     let _ = stop_invocations.send(true);
@@ -116,7 +120,7 @@ impl RunningGateway {
             listener,
             stop,
             grace,
-            CLIENT_TIMERS,
+            timers,
             drain(0),
             gateway.registry().worker_connections(0),
             // The handler's own future, not one wrapping it: hyper keeps and moves it.
@@ -137,7 +141,7 @@ impl RunningGateway {
             admin_listener,
             stop,
             grace,
-            CLIENT_TIMERS,
+            timers,
             Arc::default(),
             crate::metrics::Counter::noop(),
             move |req, _| {
@@ -217,6 +221,7 @@ impl Worker {
         listener: std::net::TcpListener,
         stop: watch::Receiver<bool>,
         grace: Duration,
+        timers: ClientTimers,
         drain: Arc<Drain>,
         gateway: Arc<Gateway>,
     ) -> io::Result<Worker> {
@@ -255,7 +260,7 @@ impl Worker {
                         listener,
                         stop,
                         grace,
-                        CLIENT_TIMERS,
+                        timers,
                         drain,
                         accepted,
                         move |req, peer| gateway.clone().handle(req, peer),

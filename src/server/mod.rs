@@ -4,8 +4,8 @@
 //!
 //! A client connection passes through the submodules in this order: `accept` (a worker
 //! takes it, unless it holds more than its share: `balance`), `connection` (its task and
-//! timers, HTTP/2 or HTTP/1.1), `parking` (HTTP/1.1, idle connections parked, told from
-//! busy ones by `activity`) and `drain` (counted until it closes, told to finish at
+//! timers, HTTP/2 or HTTP/1.1), `http2` (HTTP/2 with the client timers), `parking`
+//! (HTTP/1.1, idle connections parked, told from busy ones by `activity`) and `drain` (counted until it closes, told to finish at
 //! shutdown). `memory` gives what closed and parked connections release back to the
 //! system.
 
@@ -30,6 +30,7 @@ mod activity;
 mod balance;
 mod connection;
 mod drain;
+mod http2;
 mod memory;
 mod parking;
 

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::activity::Activity;
 use super::connection::{client_connection, ClientTimers};
@@ -36,12 +37,41 @@ pub(crate) const H2_CONNECTION_WINDOW: u32 = 512 * 1024;
 /// Response bytes queued per HTTP/2 stream while the client's window is closed.
 pub(crate) const H2_SEND_BUFFER: usize = 32 * 1024;
 
+/// The first and the longest wait after a failed `accept` (out of file descriptors,
+/// say): it doubles while accepting keeps failing.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How often a repeated warning of the accept loop is logged, at most.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// A warning logged at most once per [`WARN_EVERY`], with how many times its cause
+/// happened since it was last logged.
+#[derive(Default)]
+struct Throttled {
+    last: Option<Instant>,
+    count: u64,
+}
+
+impl Throttled {
+    fn note(&mut self, warn: impl FnOnce(u64)) {
+        self.count += 1;
+        let now = Instant::now();
+        if self.last.is_none_or(|last| now >= last + WARN_EVERY) {
+            warn(self.count);
+            self.count = 0;
+            self.last = Some(now);
+        }
+    }
+}
+
 /// Accepts connections until told to stop, then drains them for at most `grace`.
 /// Several workers may serve one listening socket: each is woken by a new connection
 /// and one wins the accept (the others' `EAGAIN` stays inside tokio). The first to run
 /// would take a whole burst, so a worker with more than its share of open connections
 /// (see [`Balance`](super::balance::Balance)) leaves new ones to the others until that
-/// changes.
+/// changes. A worker takes a permit of `server.max_connections` (shared by all workers,
+/// in its `drain`) before each accept.
 pub(super) async fn serve<F, Fut>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
@@ -77,6 +107,8 @@ pub(super) async fn serve<F, Fut>(
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_send_buf_size(H2_SEND_BUFFER);
     let builders = Arc::new((http1, http2));
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let (mut failing, mut full) = (Throttled::default(), Throttled::default());
     'accepting: loop {
         if let Some((balance, index)) = &drain.share {
             loop {
@@ -91,9 +123,30 @@ pub(super) async fn serve<F, Fut>(
                 }
             }
         }
+        // A place under `server.max_connections` first: past it, new connections wait
+        // in the listen backlog while the open ones are served.
+        let permit = match &drain.limit {
+            None => None,
+            Some(limit) => match limit.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    full.note(|waited| {
+                        tracing::warn!(
+                            waited,
+                            "server.max_connections reached: new connections wait in the listen backlog"
+                        )
+                    });
+                    tokio::select! {
+                        permit = limit.clone().acquire_owned() => permit.ok(),
+                        _ = stop.changed() => break 'accepting,
+                    }
+                }
+            },
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
                     connections.increment(1);
                     // Small request/response exchanges must not wait for Nagle.
                     let _ = stream.set_nodelay(true);
@@ -106,15 +159,23 @@ pub(super) async fn serve<F, Fut>(
                         peer,
                         handler.clone(),
                         builders.clone(),
-                        drain.enter(),
+                        drain.enter(permit),
                         Arc::new(Activity::default()),
                         timers,
                     ));
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors and the like: back off, growing, instead of
+                    // spinning; the permit goes back meanwhile.
+                    drop(permit);
+                    failing.note(|failed| {
+                        tracing::warn!(error = %e, failed, retry_in = ?backoff, "accept failed")
+                    });
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => break,
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 }
             },
             _ = stop.changed() => break,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::admin;
@@ -39,6 +39,42 @@ use balance::Balance;
 use connection::ClientTimers;
 use drain::Drain;
 use memory::{memory_upkeep, TRIM_AFTER_RELEASED, TRIM_PERIOD};
+
+/// Open connections on the admin listener, at most: its own bound, apart from
+/// `server.max_connections`, so that clients filling the invocation listener never lock
+/// the operator out, and the admin listener cannot hold many descriptors either.
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+
+/// Descriptors kept beyond two per client connection (a client's and, at most, one to an
+/// instance) for instances, their pipes, listeners and files.
+const SPARE_FILES: u64 = 1024;
+
+/// `server.max_connections` as a semaphore's permits.
+fn max_connections(configured: u64) -> usize {
+    usize::try_from(configured)
+        .unwrap_or(Semaphore::MAX_PERMITS)
+        .min(Semaphore::MAX_PERMITS)
+}
+
+/// Raises the open-file limit to fit `max_connections` client connections, one
+/// upstream connection each, and [`SPARE_FILES`]; warns if the hard limit is lower.
+fn raise_open_files(max_connections: u64) {
+    let wanted = max_connections
+        .saturating_mul(2)
+        .saturating_add(ADMIN_MAX_CONNECTIONS as u64)
+        .saturating_add(SPARE_FILES);
+    match crate::sys::raise_open_files(wanted) {
+        Ok((Some(soft), hard)) if soft < wanted => tracing::warn!(
+            open_files = soft,
+            hard_limit = hard,
+            wanted,
+            max_connections,
+            "the open-file limit is below what server.max_connections needs; raise it (LimitNOFILE)"
+        ),
+        Ok((soft, _)) => tracing::debug!(open_files = ?soft, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, wanted, "cannot raise the open-file limit"),
+    }
+}
 
 /// How long launched instances get to exit on SIGTERM before SIGKILL at shutdown.
 const INSTANCE_STOP_GRACE: Duration = Duration::from_secs(3);
@@ -101,7 +137,10 @@ impl RunningGateway {
         let (stop_invocations, stop) = watch::channel(false);
         let n = config.server.workers.max(1);
         let balance = (n > 1).then(|| Arc::new(Balance::new(n)));
-        let drain = |index| Arc::new(Drain::sharing(balance.clone(), index));
+        let limit = Arc::new(Semaphore::new(max_connections(
+            config.server.max_connections,
+        )));
+        let drain = |index| Arc::new(Drain::sharing(balance.clone(), index, limit.clone()));
         let mut workers = Vec::new();
         for index in 1..n {
             // A second descriptor of the same socket, not a second socket: a second
@@ -143,7 +182,7 @@ impl RunningGateway {
             stop,
             grace,
             timers,
-            Arc::default(),
+            Arc::new(Drain::limited(ADMIN_MAX_CONNECTIONS)),
             crate::metrics::Counter::noop(),
             move |req, _| {
                 let state = state.clone();
@@ -289,6 +328,7 @@ async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// cross-thread wake-ups (docs/adr/0002-thread-per-core.md gives the measurement). This
 /// thread is the first worker; [`RunningGateway::start`] starts the others.
 pub fn run(config: Config) -> io::Result<()> {
+    raise_open_files(config.server.max_connections);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

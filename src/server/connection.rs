@@ -138,6 +138,10 @@ async fn is_h2_preface(
 ) -> Option<bool> {
     const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut buf = [0u8; 24];
+    // A peek does not wait for more bytes than there are, so waiting for the rest of
+    // the preface polls: every 5 ms at first (the rest of a real preface is a segment
+    // away), backing off to a tick, so a client that stops half-way costs little.
+    let mut pause = Duration::from_millis(5);
     loop {
         let n = match stream.peek(&mut buf).await {
             Ok(0) | Err(_) => return Some(false),
@@ -153,10 +157,9 @@ async fn is_h2_preface(
             return None;
         }
         // A prefix of the preface so far: the rest is on its way.
-        timer
-            .as_mut()
-            .reset((Instant::now() + Duration::from_millis(5)).min(deadline));
+        timer.as_mut().reset((Instant::now() + pause).min(deadline));
         timer.as_mut().await;
+        pause = (pause * 2).min(MAX_TICK);
     }
 }
 

@@ -261,3 +261,52 @@ async fn past_max_connections_a_connection_waits_until_one_closes() {
     assert!(served_at >= closed_at);
     gw.shutdown().await;
 }
+
+/// A 64 MB upload over HTTP/2 on loopback: how the flow-control windows the gateway
+/// announces pace one stream. A measurement, not a check (`--ignored`, release build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn http2_upload_of_64_mb() {
+    const MB: usize = 1024 * 1024;
+    let instance = FakeInstance::start().await;
+    let gw = gateway_with(
+        "max_body_bytes = 100000000",
+        instance.addr,
+        "timeout = \"60s\"",
+    )
+    .await;
+    let stream = TcpStream::connect(gw.listen_addr()).await.unwrap();
+    let (client, conn) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::post("http://gw/v1/functions/hello/invocations")
+        .header("content-length", (64 * MB).to_string())
+        .body(())
+        .unwrap();
+    let start = Instant::now();
+    let (response, mut body) = client.send_request(req, false).unwrap();
+    let chunk = Bytes::from(vec![b'a'; 256 * 1024]);
+    for i in 0..64 * MB / chunk.len() {
+        body.reserve_capacity(chunk.len());
+        let mut sent = 0;
+        while sent < chunk.len() {
+            let granted = std::future::poll_fn(|cx| body.poll_capacity(cx))
+                .await
+                .unwrap()
+                .unwrap();
+            let n = granted.min(chunk.len() - sent);
+            let last = i == 64 * MB / chunk.len() - 1 && sent + n == chunk.len();
+            body.send_data(chunk.slice(sent..sent + n), last).unwrap();
+            sent += n;
+        }
+    }
+    let response = response.await.unwrap();
+    let took = start.elapsed();
+    assert_eq!(response.status(), 200);
+    assert_eq!(instance.record.seen()[0].body_len, 64 * MB);
+    eprintln!(
+        "64 MB over HTTP/2 in {took:?}: {:.0} MB/s",
+        64.0 / took.as_secs_f64()
+    );
+    gw.shutdown().await;
+}

@@ -129,10 +129,11 @@ pub(super) async fn serve_http1<F, Fut>(
             timer.as_mut().reset(Instant::now() + timers.tick);
         })
         .await;
-        // Too slow: told so if part of a request head came (hyper holds its bytes).
+        // Too slow: told so if part of a request head came (hyper holds its bytes),
+        // unless the client is not even reading what it was sent.
         if ended.is_none() {
             let partial = !(*conn).into_parts().read_buf.is_empty();
-            if partial {
+            if partial && !activity.write_blocked.load(Ordering::Relaxed) {
                 request_timeout(stream);
             }
             return;

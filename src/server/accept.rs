@@ -192,3 +192,21 @@ pub(super) async fn serve<F, Fut>(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_repeated_warning_is_logged_once_per_period_with_its_count() {
+        let mut throttled = Throttled::default();
+        let mut logged = Vec::new();
+        for _ in 0..5 {
+            throttled.note(|n| logged.push(n));
+        }
+        assert_eq!(logged, [1], "the first at once, the next four held back");
+        tokio::time::advance(WARN_EVERY).await;
+        throttled.note(|n| logged.push(n));
+        assert_eq!(logged, [1, 5], "then one line counting what was held back");
+    }
+}

@@ -17,6 +17,8 @@ use tokio::time::Instant;
 const PER_STATE: usize = 600;
 /// Connections holding a 60 KB partial head.
 const LARGE_PARTIAL: usize = 100;
+/// HTTP/2 connections with request bodies waiting in the gateway.
+const H2_BUFFERING: usize = 50;
 /// Requests held in flight at the instance (each with its own upstream connection).
 const IN_FLIGHT: usize = 200;
 /// Normal clients, each making this many invocations on its keep-alive connection
@@ -143,7 +145,8 @@ fn raise_open_files() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_slow_connections_leave_normal_clients_served_within_budget() {
     // Every held connection, the instance's side of each upstream one, and spare.
-    let needed = (5 * PER_STATE + LARGE_PARTIAL + 2 * IN_FLIGHT + CLIENTS + 256) as u64;
+    let needed =
+        (5 * PER_STATE + LARGE_PARTIAL + 2 * IN_FLIGHT + H2_BUFFERING + CLIENTS + 256) as u64;
     let files = raise_open_files();
     assert!(
         files >= needed,
@@ -155,10 +158,18 @@ async fn thousands_of_slow_connections_leave_normal_clients_served_within_budget
         // Long enough that nothing held is closed while the test measures.
         "workers = 2\nheader_read_timeout = \"60s\"\nclient_idle_timeout = \"120s\"\n\
          max_connections = 5000",
-        &event_function(
-            "hello",
-            &[instance.addr],
-            "instance_concurrency = 1000\nqueue_depth = 1000\ntimeout = \"120s\"",
+        &format!(
+            "{}{}",
+            event_function(
+                "hello",
+                &[instance.addr],
+                "instance_concurrency = 1000\nqueue_depth = 1000\ntimeout = \"120s\"",
+            ),
+            event_function(
+                "queued",
+                &[instance.addr],
+                "queue_depth = 1000\nqueue_timeout = \"120s\"\ntimeout = \"120s\"",
+            )
         ),
     );
     let baseline = normal_traffic(gw.listen).await;
@@ -225,6 +236,49 @@ async fn thousands_of_slow_connections_leave_normal_clients_served_within_budget
     )
     .await;
 
+    // HTTP/2 connections whose request bodies wait in the gateway: two streams each,
+    // queued for a function whose one slot is taken, sending what flow control lets
+    // them.
+    let mut taker = open_many(&gw, 1, b"").await;
+    taker[0]
+        .write_all(
+            b"POST /v1/functions/queued/invocations HTTP/1.1\r\nhost: gw\r\n\
+              x-test-hold: 1\r\ncontent-length: 2\r\n\r\n{}",
+        )
+        .await
+        .unwrap();
+    wait_until(
+        "the queued function's slot to be taken",
+        PATIENCE,
+        async || instance.record.inflight() > IN_FLIGHT,
+    )
+    .await;
+    let mut buffering = Vec::new();
+    for _ in 0..H2_BUFFERING {
+        let stream = TcpStream::connect(gw.listen).await.unwrap();
+        let (client, conn) = h2::client::handshake(stream).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let mut streams = Vec::new();
+        let mut client = client.ready().await.unwrap();
+        for _ in 0..2 {
+            let req = http::Request::post("http://gw/v1/functions/queued/invocations")
+                .body(())
+                .unwrap();
+            let (response, mut body) = client.send_request(req, false).unwrap();
+            body.send_data(bytes::Bytes::from(vec![b'a'; 300 * 1024]), false)
+                .unwrap();
+            streams.push((response, body));
+            client = client.ready().await.unwrap();
+        }
+        buffering.push((client, conn, streams));
+    }
+    measure(
+        "HTTP/2, two request bodies buffered",
+        &mut rss,
+        H2_BUFFERING,
+    )
+    .await;
+
     // The partial heads keep dribbling while normal clients are served.
     let dribble = tokio::spawn(async move {
         loop {
@@ -237,7 +291,7 @@ async fn thousands_of_slow_connections_leave_normal_clients_served_within_budget
     let loaded = normal_traffic(gw.listen).await;
     let rss_loaded = gw.status_kb("VmRSS");
     dribble.abort();
-    let held_count = 5 * PER_STATE + LARGE_PARTIAL + IN_FLIGHT;
+    let held_count = 5 * PER_STATE + LARGE_PARTIAL + IN_FLIGHT + 1 + H2_BUFFERING;
     eprintln!(
         "with {held_count} held connections: p99 {:?}; gateway RSS {rss_loaded} kB (+{} kB)",
         p99(&loaded),
@@ -252,6 +306,6 @@ async fn thousands_of_slow_connections_leave_normal_clients_served_within_budget
         rss_loaded <= RSS_BUDGET_KB,
         "the gateway's RSS {rss_loaded} kB is over {RSS_BUDGET_KB} kB"
     );
-    instance.record.release(IN_FLIGHT);
-    drop((held, parked, in_flight));
+    instance.record.release(IN_FLIGHT + 1);
+    drop((held, parked, in_flight, taker, buffering));
 }

@@ -33,7 +33,7 @@ pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// request body bytes an HTTP/2 connection can make the gateway hold (the connection
 /// window); a single upload still has a window of several round trips on any LAN.
 pub(crate) const H2_STREAM_WINDOW: u32 = 256 * 1024;
-pub(crate) const H2_CONNECTION_WINDOW: u32 = 512 * 1024;
+pub(crate) const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
 /// Response bytes queued per HTTP/2 stream while the client's window is closed.
 pub(crate) const H2_SEND_BUFFER: usize = 32 * 1024;
 

@@ -192,10 +192,12 @@ async fn thousands_of_slow_connections_leave_normal_clients_served_within_budget
     };
     held.extend(open_many(&gw, PER_STATE, b"").await);
     measure("silent new connection", &mut rss, PER_STATE).await;
+    // "G" starts an HTTP/1.1 head; "P" might still be HTTP/2's preface.
     let half = PER_STATE / 2;
     held.extend(open_many(&gw, half, b"G").await);
+    measure("1 byte of HTTP/1.1 head", &mut rss, half).await;
     held.extend(open_many(&gw, PER_STATE - half, b"P").await);
-    measure("1 byte of head", &mut rss, PER_STATE).await;
+    measure("1 byte, HTTP/1.1 or HTTP/2", &mut rss, PER_STATE - half).await;
     let mut dribbling = open_many(
         &gw,
         PER_STATE,

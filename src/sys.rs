@@ -1,6 +1,6 @@
 //! The operating-system calls the gateway makes outside the standard library and
 //! Tokio, behind safe functions: signals, waiting for and reaping children, pidfds, the
-//! subreaper flag, cgroup membership at exec, and the heap trim.
+//! subreaper flag, cgroup membership at exec, the open-file limit, and the heap trim.
 //!
 //! It exists so that `unsafe` lives in one module a reviewer can read whole: the rest
 //! of the crate is `#![deny(unsafe_code)]`. Most calls go through `rustix`, which makes
@@ -165,6 +165,30 @@ pub fn join_cgroup_at_exec(command: &mut Command, procs: File) {
     }
 }
 
+/// The open-file limit (`RLIMIT_NOFILE`) after raising its soft value to `wanted`, or
+/// as far as the hard limit allows; never lowers it. Returns `(soft, hard)`, `None`
+/// meaning unlimited.
+pub fn raise_open_files(wanted: u64) -> io::Result<(Option<u64>, Option<u64>)> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let target = match limit.maximum {
+        Some(hard) => wanted.min(hard),
+        None => wanted,
+    };
+    if limit.current.is_some_and(|soft| soft < target) {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: limit.maximum,
+            },
+        )
+        .map_err(os)?;
+        return Ok((Some(target), limit.maximum));
+    }
+    Ok((limit.current, limit.maximum))
+}
+
 /// Gives free heap pages back to the system (`malloc_trim(0)`, glibc's malloc only).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn malloc_trim() {
@@ -185,6 +209,18 @@ mod tests {
             assert!(refused(kill(raw, Signal::Kill)));
             assert!(refused(kill_group(raw, Signal::Kill)));
             assert!(reap(raw).is_err());
+        }
+    }
+
+    #[test]
+    fn the_open_file_limit_is_raised_never_lowered() {
+        let (soft, hard) = raise_open_files(0).unwrap();
+        let (again, _) = raise_open_files(64).unwrap();
+        assert_eq!(soft, again, "already above: unchanged");
+        if let (Some(soft), Some(hard)) = (soft, hard) {
+            assert!(soft <= hard);
+            let (raised, _) = raise_open_files(hard).unwrap();
+            assert_eq!(raised, Some(hard));
         }
     }
 }

@@ -74,6 +74,14 @@ pub struct ServerConfig {
     /// the 5 s of Node.js, uvicorn and Apache, the shortest common server defaults.
     /// An extension: not among the keys of the contract's sample.
     pub upstream_idle_timeout: Duration,
+    /// A new connection must send its first byte, and a request head must be complete
+    /// after its first byte, within this. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Client connections (HTTP/1.1 and HTTP/2) with no request for this long are
+    /// closed. Default 60 s.
+    pub client_idle_timeout: Duration,
+    /// Open client connections on `listen`, at most. Default 10,000.
+    pub max_connections: u64,
 }
 
 /// `[platform]`: identity stamped into `X-Scf-*` headers.

@@ -1,4 +1,5 @@
-//! `[server]`: listeners, limits, workers, shutdown and the access log.
+//! `[server]`: listeners, limits (bodies, client timers, connections), workers, shutdown
+//! and the access log.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,7 +15,14 @@ const SERVER_KEYS: &[&str] = &[
     "shutdown_grace",
     "access_log",
     "upstream_idle_timeout",
+    "header_read_timeout",
+    "client_idle_timeout",
+    "max_connections",
 ];
+
+/// The most `max_connections` may be: what one process can hold open with room for its
+/// instances (the open-file limit is raised to twice this at start).
+pub(crate) const MAX_CONNECTIONS_LIMIT: u64 = 1 << 20;
 
 pub(super) fn read_server(ctx: &mut Ctx<'_>, s: &Section<'_, '_>) -> ServerConfig {
     ctx.check_keys(s, SERVER_KEYS);
@@ -44,6 +52,19 @@ pub(super) fn read_server(ctx: &mut Ctx<'_>, s: &Section<'_, '_>) -> ServerConfi
             Duration::from_secs(4),
             true,
         ),
+        header_read_timeout: ctx.get_duration(
+            s,
+            "header_read_timeout",
+            Duration::from_secs(10),
+            true,
+        ),
+        client_idle_timeout: ctx.get_duration(
+            s,
+            "client_idle_timeout",
+            Duration::from_secs(60),
+            true,
+        ),
+        max_connections: ctx.get_u64(s, "max_connections", 1..=MAX_CONNECTIONS_LIMIT, 10_000),
     }
 }
 

@@ -29,6 +29,8 @@ pub(super) struct Activity {
     pub(super) write_blocked: AtomicBool,
     /// hyper is being shut down only to park the connection: keep the socket open.
     pub(super) parking: AtomicBool,
+    /// HTTP/2: the client is in the middle of a request head (see `http2`).
+    pub(super) head_pending: AtomicBool,
 }
 
 impl Activity {
@@ -74,8 +76,10 @@ impl Drop for InFlight {
 }
 
 pin_project! {
-    /// [`Infallibly`](super::connection::Infallibly) for HTTP/1, marking the request in flight
-    /// until its response body is dropped.
+    /// The handler's future as hyper's service future, polled in place, marking the
+    /// request in flight until its response body is dropped. An `async` block awaiting
+    /// the handler's future would hold it twice (the captured future and the awaited
+    /// copy side by side), doubling the per-request state hyper keeps.
     pub(super) struct Tracking<F> {
         #[pin]
         pub(super) inner: F,

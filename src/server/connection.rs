@@ -3,30 +3,27 @@
 //! task of every open connection holds this future for the connection's whole life,
 //! parked or not, which is why it is written to stay small.
 
-use std::convert::Infallible;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use pin_project_lite::pin_project;
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::activity::Activity;
 use super::drain::Open;
+use super::http2::serve_http2;
 use super::parking::{serve_http1, wait_readable, Wake};
 use crate::body::GatewayBody;
 
-/// How client connections are timed. The contract is silent; the values follow what an
-/// nginx operator expects (docs/behaviour.md, "Client connections").
+/// How client connections are timed (`server.header_read_timeout` and
+/// `server.client_idle_timeout`, docs/behaviour.md, "Client connections").
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ClientTimers {
     /// A new connection must send its first byte within this, and a request head must
@@ -39,13 +36,19 @@ pub(crate) struct ClientTimers {
     pub tick: Duration,
 }
 
-/// The daemon's client timers: `header` is hyper's former default (what clients got
-/// before), `idle` is nginx's `keepalive_timeout`.
-pub(crate) const CLIENT_TIMERS: ClientTimers = ClientTimers {
-    header: Duration::from_secs(30),
-    idle: Duration::from_secs(75),
-    tick: Duration::from_millis(500),
-};
+/// The longest tick: both timers hold to about this, and a quiet HTTP/1 connection is
+/// parked after it. Shorter only when a timer is configured shorter than a few ticks.
+const MAX_TICK: Duration = Duration::from_millis(500);
+
+impl ClientTimers {
+    /// The timers of `server.header_read_timeout` and `server.client_idle_timeout`,
+    /// checked every [`MAX_TICK`], or every eighth of the shorter one if that is less
+    /// (so a short timer still holds to an eighth of itself).
+    pub(crate) fn new(header: Duration, idle: Duration) -> ClientTimers {
+        let tick = (header.min(idle) / 8).clamp(Duration::from_millis(1), MAX_TICK);
+        ClientTimers { header, idle, tick }
+    }
+}
 
 /// One client connection, from accept to close. A client that goes away mid-request is
 /// not the gateway's error, so connection errors end the task silently.
@@ -85,22 +88,19 @@ where
         {
             return;
         }
+        let first_byte = Instant::now();
         // HTTP/2 with prior knowledge, told apart from HTTP/1.1 by one peek per connection
         // rather than a rewinding reader per read.
-        if is_h2_preface(&stream, timer.as_mut()).await {
-            let service = service_fn(move |req| Infallibly {
-                inner: handler(req, peer),
-            });
-            let mut conn = Box::pin(builders.1.serve_connection(TokioIo::new(stream), service));
-            let mut told = false;
-            let _ = poll_fn(|cx| {
-                if !told && drain.is_closing() {
-                    conn.as_mut().graceful_shutdown();
-                    told = true;
-                }
-                conn.as_mut().poll(cx)
-            })
-            .await;
+        let h2 = match is_h2_preface(&stream, timer.as_mut(), first_byte + timers.header).await {
+            Some(h2) => h2,
+            None => {
+                request_timeout(&stream);
+                return;
+            }
+        };
+        if h2 {
+            let handler = move |req| handler(req, peer);
+            serve_http2(stream, handler, &builders.1, drain, activity, timers, timer).await;
             return;
         }
         let handler = move |req| handler(req, peer);
@@ -117,50 +117,50 @@ where
     }
 }
 
-pin_project! {
-    /// The handler's future as hyper's service future, polled in place. An `async`
-    /// block awaiting the handler's future would hold it twice (the captured future
-    /// and the awaited copy side by side), doubling the per-request state hyper keeps
-    /// and copying it once more on the first poll.
-    struct Infallibly<F> {
-        #[pin]
-        inner: F,
-    }
+/// What a client whose request head did not arrive within `header_read_timeout` is told
+/// before the connection closes, where part of a head came (RFC 9110 §15.5.9). One
+/// non-blocking write of a few bytes on a socket with nothing else queued: if it does
+/// not fit, the client was not reading anyway.
+pub(super) fn request_timeout(stream: &TcpStream) {
+    const RESPONSE: &[u8] =
+        b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+    let _ = stream.try_write(RESPONSE);
 }
 
-impl<F: Future> Future for Infallibly<F> {
-    type Output = Result<F::Output, Infallible>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx).map(Ok)
-    }
-}
-
-/// Whether a new connection starts with the HTTP/2 connection preface. Peeks without
-/// consuming; waits (bounded, on the connection's timer) while the bytes so far are a
-/// prefix of the preface.
-async fn is_h2_preface(stream: &TcpStream, mut timer: Pin<&mut Sleep>) -> bool {
+/// Whether a new connection starts with the HTTP/2 connection preface; `None` if its
+/// first bytes are a prefix of the preface and the rest has not come by `deadline`.
+/// Peeks without consuming; waits (on the connection's timer) while the bytes so far
+/// are a prefix of the preface.
+async fn is_h2_preface(
+    stream: &TcpStream,
+    mut timer: Pin<&mut Sleep>,
+    deadline: Instant,
+) -> Option<bool> {
     const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut buf = [0u8; 24];
-    for _ in 0..1000 {
+    // A peek does not wait for more bytes than there are, so waiting for the rest of
+    // the preface polls: every 5 ms at first (the rest of a real preface is a segment
+    // away), backing off to a tick, so a client that stops half-way costs little.
+    let mut pause = Duration::from_millis(5);
+    loop {
         let n = match stream.peek(&mut buf).await {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => return Some(false),
             Ok(n) => n,
         };
         if buf[..n] != PREFACE[..n] {
-            return false;
+            return Some(false);
         }
         if n == PREFACE.len() {
-            return true;
+            return Some(true);
+        }
+        if Instant::now() >= deadline {
+            return None;
         }
         // A prefix of the preface so far: the rest is on its way.
-        timer
-            .as_mut()
-            .reset(Instant::now() + Duration::from_millis(5));
+        timer.as_mut().reset((Instant::now() + pause).min(deadline));
         timer.as_mut().await;
+        pause = (pause * 2).min(MAX_TICK);
     }
-    false
 }
 
 #[cfg(test)]

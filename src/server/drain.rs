@@ -2,8 +2,9 @@
 //! in flight and close, and know when the last has. Its own type rather than
 //! hyper-util's watcher, which re-registers on a watch channel at every poll of every
 //! connection; here a connection pays one flag check per poll. Every open connection is
-//! counted here, so this is also where the worker's share in [`Balance`] and the count
-//! of released connections are kept up to date.
+//! counted here, so this is also where the worker's share in [`Balance`], the count of
+//! released connections and the connection's permit under `server.max_connections` are
+//! kept.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::task::{Poll, Waker};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::balance::Balance;
 use super::memory::RELEASED;
@@ -31,19 +32,36 @@ pub(super) struct Drain {
     pub(super) parked: AtomicUsize,
     /// The worker's place among those sharing its listening socket, if any.
     pub(super) share: Option<(Arc<Balance>, usize)>,
+    /// Permits for open connections, shared by every worker of a listener
+    /// (`server.max_connections`); `None`: unbounded.
+    pub(super) limit: Option<Arc<Semaphore>>,
 }
 
 impl Drain {
-    /// The drain of worker `index`, counting its connections in `balance` too.
-    pub(super) fn sharing(balance: Option<Arc<Balance>>, index: usize) -> Drain {
+    /// The drain of worker `index`, counting its connections in `balance` too, taking
+    /// a permit of `limit` for each.
+    pub(super) fn sharing(
+        balance: Option<Arc<Balance>>,
+        index: usize,
+        limit: Arc<Semaphore>,
+    ) -> Drain {
         Drain {
             share: balance.map(|b| (b, index)),
+            limit: Some(limit),
             ..Drain::default()
         }
     }
 
-    /// Counts a connection as open until the guard drops.
-    pub(super) fn enter(self: &Arc<Self>) -> Open {
+    /// The drain of a listener served by one worker, with its own `max` connections.
+    pub(super) fn limited(max: usize) -> Drain {
+        Drain {
+            limit: Some(Arc::new(Semaphore::new(max))),
+            ..Drain::default()
+        }
+    }
+
+    /// Counts a connection as open until the guard drops, holding its `permit` so long.
+    pub(super) fn enter(self: &Arc<Self>, permit: Option<OwnedSemaphorePermit>) -> Open {
         self.open.fetch_add(1, Ordering::AcqRel);
         if let Some((balance, index)) = &self.share {
             balance.add(*index, true);
@@ -51,6 +69,7 @@ impl Drain {
         Open {
             drain: self.clone(),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            _permit: permit,
         }
     }
 
@@ -85,6 +104,8 @@ impl Drain {
 pub(super) struct Open {
     pub(super) drain: Arc<Drain>,
     id: u64,
+    /// The connection's place under `server.max_connections`, given back on close.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Open {

@@ -4,8 +4,8 @@
 //!
 //! A client connection passes through the submodules in this order: `accept` (a worker
 //! takes it, unless it holds more than its share: `balance`), `connection` (its task and
-//! timers, HTTP/2 or HTTP/1.1), `parking` (HTTP/1.1, idle connections parked, told from
-//! busy ones by `activity`) and `drain` (counted until it closes, told to finish at
+//! timers, HTTP/2 or HTTP/1.1), `http2` (HTTP/2 with the client timers), `parking`
+//! (HTTP/1.1, idle connections parked, told from busy ones by `activity`) and `drain` (counted until it closes, told to finish at
 //! shutdown). `memory` gives what closed and parked connections release back to the
 //! system.
 
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::admin;
@@ -30,14 +30,51 @@ mod activity;
 mod balance;
 mod connection;
 mod drain;
+mod http2;
 mod memory;
 mod parking;
 
 use accept::serve;
 use balance::Balance;
-use connection::CLIENT_TIMERS;
+use connection::ClientTimers;
 use drain::Drain;
 use memory::{memory_upkeep, TRIM_AFTER_RELEASED, TRIM_PERIOD};
+
+/// Open connections on the admin listener, at most: its own bound, apart from
+/// `server.max_connections`, so that clients filling the invocation listener never lock
+/// the operator out, and the admin listener cannot hold many descriptors either.
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+
+/// Descriptors kept beyond two per client connection (a client's and, at most, one to an
+/// instance) for instances, their pipes, listeners and files.
+const SPARE_FILES: u64 = 1024;
+
+/// `server.max_connections` as a semaphore's permits.
+fn max_connections(configured: u64) -> usize {
+    usize::try_from(configured)
+        .unwrap_or(Semaphore::MAX_PERMITS)
+        .min(Semaphore::MAX_PERMITS)
+}
+
+/// Raises the open-file limit to fit `max_connections` client connections, one
+/// upstream connection each, and [`SPARE_FILES`]; warns if the hard limit is lower.
+fn raise_open_files(max_connections: u64) {
+    let wanted = max_connections
+        .saturating_mul(2)
+        .saturating_add(ADMIN_MAX_CONNECTIONS as u64)
+        .saturating_add(SPARE_FILES);
+    match crate::sys::raise_open_files(wanted) {
+        Ok((Some(soft), hard)) if soft < wanted => tracing::warn!(
+            open_files = soft,
+            hard_limit = hard,
+            wanted,
+            max_connections,
+            "the open-file limit is below what server.max_connections needs; raise it (LimitNOFILE)"
+        ),
+        Ok((soft, _)) => tracing::debug!(open_files = ?soft, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, wanted, "cannot raise the open-file limit"),
+    }
+}
 
 /// How long launched instances get to exit on SIGTERM before SIGKILL at shutdown.
 const INSTANCE_STOP_GRACE: Duration = Duration::from_secs(3);
@@ -93,17 +130,24 @@ impl RunningGateway {
         let ready = Arc::new(AtomicBool::new(false));
         let grace = config.server.shutdown_grace;
 
+        let timers = ClientTimers::new(
+            config.server.header_read_timeout,
+            config.server.client_idle_timeout,
+        );
         let (stop_invocations, stop) = watch::channel(false);
         let n = config.server.workers.max(1);
         let balance = (n > 1).then(|| Arc::new(Balance::new(n)));
-        let drain = |index| Arc::new(Drain::sharing(balance.clone(), index));
+        let limit = Arc::new(Semaphore::new(max_connections(
+            config.server.max_connections,
+        )));
+        let drain = |index| Arc::new(Drain::sharing(balance.clone(), index, limit.clone()));
         let mut workers = Vec::new();
         for index in 1..n {
             // A second descriptor of the same socket, not a second socket: a second
             // gateway on the port still fails to bind.
             let shared = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
             let (stop, gateway) = (stop.clone(), gateway.clone());
-            match Worker::spawn(index, shared, stop, grace, drain(index), gateway).await {
+            match Worker::spawn(index, shared, stop, grace, timers, drain(index), gateway).await {
                 Ok(w) => workers.push(w),
                 Err(e) => {
                     let _ = stop_invocations.send(true);
@@ -116,7 +160,7 @@ impl RunningGateway {
             listener,
             stop,
             grace,
-            CLIENT_TIMERS,
+            timers,
             drain(0),
             gateway.registry().worker_connections(0),
             // The handler's own future, not one wrapping it: hyper keeps and moves it.
@@ -137,8 +181,8 @@ impl RunningGateway {
             admin_listener,
             stop,
             grace,
-            CLIENT_TIMERS,
-            Arc::default(),
+            timers,
+            Arc::new(Drain::limited(ADMIN_MAX_CONNECTIONS)),
             crate::metrics::Counter::noop(),
             move |req, _| {
                 let state = state.clone();
@@ -217,6 +261,7 @@ impl Worker {
         listener: std::net::TcpListener,
         stop: watch::Receiver<bool>,
         grace: Duration,
+        timers: ClientTimers,
         drain: Arc<Drain>,
         gateway: Arc<Gateway>,
     ) -> io::Result<Worker> {
@@ -255,7 +300,7 @@ impl Worker {
                         listener,
                         stop,
                         grace,
-                        CLIENT_TIMERS,
+                        timers,
                         drain,
                         accepted,
                         move |req, peer| gateway.clone().handle(req, peer),
@@ -283,6 +328,7 @@ async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// cross-thread wake-ups (docs/adr/0002-thread-per-core.md gives the measurement). This
 /// thread is the first worker; [`RunningGateway::start`] starts the others.
 pub fn run(config: Config) -> io::Result<()> {
+    raise_open_files(config.server.max_connections);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

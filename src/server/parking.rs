@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::activity::{Activity, InFlight, Tracking};
-use super::connection::ClientTimers;
+use super::connection::{request_timeout, ClientTimers};
 use super::drain::Drain;
 use super::memory::RELEASED;
 use crate::body::GatewayBody;
@@ -38,7 +38,8 @@ use crate::body::GatewayBody;
 /// request for this (a few counters) and one timer fire per `tick`.
 ///
 /// The same tick enforces `timers.header` (no request started for that long while bytes
-/// trickle in or an exchange is stuck: closed) and, while parked, `timers.idle`.
+/// trickle in or an exchange is stuck: closed, after a 408 if hyper holds part of a
+/// head) and, while parked, `timers.idle`.
 pub(super) async fn serve_http1<F, Fut>(
     stream: &mut TcpStream,
     handler: F,
@@ -128,7 +129,16 @@ pub(super) async fn serve_http1<F, Fut>(
             timer.as_mut().reset(Instant::now() + timers.tick);
         })
         .await;
-        // Closed by the client, not keep-alive, an error, drained or too slow: done.
+        // Too slow: told so if part of a request head came (hyper holds its bytes),
+        // unless the client is not even reading what it was sent.
+        if ended.is_none() {
+            let partial = !(*conn).into_parts().read_buf.is_empty();
+            if partial && !activity.write_blocked.load(Ordering::Relaxed) {
+                request_timeout(stream);
+            }
+            return;
+        }
+        // Closed by the client, not keep-alive, an error or drained: done.
         if !matches!(ended, Some(Ok(()))) || told || !activity.parking.load(Ordering::Relaxed) {
             return;
         }
@@ -149,8 +159,10 @@ pub(super) async fn serve_http1<F, Fut>(
             timers.header
         };
         let deadline = Instant::now() + limit.saturating_sub(timers.tick * quiet);
-        if wait_readable(stream, timer.as_mut(), deadline, drain).await != Wake::Readable {
-            return;
+        match wait_readable(stream, timer.as_mut(), deadline, drain).await {
+            Wake::Readable => {}
+            Wake::Expired if !leftover.is_empty() => return request_timeout(stream),
+            Wake::Expired | Wake::Gone => return,
         }
         if leftover.is_empty() {
             quiet = 0;
@@ -363,6 +375,30 @@ mod tests {
             assert!(
                 gone,
                 "a trickling head (a byte every {pause:?}) was never cut"
+            );
+            let waited = start.elapsed();
+            assert!(
+                waited >= TIMERS.header - TIMERS.tick * 2,
+                "cut after {waited:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_partial_head_is_answered_408_at_the_header_timeout() {
+        let server = start(TIMERS).await;
+        // On a new connection, and on one that is parked with its partial head.
+        for parked_first in [false, true] {
+            let mut client = TcpStream::connect(server.addr).await.unwrap();
+            if parked_first {
+                exchange(&mut client, "/").await;
+            }
+            let start = Instant::now();
+            client.write_all(b"GET / HTTP/1.1\r\nHost").await.unwrap();
+            let answer = read_to_close(&mut client).await;
+            assert!(
+                answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+                "{answer:?}"
             );
             let waited = start.elapsed();
             assert!(

@@ -123,3 +123,13 @@ pub(super) async fn still_open(stream: &mut TcpStream, for_: Duration) -> bool {
         .await
         .is_err()
 }
+
+/// Everything the server sends until it closes the connection.
+pub(super) async fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    tokio::time::timeout(SOON, stream.read_to_end(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}

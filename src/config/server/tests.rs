@@ -11,3 +11,36 @@ fn bad_addresses_and_clashing_listeners() {
     // Port 0 (the system picks) on both is fine.
     ok("[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n");
 }
+
+#[test]
+fn client_limits_have_defaults_and_are_read() {
+    let s = ok("").server;
+    assert_eq!(s.header_read_timeout, std::time::Duration::from_secs(10));
+    assert_eq!(s.client_idle_timeout, std::time::Duration::from_secs(60));
+    assert_eq!(s.max_connections, 10_000);
+    let s = ok(
+        "[server]\nheader_read_timeout = \"250ms\"\nclient_idle_timeout = \"2m\"\n\
+         max_connections = 5\n",
+    )
+    .server;
+    assert_eq!(s.header_read_timeout, std::time::Duration::from_millis(250));
+    assert_eq!(s.client_idle_timeout, std::time::Duration::from_secs(120));
+    assert_eq!(s.max_connections, 5);
+}
+
+#[test]
+fn client_limits_out_of_range_are_refused() {
+    let all = errors(
+        "[server]\nheader_read_timeout = \"0s\"\nclient_idle_timeout = \"0ms\"\n\
+         max_connections = 0\n",
+    );
+    let messages: Vec<&str> = all.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            "server.header_read_timeout: must be greater than zero, found \"0s\"",
+            "server.client_idle_timeout: must be greater than zero, found \"0ms\"",
+            "server.max_connections: must be between 1 and 1048576, found 0",
+        ]
+    );
+}

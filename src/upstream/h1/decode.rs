@@ -117,6 +117,10 @@ impl BodyDecoder {
                                 "chunk size line too long",
                             );
                         };
+                        // Whether the line came in one read or many, the same limit.
+                        if end + 2 > MAX_CHUNK_LINE {
+                            return Err(UpstreamError::Invalid("chunk size line too long"));
+                        }
                         let size = chunk_size(&read[..end])?;
                         read.advance(end + 2);
                         *chunk = if size == 0 {
@@ -152,6 +156,9 @@ impl BodyDecoder {
                         let Some(end) = line_end(read) else {
                             return too_long(seen + read.len(), MAX_TRAILERS, "trailers too long");
                         };
+                        if seen + end + 2 > MAX_TRAILERS {
+                            return Err(UpstreamError::Invalid("trailers too long"));
+                        }
                         read.advance(end + 2);
                         if end == 0 {
                             self.state = Decode::Done;

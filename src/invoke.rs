@@ -653,7 +653,9 @@ pub(crate) fn web_uri(uri: &Uri, strip: usize) -> Uri {
     let Some(pq) = uri.path_and_query() else {
         return Uri::from_static("/");
     };
-    if strip == 0 {
+    // An absolute-form target without a path (`http://host?q`) has a path-and-query
+    // of `?q`: it gets its `/` below.
+    if strip == 0 && pq.as_str().starts_with('/') {
         return Uri::from(pq.clone());
     }
     let rest = pq.path().get(strip..).unwrap_or("");

@@ -659,6 +659,18 @@ fn request_rows() -> Vec<RequestRow> {
             pending: None,
         },
         RequestRow {
+            name: "an absolute-form target without a path",
+            bytes: b"GET http://web.test?x=1 HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n"
+                .to_vec(),
+            statuses: &[200],
+            sees: vec![Sees {
+                target: "/?x=1",
+                body: b"",
+                fields: &[("host", Some("web.test"))],
+            }],
+            pending: None,
+        },
+        RequestRow {
             name: "a URI over 8 KB",
             bytes: long_target.into_bytes(),
             statuses: &[414],

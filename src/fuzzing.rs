@@ -54,7 +54,8 @@ pub fn response(data: &[u8]) {
         _ => Method::GET,
     };
     let mut whole = BytesMut::from(wire);
-    let parsed = parse_head(&mut whole, &mut HeaderNames::default(), &method);
+    let mut names = HeaderNames::default();
+    let parsed = parse_head(&mut whole, &mut names, &method);
     let (in_pieces, rest) = head_in_pieces(wire, step(selector, wire.len()), &method);
     match (&parsed, &in_pieces) {
         (Ok(Some(a)), Ok(Some(b))) => {
@@ -94,6 +95,18 @@ pub fn response(data: &[u8]) {
         // The connection closing here ends only a body read to the close.
         let ends_at_close = decoder.ends_at_close();
         assert_eq!(decoder.end_of_stream().is_ok(), ends_at_close);
+    }
+    if decoder.is_done() && head.keep_alive {
+        // The next response on the connection reads the same with the spellings this
+        // one left remembered as with none.
+        let mut fresh = whole.clone();
+        let next = parse_head(&mut whole, &mut names, &method);
+        let alone = parse_head(&mut fresh, &mut HeaderNames::default(), &method);
+        match (&next, &alone) {
+            (Ok(Some(a)), Ok(Some(b))) => assert_same_head(a, b),
+            (Ok(None), Ok(None)) | (Err(_), Err(_)) => {}
+            (a, b) => panic!("with the names remembered: {a:?}; without: {b:?}"),
+        }
     }
 }
 

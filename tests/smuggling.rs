@@ -5,15 +5,14 @@
 //! get, and every request the instance may see (none at all, or exactly these, with
 //! their targets, bodies and chosen header fields). [`responses`]: an instance's bytes,
 //! and what the client must get. The instance parses what it receives strictly (RFC
-//! 9112), so a request the gateway framed ambiguously, or a second request hidden in
-//! a body, shows up as a difference. On every row, whatever it expects: no field named
-//! or valued `forged` reaches the instance (in headers or trailers), no request for a
-//! target with `smuggled` in it reaches the instance, and every request it gets has
-//! one `Host` and one framing.
+//! 9112: one `Host`, one framing), so a request the gateway framed ambiguously, or a
+//! second request hidden in a body, shows up as a difference. On every row, whatever it
+//! expects: no field named or valued `forged` reaches the instance (in headers or
+//! trailers), and no request for a target with `smuggled` in it.
 //!
-//! A row marked `pending` states a guarantee the gateway does not give yet: it is run,
-//! and what it got is printed, but it does not fail the test. Removing the marker makes
-//! the row binding.
+//! A row marked `pending` states a guarantee the gateway does not give yet: it is run
+//! and what it got is printed, but it fails the test only if something reached the
+//! instance that never may (above). Removing the marker makes the row binding.
 
 mod common;
 

@@ -444,7 +444,7 @@ fn respond(
 ///
 /// `Host` is looked up once: its second value, if any, is reached from the first
 /// without another lookup.
-fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, BadRequest> {
+pub(crate) fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, BadRequest> {
     if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_TARGET {
         return Err(BadRequest::TargetTooLong);
     }
@@ -649,11 +649,13 @@ fn classify(instance: &Instance, e: UpstreamError) -> GatewayError {
 
 /// The request target a web function sees: the original path and query, minus the
 /// route's prefix when it strips one.
-fn web_uri(uri: &Uri, strip: usize) -> Uri {
+pub(crate) fn web_uri(uri: &Uri, strip: usize) -> Uri {
     let Some(pq) = uri.path_and_query() else {
         return Uri::from_static("/");
     };
-    if strip == 0 {
+    // An absolute-form target without a path (`http://host?q`) has a path-and-query
+    // of `?q`: it gets its `/` below.
+    if strip == 0 && pq.as_str().starts_with('/') {
         return Uri::from(pq.clone());
     }
     let rest = pq.path().get(strip..).unwrap_or("");

@@ -25,6 +25,8 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod function;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod headers;
 pub mod instance;
 pub mod invocation;

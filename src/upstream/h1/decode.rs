@@ -58,6 +58,10 @@ impl Chunk {
                 let Some(end) = line_end(buf) else {
                     return too_long(buf.len(), MAX_CHUNK_LINE, "chunk size line too long");
                 };
+                // Whether the line came in one read or many, the same limit.
+                if end + 2 > MAX_CHUNK_LINE {
+                    return Err(UpstreamError::Invalid("chunk size line too long"));
+                }
                 let size = chunk_size(&buf[..end])?;
                 *self = if size == 0 {
                     Chunk::Trailers(0)
@@ -91,6 +95,9 @@ impl Chunk {
                 let Some(end) = line_end(buf) else {
                     return too_long(seen + buf.len(), MAX_TRAILERS, "trailers too long");
                 };
+                if seen + end + 2 > MAX_TRAILERS {
+                    return Err(UpstreamError::Invalid("trailers too long"));
+                }
                 if end == 0 {
                     return Ok(Step::End(2));
                 }

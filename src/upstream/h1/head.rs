@@ -98,6 +98,10 @@ pub fn parse_head(
             &mut slots,
         );
         let len = match result {
+            // Whether the head came in one read or many, the same limit.
+            Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+                return Err(UpstreamError::Invalid("response head too large"))
+            }
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if read.len() > MAX_HEAD => {
                 return Err(UpstreamError::Invalid("response head too large"))

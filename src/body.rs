@@ -1,8 +1,10 @@
-//! Bodies as they cross the gateway, always streamed frame by frame as `Bytes`.
+//! Bodies as they cross the gateway, streamed frame by frame as `Bytes`.
 //!
 //! - [`LimitedBody`]: a client's request body on its way to an instance, cut when it
 //!   passes `max_body_bytes`; what follows the cut is read and discarded (bounded) so
-//!   the client gets to read the 413.
+//!   the client gets to read the 413. A small body is read whole into memory before an
+//!   instance is chosen ([`LimitedBody::poll_buffer`], within [`BUFFER_THRESHOLD`] and the
+//!   process-wide [`BUFFER_BUDGET`]), so that a slow client holds no instance slot.
 //! - [`InvocationBody`]: an instance's response on its way to the client. It carries the
 //!   invocation's deadline, the event-response size limit and the [`Invocation`]
 //!   itself, so the end of the body is the end of the invocation; the connection is
@@ -11,17 +13,18 @@
 //!   (error bodies).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use parking_lot::Mutex;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::error::{BodyTooLarge, ForwardError};
+use crate::error::{BodyTooLarge, ClientBodyError, ForwardError};
 use crate::invocation::Invocation;
 use crate::metrics::Outcome;
 use crate::pool::PooledConn;
@@ -33,17 +36,76 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// so the client can finish sending and read the answer.
 pub const DRAIN_LIMIT: u64 = 32 * 1024 * 1024;
 
+// === request body buffering ===
+
+/// A request body announced (or seen) at most this long is read whole before an
+/// instance is chosen, so a slow client holds no instance slot while it sends. 64 KB
+/// covers nearly every event and form post (an SCF event is JSON, typically a few KB),
+/// and is what nginx's `client_body_buffer_size` keeps in memory on 64-bit systems
+/// before it spools to disk. Longer bodies stream (see [`LimitedBody::poll_buffer`]).
+pub const BUFFER_THRESHOLD: u64 = 64 * 1024;
+
+/// The most request-body bytes held this way at once, across the process: 1,024
+/// bodies at the threshold. Past it, bodies stream as they come, so a flood of slow
+/// senders costs at most this much memory, not a slot each.
+pub const BUFFER_BUDGET: u64 = 64 * 1024 * 1024;
+
+/// The process's buffered request bodies, in bytes.
+pub static BUDGET: Budget = Budget::new(BUFFER_BUDGET);
+
+/// A cap on bytes held, shared by everything that reserves from it.
+pub struct Budget {
+    held: AtomicU64,
+    cap: u64,
+}
+
+impl Budget {
+    pub const fn new(cap: u64) -> Budget {
+        Budget {
+            held: AtomicU64::new(0),
+            cap,
+        }
+    }
+
+    /// Reserves `n` bytes; false (and nothing reserved) if that would pass the cap.
+    fn try_reserve(&self, n: u64) -> bool {
+        let before = self.held.fetch_add(n, Ordering::Relaxed);
+        if before + n > self.cap {
+            self.held.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, n: u64) {
+        self.held.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Bytes reserved now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
 // === impl LimitedBody ===
 
-/// A client's request body, cut at the limit.
-pub struct LimitedBody {
-    inner: Incoming,
+/// A client's request body, cut at the limit. Its start may have been read into memory
+/// before the request went anywhere ([`LimitedBody::poll_buffer`]); that part is sent
+/// first, then what is still to come.
+pub struct LimitedBody<B = Incoming> {
+    inner: B,
     seen: u64,
     limit: u64,
     state: LimitState,
-    /// Data taken but never sent (its connection failed first), given back for the
-    /// request's next try: it comes first, and counts in the size again.
+    /// Data already read, to be sent first: the buffered start of the body, or data
+    /// taken but never sent (its connection failed first) given back for the request's
+    /// next try.
     replay: Option<Bytes>,
+    /// The frame that ended buffering by passing the threshold: sent after `replay`.
+    next: Option<Bytes>,
+    /// Bytes of `budget` reserved for `replay` while it waits to be sent.
+    held: u64,
+    budget: &'static Budget,
 }
 
 enum LimitState {
@@ -54,12 +116,25 @@ enum LimitState {
 
 impl LimitedBody {
     pub fn new(inner: Incoming, limit: u64) -> LimitedBody {
+        LimitedBody::with_budget(inner, limit, &BUDGET)
+    }
+}
+
+impl<B> LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    pub fn with_budget(inner: B, limit: u64, budget: &'static Budget) -> LimitedBody<B> {
         LimitedBody {
             inner,
             seen: 0,
             limit,
             state: LimitState::Passing,
             replay: None,
+            next: None,
+            held: 0,
+            budget,
         }
     }
 
@@ -69,9 +144,120 @@ impl LimitedBody {
             self.replay = Some(data);
         }
     }
+
+    /// Reads the body into memory while it stays within [`BUFFER_THRESHOLD`] (and
+    /// `max_body_bytes`) and the budget lasts. Ready once the whole body is in hand, or
+    /// once it is clear it will not be: announced longer than the threshold, grown past
+    /// it, or over the budget. Then what was read goes first and the rest streams.
+    ///
+    /// A body whose first frame is all of it is kept as that frame (no copy); a body in
+    /// several frames is gathered into `gathered`, one allocation, as it comes: small
+    /// frames kept apart would each pin the whole read buffer they were cut from.
+    /// Trailers are dropped (they would be anyway on the way to the instance).
+    ///
+    /// Call only before the body's first frame is taken.
+    pub fn poll_buffer(
+        &mut self,
+        gathered: &mut BytesMut,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), ClientBodyError>> {
+        let cap = BUFFER_THRESHOLD.min(self.limit);
+        if self.seen == 0 && self.held == 0 {
+            if let Some(len) = self.inner.size_hint().exact() {
+                // Known in advance: reserved once, or streamed from the start.
+                if len > cap || !self.budget.try_reserve(len) {
+                    return Poll::Ready(Ok(()));
+                }
+                self.held = len;
+            }
+        }
+        loop {
+            if !matches!(self.state, LimitState::Passing) {
+                return Poll::Ready(Ok(()));
+            }
+            let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(e))) => {
+                    self.state = LimitState::Done;
+                    let e: BoxError = e.into();
+                    return Poll::Ready(Err(ClientBodyError::of(&*e)));
+                }
+                Poll::Ready(None) => {
+                    self.state = LimitState::Done;
+                    self.seal(gathered);
+                    return Poll::Ready(Ok(()));
+                }
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            let n = data.len() as u64;
+            let more = (self.seen + n).saturating_sub(self.held);
+            if self.seen + n > cap || (more > 0 && !self.budget.try_reserve(more)) {
+                // Not buffered whole: what was read goes first, this frame next.
+                self.seal(gathered);
+                self.seen += n;
+                if self.seen > self.limit {
+                    self.state = LimitState::Draining { dropped: n };
+                } else {
+                    self.next = Some(data);
+                }
+                return Poll::Ready(Ok(()));
+            }
+            self.held += more;
+            self.seen += n;
+            if let Some(first) = self.replay.take() {
+                // What the body will come to, when its length is known.
+                let rest = self.inner.size_hint().exact().unwrap_or(0);
+                let want = (self.seen + rest).min(cap);
+                gathered.reserve(usize::try_from(want).unwrap_or(0));
+                gathered.extend_from_slice(&first);
+                gathered.extend_from_slice(&data);
+            } else if gathered.is_empty() {
+                self.replay = Some(data);
+            } else {
+                gathered.extend_from_slice(&data);
+            }
+            if self.inner.is_end_stream() {
+                self.state = LimitState::Done;
+                self.seal(gathered);
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+
+    /// Makes what was gathered the data sent first.
+    fn seal(&mut self, gathered: &mut BytesMut) {
+        if !gathered.is_empty() {
+            self.replay = Some(gathered.split().freeze());
+        }
+    }
+
+    /// The buffered start is on its way to the instance: no longer held here.
+    fn release(&mut self) {
+        if self.held > 0 {
+            self.budget.release(std::mem::take(&mut self.held));
+        }
+    }
 }
 
-impl Body for LimitedBody {
+impl<B> Drop for LimitedBody<B> {
+    fn drop(&mut self) {
+        if self.held > 0 {
+            self.budget.release(self.held);
+        }
+    }
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -81,6 +267,10 @@ impl Body for LimitedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if let Some(data) = this.replay.take() {
+            this.release();
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if let Some(data) = this.next.take() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         loop {
@@ -122,6 +312,7 @@ impl Body for LimitedBody {
 
     fn is_end_stream(&self) -> bool {
         self.replay.is_none()
+            && self.next.is_none()
             && match self.state {
                 LimitState::Passing => self.inner.is_end_stream(),
                 LimitState::Draining { .. } => false,
@@ -129,15 +320,19 @@ impl Body for LimitedBody {
             }
     }
 
+    /// A buffered body keeps its length unknown (as `Done` has no hint): a client that
+    /// sent it chunked gets it to the instance chunked; one that sent a length has its
+    /// `Content-Length` header, which frames it.
     fn size_hint(&self) -> SizeHint {
         let rest = match self.state {
             LimitState::Passing => self.inner.size_hint(),
             _ => SizeHint::default(),
         };
-        let Some(replay) = &self.replay else {
+        let n = self.replay.as_ref().map_or(0, |d| d.len() as u64)
+            + self.next.as_ref().map_or(0, |d| d.len() as u64);
+        if n == 0 {
             return rest;
-        };
-        let n = replay.len() as u64;
+        }
         let mut hint = SizeHint::new();
         hint.set_lower(rest.lower() + n);
         if let Some(upper) = rest.upper() {
@@ -164,7 +359,11 @@ pub async fn discard(mut body: Incoming) {
 pub type UpstreamBody = LimitedBody;
 
 /// A request found unsent on a dead pooled connection comes back whole for its next try.
-impl h1::RequestBody for LimitedBody {
+impl<B> h1::RequestBody for LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     fn put_back(&mut self, data: Bytes) {
         LimitedBody::put_back(self, data);
     }

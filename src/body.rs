@@ -673,3 +673,159 @@ impl Body for GatewayBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+    use std::task::Waker;
+
+    use super::*;
+
+    /// A body of the given frames, all there at once, announcing `exact` if given.
+    struct Frames {
+        frames: VecDeque<Frame<Bytes>>,
+        exact: Option<u64>,
+    }
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            let frame = self.frames.pop_front();
+            if let (Some(exact), Some(data)) =
+                (&mut self.exact, frame.as_ref().and_then(|f| f.data_ref()))
+            {
+                *exact -= data.len() as u64;
+            }
+            Poll::Ready(frame.map(Ok))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.frames.is_empty() || self.exact == Some(0)
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            self.exact
+                .map_or_else(SizeHint::default, SizeHint::with_exact)
+        }
+    }
+
+    fn body(parts: &[&'static [u8]], exact: bool) -> Frames {
+        let len = parts.iter().map(|p| p.len() as u64).sum();
+        Frames {
+            frames: parts
+                .iter()
+                .map(|p| Frame::data(Bytes::from_static(p)))
+                .collect(),
+            exact: exact.then_some(len),
+        }
+    }
+
+    fn new_budget(cap: u64) -> &'static Budget {
+        Box::leak(Box::new(Budget::new(cap)))
+    }
+
+    /// Buffers `body` in one poll (every frame is there) and returns what it then sends.
+    fn buffer_then_send(body: &mut LimitedBody<Frames>) -> Vec<Bytes> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut gathered = BytesMut::new();
+        match body.poll_buffer(&mut gathered, &mut cx) {
+            Poll::Ready(Ok(())) => {}
+            other => panic!("{other:?}"),
+        }
+        let mut sent = Vec::new();
+        while let Poll::Ready(Some(frame)) = Pin::new(&mut *body).poll_frame(&mut cx) {
+            sent.push(frame.unwrap().into_data().unwrap());
+        }
+        sent
+    }
+
+    #[test]
+    fn a_body_in_one_frame_is_kept_as_that_frame_and_released_once_sent() {
+        let budget = new_budget(1024);
+        let frame: &'static [u8] = b"{\"key\":\"value\"}";
+        let mut limited = LimitedBody::with_budget(body(&[frame], true), 1 << 20, budget);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut gathered = BytesMut::new();
+        assert!(limited.poll_buffer(&mut gathered, &mut cx).is_ready());
+        assert_eq!(budget.held(), frame.len() as u64);
+        assert!(limited.inner.frames.is_empty(), "read whole");
+        let sent = buffer_then_send(&mut limited);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].as_ptr(), frame.as_ptr(), "not copied");
+        assert!(limited.is_end_stream());
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn a_body_in_pieces_is_gathered_and_keeps_its_length_unknown() {
+        let budget = new_budget(1024);
+        let mut limited =
+            LimitedBody::with_budget(body(&[b"ab", b"cd", b"ef"], false), 1 << 20, budget);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut gathered = BytesMut::new();
+        assert!(limited.poll_buffer(&mut gathered, &mut cx).is_ready());
+        assert_eq!(budget.held(), 6);
+        // Unknown length stays unknown: a chunked client's body goes on chunked.
+        assert_eq!(limited.size_hint().exact(), None);
+        assert_eq!(limited.size_hint().lower(), 6);
+        let sent = buffer_then_send(&mut limited);
+        assert_eq!(sent, [Bytes::from_static(b"abcdef")]);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn a_body_growing_past_the_threshold_streams_on_after_what_was_read() {
+        static BIG: [u8; 40 * 1024] = [b'a'; 40 * 1024];
+        let budget = new_budget(BUFFER_BUDGET);
+        let parts: [&'static [u8]; 4] = [&BIG, &BIG, b"tail", b"end"];
+        let mut limited = LimitedBody::with_budget(body(&parts, false), 1 << 20, budget);
+        let sent = buffer_then_send(&mut limited);
+        let lens: Vec<usize> = sent.iter().map(|b| b.len()).collect();
+        // The first 40 KiB read, then the frame that crossed, then the rest as it came.
+        assert_eq!(lens, [40 * 1024, 40 * 1024, 4, 3]);
+        assert_eq!(budget.held(), 0);
+        drop(limited);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn a_body_announced_past_the_threshold_or_over_the_budget_is_not_read() {
+        static BIG: [u8; BUFFER_THRESHOLD as usize + 1] = [b'a'; BUFFER_THRESHOLD as usize + 1];
+        let mut cx = Context::from_waker(Waker::noop());
+        let budget = new_budget(BUFFER_BUDGET);
+        let mut limited = LimitedBody::with_budget(body(&[&BIG], true), 1 << 20, budget);
+        assert!(limited
+            .poll_buffer(&mut BytesMut::new(), &mut cx)
+            .is_ready());
+        assert_eq!(limited.inner.frames.len(), 1, "left to stream");
+        assert_eq!(budget.held(), 0);
+
+        let budget = new_budget(10);
+        let mut limited = LimitedBody::with_budget(body(&[b"0123456789x"], true), 1 << 20, budget);
+        assert!(limited
+            .poll_buffer(&mut BytesMut::new(), &mut cx)
+            .is_ready());
+        assert_eq!(limited.inner.frames.len(), 1, "over the budget: streams");
+        // An unknown length is reserved as it comes; what fits is read, then it streams.
+        let mut limited =
+            LimitedBody::with_budget(body(&[b"01234", b"56789x"], false), 1 << 20, budget);
+        let sent = buffer_then_send(&mut limited);
+        assert_eq!(
+            sent,
+            [Bytes::from_static(b"01234"), Bytes::from_static(b"56789x")]
+        );
+        assert_eq!(budget.held(), 0);
+        // A body held keeps its share until it is sent or dropped.
+        let mut held = LimitedBody::with_budget(body(&[b"0123456789"], true), 1 << 20, budget);
+        assert!(held.poll_buffer(&mut BytesMut::new(), &mut cx).is_ready());
+        assert_eq!(budget.held(), 10);
+        drop(held);
+        assert_eq!(budget.held(), 0);
+    }
+}

@@ -45,9 +45,9 @@ pub const DRAIN_LIMIT: u64 = 32 * 1024 * 1024;
 /// before it spools to disk. Longer bodies stream (see [`LimitedBody::poll_buffer`]).
 pub const BUFFER_THRESHOLD: u64 = 64 * 1024;
 
-/// The most request-body bytes held this way at once, across the process: 1,024
-/// bodies at the threshold. Past it, bodies stream as they come, so a flood of slow
-/// senders costs at most this much memory, not a slot each.
+/// The most request-body bytes held at once for clients that are slow to send them,
+/// across the process: 1,024 bodies at the threshold. Past it, bodies stream as they
+/// come, so a flood of slow senders costs at most this much memory, not a slot each.
 pub const BUFFER_BUDGET: u64 = 64 * 1024 * 1024;
 
 /// The process's buffered request bodies, in bytes.
@@ -87,6 +87,63 @@ impl Budget {
     }
 }
 
+/// Bytes reserved from a [`Budget`] for one body, given back when dropped.
+pub struct Reservation {
+    budget: &'static Budget,
+    held: u64,
+}
+
+impl Reservation {
+    pub fn new(budget: &'static Budget) -> Reservation {
+        Reservation { budget, held: 0 }
+    }
+
+    /// Makes the reservation cover `total` bytes; false if the budget cannot.
+    fn cover(&mut self, total: u64) -> bool {
+        if total <= self.held {
+            return true;
+        }
+        if !self.budget.try_reserve(total - self.held) {
+            return false;
+        }
+        self.held = total;
+        true
+    }
+
+    /// `data` carrying this reservation (taken from `self`): the bytes stay counted
+    /// until the last handle on them is dropped, once written to the instance.
+    fn attach(&mut self, data: Bytes) -> Bytes {
+        let reservation = Reservation {
+            budget: self.budget,
+            held: std::mem::take(&mut self.held),
+        };
+        Bytes::from_owner(Reserved {
+            data,
+            _reservation: reservation,
+        })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.held > 0 {
+            self.budget.release(self.held);
+        }
+    }
+}
+
+/// Bytes that keep their reservation for as long as they live.
+struct Reserved {
+    data: Bytes,
+    _reservation: Reservation,
+}
+
+impl AsRef<[u8]> for Reserved {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
 // === impl LimitedBody ===
 
 /// A client's request body, cut at the limit. Its start may have been read into memory
@@ -101,11 +158,9 @@ pub struct LimitedBody<B = Incoming> {
     /// taken but never sent (its connection failed first) given back for the request's
     /// next try.
     replay: Option<Bytes>,
-    /// The frame that ended buffering by passing the threshold: sent after `replay`.
-    next: Option<Bytes>,
-    /// Bytes of `budget` reserved for `replay` while it waits to be sent.
-    held: u64,
-    budget: &'static Budget,
+    /// The frame that ended buffering by passing the threshold, sent after `replay`.
+    /// Boxed: rare, and the body moves with every request.
+    next: Option<Box<Bytes>>,
 }
 
 enum LimitState {
@@ -114,18 +169,12 @@ enum LimitState {
     Done,
 }
 
-impl LimitedBody {
-    pub fn new(inner: Incoming, limit: u64) -> LimitedBody {
-        LimitedBody::with_budget(inner, limit, &BUDGET)
-    }
-}
-
 impl<B> LimitedBody<B>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    pub fn with_budget(inner: B, limit: u64, budget: &'static Budget) -> LimitedBody<B> {
+    pub fn new(inner: B, limit: u64) -> LimitedBody<B> {
         LimitedBody {
             inner,
             seen: 0,
@@ -133,8 +182,6 @@ where
             state: LimitState::Passing,
             replay: None,
             next: None,
-            held: 0,
-            budget,
         }
     }
 
@@ -150,6 +197,12 @@ where
     /// once it is clear it will not be: announced longer than the threshold, grown past
     /// it, or over the budget. Then what was read goes first and the rest streams.
     ///
+    /// Without a `reservation` (the first poll) nothing is counted: what is read then
+    /// came with the request head, and is in memory whether it is buffered or
+    /// streamed. Waiting for more (a slow sender) counts every byte held, read or
+    /// announced, in the `reservation`; the bytes read carry it until they are written
+    /// to an instance.
+    ///
     /// A body whose first frame is all of it is kept as that frame (no copy); a body in
     /// several frames is gathered into `gathered`, one allocation, as it comes: small
     /// frames kept apart would each pin the whole read buffer they were cut from.
@@ -159,16 +212,20 @@ where
     pub fn poll_buffer(
         &mut self,
         gathered: &mut BytesMut,
+        mut reservation: Option<&mut Reservation>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), ClientBodyError>> {
         let cap = BUFFER_THRESHOLD.min(self.limit);
-        if self.seen == 0 && self.held == 0 {
-            if let Some(len) = self.inner.size_hint().exact() {
-                // Known in advance: reserved once, or streamed from the start.
-                if len > cap || !self.budget.try_reserve(len) {
-                    return Poll::Ready(Ok(()));
-                }
-                self.held = len;
+        let announced = self.inner.size_hint().exact();
+        if announced.is_some_and(|rest| self.seen + rest > cap) {
+            // Announced longer: streamed from the start.
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(r) = reservation.as_deref_mut() {
+            // Known in advance: all of it counted at once.
+            if !r.cover(self.seen + announced.unwrap_or(0)) {
+                self.seal(gathered, Some(r));
+                return Poll::Ready(Ok(()));
             }
         }
         loop {
@@ -185,7 +242,7 @@ where
                 }
                 Poll::Ready(None) => {
                     self.state = LimitState::Done;
-                    self.seal(gathered);
+                    self.seal(gathered, reservation);
                     return Poll::Ready(Ok(()));
                 }
             };
@@ -196,19 +253,21 @@ where
                 continue;
             }
             let n = data.len() as u64;
-            let more = (self.seen + n).saturating_sub(self.held);
-            if self.seen + n > cap || (more > 0 && !self.budget.try_reserve(more)) {
+            let counted = match reservation.as_deref_mut() {
+                Some(r) => r.cover(self.seen + n),
+                None => true,
+            };
+            if self.seen + n > cap || !counted {
                 // Not buffered whole: what was read goes first, this frame next.
-                self.seal(gathered);
+                self.seal(gathered, reservation);
                 self.seen += n;
                 if self.seen > self.limit {
                     self.state = LimitState::Draining { dropped: n };
                 } else {
-                    self.next = Some(data);
+                    self.next = Some(Box::new(data));
                 }
                 return Poll::Ready(Ok(()));
             }
-            self.held += more;
             self.seen += n;
             if let Some(first) = self.replay.take() {
                 // What the body will come to, when its length is known.
@@ -224,31 +283,21 @@ where
             }
             if self.inner.is_end_stream() {
                 self.state = LimitState::Done;
-                self.seal(gathered);
+                self.seal(gathered, reservation);
                 return Poll::Ready(Ok(()));
             }
         }
     }
 
-    /// Makes what was gathered the data sent first.
-    fn seal(&mut self, gathered: &mut BytesMut) {
+    /// Makes what was gathered the data sent first, carrying the reservation if any.
+    fn seal(&mut self, gathered: &mut BytesMut, reservation: Option<&mut Reservation>) {
         if !gathered.is_empty() {
             self.replay = Some(gathered.split().freeze());
         }
-    }
-
-    /// The buffered start is on its way to the instance: no longer held here.
-    fn release(&mut self) {
-        if self.held > 0 {
-            self.budget.release(std::mem::take(&mut self.held));
-        }
-    }
-}
-
-impl<B> Drop for LimitedBody<B> {
-    fn drop(&mut self) {
-        if self.held > 0 {
-            self.budget.release(self.held);
+        if let Some(r) = reservation {
+            if let Some(data) = self.replay.take() {
+                self.replay = Some(r.attach(data));
+            }
         }
     }
 }
@@ -267,11 +316,10 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if let Some(data) = this.replay.take() {
-            this.release();
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         if let Some(data) = this.next.take() {
-            return Poll::Ready(Some(Ok(Frame::data(data))));
+            return Poll::Ready(Some(Ok(Frame::data(*data))));
         }
         loop {
             match this.state {
@@ -682,7 +730,7 @@ mod tests {
 
     use super::*;
 
-    /// A body of the given frames, all there at once, announcing `exact` if given.
+    /// A body of the given frames, all there at once, announcing its length if `exact`.
     struct Frames {
         frames: VecDeque<Frame<Bytes>>,
         exact: Option<u64>,
@@ -697,10 +745,9 @@ mod tests {
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
             let frame = self.frames.pop_front();
-            if let (Some(exact), Some(data)) =
-                (&mut self.exact, frame.as_ref().and_then(|f| f.data_ref()))
-            {
-                *exact -= data.len() as u64;
+            let len = frame.as_ref().and_then(|f| f.data_ref()).map(|d| d.len());
+            if let (Some(exact), Some(len)) = (&mut self.exact, len) {
+                *exact -= len as u64;
             }
             Poll::Ready(frame.map(Ok))
         }
@@ -715,26 +762,31 @@ mod tests {
         }
     }
 
-    fn body(parts: &[&'static [u8]], exact: bool) -> Frames {
+    fn body(parts: &[&'static [u8]], exact: bool) -> LimitedBody<Frames> {
         let len = parts.iter().map(|p| p.len() as u64).sum();
-        Frames {
+        let frames = Frames {
             frames: parts
                 .iter()
                 .map(|p| Frame::data(Bytes::from_static(p)))
                 .collect(),
             exact: exact.then_some(len),
-        }
+        };
+        LimitedBody::new(frames, 1 << 20)
     }
 
     fn new_budget(cap: u64) -> &'static Budget {
         Box::leak(Box::new(Budget::new(cap)))
     }
 
-    /// Buffers `body` in one poll (every frame is there) and returns what it then sends.
-    fn buffer_then_send(body: &mut LimitedBody<Frames>) -> Vec<Bytes> {
+    /// Buffers `body` (every frame is there at once), counting in `reservation` if
+    /// given, and returns what it then sends.
+    fn buffer_then_send(
+        body: &mut LimitedBody<Frames>,
+        reservation: Option<&mut Reservation>,
+    ) -> Vec<Bytes> {
         let mut cx = Context::from_waker(Waker::noop());
         let mut gathered = BytesMut::new();
-        match body.poll_buffer(&mut gathered, &mut cx) {
+        match body.poll_buffer(&mut gathered, reservation, &mut cx) {
             Poll::Ready(Ok(())) => {}
             other => panic!("{other:?}"),
         }
@@ -746,86 +798,91 @@ mod tests {
     }
 
     #[test]
-    fn a_body_in_one_frame_is_kept_as_that_frame_and_released_once_sent() {
-        let budget = new_budget(1024);
+    fn a_body_in_one_frame_is_kept_as_that_frame() {
         let frame: &'static [u8] = b"{\"key\":\"value\"}";
-        let mut limited = LimitedBody::with_budget(body(&[frame], true), 1 << 20, budget);
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut gathered = BytesMut::new();
-        assert!(limited.poll_buffer(&mut gathered, &mut cx).is_ready());
-        assert_eq!(budget.held(), frame.len() as u64);
-        assert!(limited.inner.frames.is_empty(), "read whole");
-        let sent = buffer_then_send(&mut limited);
+        let mut limited = body(&[frame], true);
+        let sent = buffer_then_send(&mut limited, None);
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].as_ptr(), frame.as_ptr(), "not copied");
         assert!(limited.is_end_stream());
-        assert_eq!(budget.held(), 0);
     }
 
     #[test]
     fn a_body_in_pieces_is_gathered_and_keeps_its_length_unknown() {
-        let budget = new_budget(1024);
-        let mut limited =
-            LimitedBody::with_budget(body(&[b"ab", b"cd", b"ef"], false), 1 << 20, budget);
+        let mut limited = body(&[b"ab", b"cd", b"ef"], false);
         let mut cx = Context::from_waker(Waker::noop());
-        let mut gathered = BytesMut::new();
-        assert!(limited.poll_buffer(&mut gathered, &mut cx).is_ready());
-        assert_eq!(budget.held(), 6);
+        assert!(limited
+            .poll_buffer(&mut BytesMut::new(), None, &mut cx)
+            .is_ready());
         // Unknown length stays unknown: a chunked client's body goes on chunked.
         assert_eq!(limited.size_hint().exact(), None);
         assert_eq!(limited.size_hint().lower(), 6);
-        let sent = buffer_then_send(&mut limited);
+        let sent = buffer_then_send(&mut limited, None);
         assert_eq!(sent, [Bytes::from_static(b"abcdef")]);
-        assert_eq!(budget.held(), 0);
     }
 
     #[test]
     fn a_body_growing_past_the_threshold_streams_on_after_what_was_read() {
         static BIG: [u8; 40 * 1024] = [b'a'; 40 * 1024];
-        let budget = new_budget(BUFFER_BUDGET);
         let parts: [&'static [u8]; 4] = [&BIG, &BIG, b"tail", b"end"];
-        let mut limited = LimitedBody::with_budget(body(&parts, false), 1 << 20, budget);
-        let sent = buffer_then_send(&mut limited);
+        let sent = buffer_then_send(&mut body(&parts, false), None);
         let lens: Vec<usize> = sent.iter().map(|b| b.len()).collect();
         // The first 40 KiB read, then the frame that crossed, then the rest as it came.
         assert_eq!(lens, [40 * 1024, 40 * 1024, 4, 3]);
-        assert_eq!(budget.held(), 0);
-        drop(limited);
+    }
+
+    #[test]
+    fn a_body_announced_past_the_threshold_is_not_read() {
+        static BIG: [u8; BUFFER_THRESHOLD as usize + 1] = [b'a'; BUFFER_THRESHOLD as usize + 1];
+        let mut limited = body(&[&BIG], true);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(limited
+            .poll_buffer(&mut BytesMut::new(), None, &mut cx)
+            .is_ready());
+        assert_eq!(limited.inner.inner_len(), 1, "left to stream");
+    }
+
+    #[test]
+    fn bytes_held_for_a_slow_sender_count_until_they_are_gone() {
+        let budget = new_budget(1024);
+        let mut reservation = Reservation::new(budget);
+        let sent = buffer_then_send(&mut body(&[b"0123", b"4567"], true), Some(&mut reservation));
+        assert_eq!(budget.held(), 8, "the bytes carry their share");
+        drop(reservation);
+        assert_eq!(budget.held(), 8);
+        drop(sent);
         assert_eq!(budget.held(), 0);
     }
 
     #[test]
-    fn a_body_announced_past_the_threshold_or_over_the_budget_is_not_read() {
-        static BIG: [u8; BUFFER_THRESHOLD as usize + 1] = [b'a'; BUFFER_THRESHOLD as usize + 1];
-        let mut cx = Context::from_waker(Waker::noop());
-        let budget = new_budget(BUFFER_BUDGET);
-        let mut limited = LimitedBody::with_budget(body(&[&BIG], true), 1 << 20, budget);
-        assert!(limited
-            .poll_buffer(&mut BytesMut::new(), &mut cx)
-            .is_ready());
-        assert_eq!(limited.inner.frames.len(), 1, "left to stream");
-        assert_eq!(budget.held(), 0);
-
+    fn over_the_budget_a_body_streams() {
         let budget = new_budget(10);
-        let mut limited = LimitedBody::with_budget(body(&[b"0123456789x"], true), 1 << 20, budget);
+        let mut cx = Context::from_waker(Waker::noop());
+        // Announced: over the budget, not read at all.
+        let mut limited = body(&[b"0123456789x"], true);
+        let mut reservation = Reservation::new(budget);
         assert!(limited
-            .poll_buffer(&mut BytesMut::new(), &mut cx)
+            .poll_buffer(&mut BytesMut::new(), Some(&mut reservation), &mut cx)
             .is_ready());
-        assert_eq!(limited.inner.frames.len(), 1, "over the budget: streams");
-        // An unknown length is reserved as it comes; what fits is read, then it streams.
-        let mut limited =
-            LimitedBody::with_budget(body(&[b"01234", b"56789x"], false), 1 << 20, budget);
-        let sent = buffer_then_send(&mut limited);
+        assert_eq!(limited.inner.inner_len(), 1, "streams");
+        assert_eq!(budget.held(), 0);
+        // Unknown length: counted as it comes; what fits is read, then it streams.
+        let mut reservation = Reservation::new(budget);
+        let sent = buffer_then_send(
+            &mut body(&[b"01234", b"56789x"], false),
+            Some(&mut reservation),
+        );
         assert_eq!(
             sent,
             [Bytes::from_static(b"01234"), Bytes::from_static(b"56789x")]
         );
+        drop((sent, reservation));
         assert_eq!(budget.held(), 0);
-        // A body held keeps its share until it is sent or dropped.
-        let mut held = LimitedBody::with_budget(body(&[b"0123456789"], true), 1 << 20, budget);
-        assert!(held.poll_buffer(&mut BytesMut::new(), &mut cx).is_ready());
-        assert_eq!(budget.held(), 10);
-        drop(held);
-        assert_eq!(budget.held(), 0);
+    }
+
+    impl Frames {
+        fn inner_len(&self) -> usize {
+            self.frames.len()
+        }
     }
 }

@@ -28,7 +28,9 @@ use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
-use crate::body::{self, GatewayBody, InvocationBody, LimitedBody, ResponseBody, UpstreamBody};
+use crate::body::{
+    self, GatewayBody, InvocationBody, LimitedBody, Reservation, ResponseBody, UpstreamBody,
+};
 use crate::config::{Config, FunctionKind, EVENT_RESPONSE_LIMIT};
 use crate::error::{
     seconds_text, BadRequest, BodyTooLarge, ClientBodyError, ForwardError, GatewayError, MAX_TARGET,
@@ -598,29 +600,40 @@ async fn send_fresh(
 /// (see [`LimitedBody::poll_buffer`]); a larger one is left to stream.
 ///
 /// A body that is already in hand (it came with the head, the common case) is taken on
-/// the first poll, with no timer and no allocation. Otherwise the wait is bounded by
-/// the function's `timeout`, at most [`BODY_WAIT`]: a body that took longer would have
-/// used up the invocation's own time streaming to an instance anyway, so no client
-/// that could have been served is refused.
+/// the first poll, with no timer, no allocation and nothing counted. Otherwise the
+/// wait is bounded by the function's `timeout`, at most [`BODY_WAIT`] (a body that
+/// took longer would have used up the invocation's own time streaming to an instance
+/// anyway, so no client that could have been served is refused), and what is held
+/// counts against the process's [`body::BUDGET`].
 async fn read_small_body(
     body: &mut UpstreamBody,
     timeout: Duration,
 ) -> Result<(), ClientBodyError> {
     let mut gathered = BytesMut::new();
-    let first = std::future::poll_fn(|cx| Poll::Ready(body.poll_buffer(&mut gathered, cx))).await;
+    let first =
+        std::future::poll_fn(|cx| Poll::Ready(body.poll_buffer(&mut gathered, None, cx))).await;
     match first {
         Poll::Ready(read) => read,
         // Slow path, boxed: the request's future stays small.
-        Poll::Pending => {
-            let wait = timeout.min(BODY_WAIT);
-            let rest = std::future::poll_fn(|cx| body.poll_buffer(&mut gathered, cx));
-            match Box::pin(tokio::time::timeout(wait, rest)).await {
-                Ok(read) => read,
-                Err(_) => Err(ClientBodyError::TooSlow {
-                    seconds: seconds_text(wait),
-                }),
-            }
-        }
+        Poll::Pending => Box::pin(read_slow_body(body, gathered, timeout)).await,
+    }
+}
+
+/// The rest of [`read_small_body`] for a client that is slow to send.
+async fn read_slow_body(
+    body: &mut UpstreamBody,
+    mut gathered: BytesMut,
+    timeout: Duration,
+) -> Result<(), ClientBodyError> {
+    let wait = timeout.min(BODY_WAIT);
+    let mut reservation = Reservation::new(&body::BUDGET);
+    let rest =
+        std::future::poll_fn(|cx| body.poll_buffer(&mut gathered, Some(&mut reservation), cx));
+    match tokio::time::timeout(wait, rest).await {
+        Ok(read) => read,
+        Err(_) => Err(ClientBodyError::TooSlow {
+            seconds: seconds_text(wait),
+        }),
     }
 }
 

@@ -62,6 +62,44 @@ pub enum BadRequest {
 /// The longest request target (path and query) the gateway takes: 414 beyond it.
 pub const MAX_TARGET: usize = 8 * 1024;
 
+/// The client's own request body failed: answered as the client's fault (4xx), never
+/// as the instance's.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientBodyError {
+    /// The chunked framing is broken (a chunk size that is not hex or overflows, no CRLF
+    /// after a chunk's data, ...). The reason is the parser's own fixed text.
+    #[error("The request body is malformed: {0}")]
+    Malformed(String),
+    /// The body stopped before its end: the client closed the connection or reset the
+    /// stream.
+    #[error("The request body ended before it was complete")]
+    Incomplete,
+    /// A body read whole before an instance is chosen did not arrive in time.
+    #[error("The request body did not arrive within {seconds} seconds")]
+    TooSlow { seconds: String },
+}
+
+impl ClientBodyError {
+    /// What a failed read of the client's body means: broken framing (the HTTP/1.1
+    /// parser's `InvalidData`/`InvalidInput`) is malformed; anything else (an early end
+    /// of stream, an HTTP/2 reset) is a body that never completed.
+    pub fn of(error: &(dyn std::error::Error + 'static)) -> ClientBodyError {
+        let mut cause = Some(error);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return match io.kind() {
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                        ClientBodyError::Malformed(io.to_string())
+                    }
+                    _ => ClientBodyError::Incomplete,
+                };
+            }
+            cause = e.source();
+        }
+        ClientBodyError::Incomplete
+    }
+}
+
 /// The request body broke `server.max_body_bytes`.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("The request body exceeds the limit of {limit} bytes (server.max_body_bytes)")]
@@ -133,6 +171,8 @@ pub enum GatewayError {
     #[error(transparent)]
     BodyTooLarge(#[from] BodyTooLarge),
     #[error(transparent)]
+    ClientBody(#[from] ClientBodyError),
+    #[error(transparent)]
     Admit(#[from] AdmitError),
     #[error(transparent)]
     Forward(#[from] ForwardError),
@@ -155,6 +195,10 @@ impl GatewayError {
             GatewayError::BadRequest(_) => (StatusCode::BAD_REQUEST, 400),
             GatewayError::Route(_) => (StatusCode::NOT_FOUND, 435),
             GatewayError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 406),
+            GatewayError::ClientBody(ClientBodyError::TooSlow { .. }) => {
+                (StatusCode::REQUEST_TIMEOUT, 408)
+            }
+            GatewayError::ClientBody(_) => (StatusCode::BAD_REQUEST, 400),
             GatewayError::Admit(AdmitError::QueueFull { .. })
             | GatewayError::Admit(AdmitError::QueueTimeout { .. }) => {
                 (StatusCode::TOO_MANY_REQUESTS, 432)
@@ -186,6 +230,9 @@ impl GatewayError {
             // Refused before routing, so never an invocation's outcome; the nearest one.
             GatewayError::BadRequest(_) | GatewayError::Route(_) => Outcome::NotFound,
             GatewayError::BodyTooLarge(_) => Outcome::BodyTooLarge,
+            // Only a body that was streaming to an instance is an invocation's outcome:
+            // the client ended the exchange.
+            GatewayError::ClientBody(_) => Outcome::ClientClosed,
             GatewayError::Admit(AdmitError::NoInstance { .. })
             | GatewayError::Admit(AdmitError::StartFailed { .. }) => Outcome::InstanceError,
             GatewayError::Admit(_) => Outcome::Throttled,
@@ -257,6 +304,36 @@ mod tests {
     }
 
     #[test]
+    fn a_broken_chunked_framing_is_malformed_and_an_early_end_incomplete() {
+        use std::io;
+        let framing = io::Error::new(io::ErrorKind::InvalidInput, "Invalid chunk size line");
+        let wrapped: Box<dyn std::error::Error + Send + Sync> = Box::new(Wrapper(framing));
+        assert!(matches!(
+            ClientBodyError::of(&*wrapped),
+            ClientBodyError::Malformed(m) if m == "Invalid chunk size line"
+        ));
+        let overflow = io::Error::new(io::ErrorKind::InvalidData, "invalid chunk size: overflow");
+        assert!(matches!(
+            ClientBodyError::of(&overflow),
+            ClientBodyError::Malformed(_)
+        ));
+        let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "early eof");
+        assert!(matches!(
+            ClientBodyError::of(&Wrapper(eof)),
+            ClientBodyError::Incomplete
+        ));
+        assert!(matches!(
+            ClientBodyError::of(&BodyTooLarge { limit: 1 }),
+            ClientBodyError::Incomplete
+        ));
+    }
+
+    /// An error with a cause, as hyper wraps the parser's.
+    #[derive(Debug, thiserror::Error)]
+    #[error("error reading a body from connection")]
+    struct Wrapper(#[source] std::io::Error);
+
+    #[test]
     fn reflected_text_is_cut_on_a_character_boundary() {
         assert_eq!(reflected("web.test"), "web.test");
         let exact = "a".repeat(REFLECTED_MAX);
@@ -299,6 +376,12 @@ mod tests {
             long.to_string(),
             "The request target is longer than 8192 bytes"
         );
+        let slow = GatewayError::from(ClientBodyError::TooSlow {
+            seconds: "0.5".into(),
+        });
+        assert_eq!(slow.status_and_code(), (StatusCode::REQUEST_TIMEOUT, 408));
+        let broken = GatewayError::from(ClientBodyError::Malformed("x".into()));
+        assert_eq!(broken.status_and_code(), (StatusCode::BAD_REQUEST, 400));
         let too_big = GatewayError::from(ForwardError::ResponseTooLarge);
         assert_eq!(too_big.status_and_code(), (StatusCode::BAD_GATEWAY, 407));
         let missing = GatewayError::from(RouteError::FunctionNotFound {

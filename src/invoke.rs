@@ -1,12 +1,15 @@
 //! The request path, stage by stage, in one place:
 //!
 //! ```text
-//! accept (server) -> route -> admit (body limit) -> stamp -> queue/pick instance
-//!   -> forward (deadline starts) -> respond (stream) -> record (when the body ends)
+//! accept (server) -> route -> admit (body limit) -> stamp -> read a small body whole
+//!   -> queue/pick instance -> forward (deadline starts) -> respond (stream)
+//!   -> record (when the body ends)
 //! ```
 //!
 //! Each stage raises its own error type; they meet here as [`GatewayError`], which is
-//! rendered in one place (`error.rs`). Nothing on this path buffers a body.
+//! rendered in one place (`error.rs`). Only a small request body is held in memory
+//! (before an instance is chosen, so a slow client holds no slot); larger bodies and
+//! every response stream.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,6 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::header::{HeaderValue, CONTENT_LENGTH, EXPECT, HOST};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
@@ -24,9 +28,13 @@ use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
-use crate::body::{self, GatewayBody, InvocationBody, LimitedBody, ResponseBody, UpstreamBody};
+use crate::body::{
+    self, GatewayBody, InvocationBody, LimitedBody, Reservation, ResponseBody, UpstreamBody,
+};
 use crate::config::{Config, FunctionKind, EVENT_RESPONSE_LIMIT};
-use crate::error::{BadRequest, BodyTooLarge, ForwardError, GatewayError, MAX_TARGET};
+use crate::error::{
+    seconds_text, BadRequest, BodyTooLarge, ClientBodyError, ForwardError, GatewayError, MAX_TARGET,
+};
 use crate::function::Function;
 use crate::headers::{self, StampValues, Stripped};
 use crate::instance::logs;
@@ -53,6 +61,10 @@ pub struct Gateway {
     functions: Box<[Arc<Function>]>,
     max_body_bytes: u64,
     access_log: bool,
+    /// The longest wait for a small body read before an instance is chosen, whatever
+    /// the function's timeout: `server.header_read_timeout`, the time a client has for
+    /// the request head.
+    body_wait: Duration,
     registry: Registry,
     /// `/event-invoke`, parsed once (`Uri::from_static` parses on every call).
     event_uri: Uri,
@@ -76,6 +88,7 @@ impl Gateway {
             functions,
             max_body_bytes: config.server.max_body_bytes,
             access_log: config.server.access_log,
+            body_wait: config.server.header_read_timeout,
             registry,
             event_uri: Uri::from_static(EVENT_INVOKE),
         }
@@ -120,20 +133,31 @@ impl Gateway {
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
         });
-        let mut invocation = Invocation::begin(function.clone(), &request_id, access);
 
         // Admit and stamp.
         let Prepared {
-            upstream,
+            mut upstream,
             wants_tail,
         } = match self.prepare(req, target, client) {
             Ok(prepared) => prepared,
             Err(refused) => {
+                let invocation = Invocation::begin(function.clone(), &request_id, access);
                 let e = Box::pin(refused.drain()).await;
                 invocation.fail(&e);
                 return error_response(e, &request_id);
             }
         };
+
+        // Read a small body whole, so that a slow client holds no instance. What fails
+        // here is the client's alone: not yet an invocation.
+        if !upstream.body().is_end_stream() {
+            if let Err(e) =
+                read_small_body(upstream.body_mut(), function.timeout.min(self.body_wait)).await
+            {
+                return error_response(e.into(), &request_id);
+            }
+        }
+        let mut invocation = Invocation::begin(function.clone(), &request_id, access);
 
         // Queue, pick an instance, forward.
         let exchange = match self
@@ -270,16 +294,11 @@ impl Gateway {
                 Ok(Err(SendError::Failed(e))) => Ok(Err(Failure::Failed(e))),
                 // A pooled connection found closed before any byte was written: one
                 // fresh connection gets the request (once a byte went out, it is never
-                // sent again). Rare, so boxed: the hot future stays small.
-                Ok(Err(SendError::Unsent(req))) => match invocation.instance() {
-                    Some(instance) => {
-                        let fresh = Box::pin(send_fresh(req, stamp, instance, pool));
-                        tokio::time::timeout_at(deadline, fresh)
-                            .await
-                            .map_err(|_| PastDeadline)
-                    }
-                    None => Ok(Err(Failure::Refused(req))),
-                },
+                // sent again), under the same guard. Rare, so boxed: the hot future
+                // stays small.
+                Ok(Err(SendError::Unsent(req))) => {
+                    Box::pin(send_fresh(req, stamp, deadline, invocation, function)).await
+                }
                 Err(past) => Err(past),
             };
             // Handed over above: the attempt is the invocation's until `abandon_attempt`.
@@ -553,21 +572,67 @@ async fn connection(instance: &Instance, pool: &Pool) -> Option<(PooledConn, Ins
 }
 
 /// The second try of a request whose pooled connection was found closed, on a
-/// connection opened for it.
+/// connection opened for it. Once it is sent, it is under the same guard as the first
+/// try ([`Exchanging`]): a client that leaves does not end the invocation early. While
+/// the connection opens nothing has reached the instance, so leaving then ends it.
 async fn send_fresh(
     req: Request<UpstreamBody>,
     stamp: &[&[u8]],
-    instance: &Instance,
-    pool: &Pool,
-) -> Result<Response<ResponseBody>, Failure> {
-    let fresh = match instance.connect(pool.metrics()).await {
-        Ok(conn) => conn,
-        Err(_) => return Err(Failure::Refused(req)),
+    deadline: Instant,
+    invocation: &mut Invocation,
+    function: &Function,
+) -> Result<Result<Response<ResponseBody>, Failure>, PastDeadline> {
+    let Some(instance) = invocation.instance().cloned() else {
+        return Ok(Err(Failure::Refused(req)));
     };
-    match h1::send(fresh, req, stamp).await {
-        Ok(response) => Ok(response),
-        Err(SendError::Failed(e)) => Err(Failure::Failed(e)),
-        Err(SendError::Unsent(req)) => Err(Failure::Refused(req)),
+    let connecting = instance.connect(function.pool().metrics());
+    let fresh = match tokio::time::timeout_at(deadline, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(_)) => return Ok(Err(Failure::Refused(req))),
+        Err(_) => return Err(PastDeadline),
+    };
+    let sending = h1::send(fresh, req, stamp);
+    match Exchanging::new(sending, deadline, invocation, function).await? {
+        Ok(response) => Ok(Ok(response)),
+        Err(SendError::Failed(e)) => Ok(Err(Failure::Failed(e))),
+        Err(SendError::Unsent(req)) => Ok(Err(Failure::Refused(req))),
+    }
+}
+
+/// Reads the request body into memory before an instance is chosen when it is small
+/// (see [`LimitedBody::poll_buffer`]); a larger one is left to stream.
+///
+/// A body that is already in hand (it came with the head, the common case) is taken on
+/// the first poll, with no timer, no allocation and nothing counted. Otherwise the
+/// wait is bounded by `wait`: the function's `timeout`, at most
+/// `server.header_read_timeout` (a body that took longer would have used up the invocation's own time streaming to an instance
+/// anyway, so no client that could have been served is refused), and what is held
+/// counts against the process's [`body::BUDGET`].
+async fn read_small_body(body: &mut UpstreamBody, wait: Duration) -> Result<(), ClientBodyError> {
+    let mut gathered = BytesMut::new();
+    let first =
+        std::future::poll_fn(|cx| Poll::Ready(body.poll_buffer(&mut gathered, None, cx))).await;
+    match first {
+        Poll::Ready(read) => read,
+        // Slow path, boxed: the request's future stays small.
+        Poll::Pending => Box::pin(read_slow_body(body, gathered, wait)).await,
+    }
+}
+
+/// The rest of [`read_small_body`] for a client that is slow to send.
+async fn read_slow_body(
+    body: &mut UpstreamBody,
+    mut gathered: BytesMut,
+    wait: Duration,
+) -> Result<(), ClientBodyError> {
+    let mut reservation = Reservation::new(&body::BUDGET);
+    let rest =
+        std::future::poll_fn(|cx| body.poll_buffer(&mut gathered, Some(&mut reservation), cx));
+    match tokio::time::timeout(wait, rest).await {
+        Ok(read) => read,
+        Err(_) => Err(ClientBodyError::TooSlow {
+            seconds: seconds_text(wait),
+        }),
     }
 }
 
@@ -576,7 +641,10 @@ async fn send_fresh(
 /// memory limit that killed it.
 async fn failed(instance: &Instance, function: &Function, e: UpstreamError) -> GatewayError {
     let error = classify(instance, e);
-    if matches!(error, GatewayError::BodyTooLarge(_)) {
+    if matches!(
+        error,
+        GatewayError::BodyTooLarge(_) | GatewayError::ClientBody(_)
+    ) {
         return error;
     }
     if instance.is_launched() {
@@ -632,13 +700,15 @@ async fn with_log_tail(
     Response::from_parts(parts, GatewayBody::full(collected))
 }
 
-/// What a failed exchange means for the client: the client's own body breaking the
-/// limit is a 413; everything else is the instance's failure, in words.
+/// What a failed exchange means for the client: the client's own body failing is the
+/// client's fault (413 past the limit, 400 for broken framing or a body that stopped);
+/// everything else is the instance's failure, in words.
 fn classify(instance: &Instance, e: UpstreamError) -> GatewayError {
     if let UpstreamError::RequestBody(body) = &e {
         if let Some(too_large) = body.downcast_ref::<BodyTooLarge>() {
             return (*too_large).into();
         }
+        return ClientBodyError::of(&**body).into();
     }
     ForwardError::InstanceFailed {
         instance: instance.name().to_owned(),

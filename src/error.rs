@@ -47,8 +47,8 @@ pub enum RouteError {
     NoRoute { host: String, path: String },
 }
 
-/// The request is malformed in a way that leaves its target unclear; it is refused
-/// before routing, so no function sees it.
+/// The request is malformed in a way that leaves its target or its framing unclear; it
+/// is refused before routing, so no function sees it.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 pub enum BadRequest {
     #[error("The request has no Host header (required in HTTP/1.1)")]
@@ -57,6 +57,10 @@ pub enum BadRequest {
     DuplicateHost,
     #[error("The request target is longer than {MAX_TARGET} bytes")]
     TargetTooLong,
+    #[error(
+        "The request's framing is ambiguous: Transfer-Encoding must be one chunked coding, without Content-Length"
+    )]
+    AmbiguousFraming,
 }
 
 /// The longest request target (path and query) the gateway takes: 414 beyond it.

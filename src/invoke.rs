@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::header::{HeaderValue, CONTENT_LENGTH, EXPECT, HOST};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
@@ -112,9 +112,9 @@ impl Gateway {
         let request_id = headers::new_request_id();
 
         // Route.
-        let host = match request_host(&req) {
+        let host = match request_host(&req).and_then(|host| check_framing(&req).map(|()| host)) {
             Ok(host) => host,
-            Err(e) => return error_response(e.into(), &request_id),
+            Err(e) => return bad_request(e, req.version(), &request_id),
         };
         let routed = self
             .router
@@ -486,6 +486,46 @@ pub(crate) fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, BadReque
 /// An error answer in the body every response has.
 fn error_response(e: GatewayError, request_id: &HeaderValue) -> Response<GatewayBody> {
     e.into_response(request_id).map(GatewayBody::full)
+}
+
+/// A request refused before routing. Over HTTP/1 the connection is closed after the
+/// answer: what follows a request whose framing or target is in doubt cannot be trusted
+/// to be the next request.
+fn bad_request(e: BadRequest, version: Version, request_id: &HeaderValue) -> Response<GatewayBody> {
+    let mut response = error_response(e.into(), request_id);
+    if version < Version::HTTP_2 {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// An HTTP/1 request body must be framed one way (RFC 9112 §6.1, §6.3): by
+/// `Content-Length`, or by one `chunked` transfer coding without a length. hyper reads a
+/// request framed both ways, or chunked twice, by its chunks; a server behind or in
+/// front of the gateway might read it otherwise, which is how requests are smuggled, so
+/// such a request is refused. Only a body of unknown length can be chunked: a request
+/// with a length alone, or no body, pays for no header lookup.
+fn check_framing(req: &Request<Incoming>) -> Result<(), BadRequest> {
+    if req.version() >= Version::HTTP_2 || req.body().size_hint().exact().is_some() {
+        return Ok(());
+    }
+    let headers = req.headers();
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter();
+    let Some(coding) = codings.next() else {
+        return Ok(());
+    };
+    let one_chunked = codings.next().is_none()
+        && coding
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked");
+    if one_chunked && !headers.contains_key(CONTENT_LENGTH) {
+        Ok(())
+    } else {
+        Err(BadRequest::AmbiguousFraming)
+    }
 }
 
 /// What [`respond`] makes of a response head: the response, or (for a Tail

@@ -3,9 +3,10 @@
 //! prior knowledge); at shutdown, in-flight invocations get `shutdown_grace` to finish.
 //!
 //! A client connection passes through the submodules in this order: `accept` (a worker
-//! takes it, unless it holds more than its share: `balance`), `connection` (its task and
-//! timers, HTTP/2 or HTTP/1.1), `http2` (HTTP/2 with the client timers), `parking`
-//! (HTTP/1.1, idle connections parked, told from busy ones by `activity`) and `drain` (counted until it closes, told to finish at
+//! takes it, within `max_connections` and unless it holds more than its share:
+//! `balance`), `connection` (its task and timers, HTTP/2 or HTTP/1.1), `http2` (HTTP/2
+//! with the client timers), `parking` (HTTP/1.1, idle connections parked, told from busy
+//! ones by `activity`) and `drain` (counted until it closes, told to finish at
 //! shutdown). `memory` gives what closed and parked connections release back to the
 //! system.
 

@@ -645,9 +645,10 @@ async fn send_fresh(
 /// A body that is already in hand (it came with the head, the common case) is taken on
 /// the first poll, with no timer, no allocation and nothing counted. Otherwise the
 /// wait is bounded by `wait`: the function's `timeout`, at most
-/// `server.header_read_timeout` (a body that took longer would have used up the invocation's own time streaming to an instance
-/// anyway, so no client that could have been served is refused), and what is held
-/// counts against the process's [`body::BUDGET`].
+/// `server.header_read_timeout` (a body that took longer would have used up the
+/// invocation's own time streaming to an instance anyway, so no client that could have
+/// been served is refused), and what is held counts against the process's
+/// [`body::BUDGET`].
 async fn read_small_body(body: &mut UpstreamBody, wait: Duration) -> Result<(), ClientBodyError> {
     let mut gathered = BytesMut::new();
     let first =

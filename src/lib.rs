@@ -7,7 +7,7 @@
 //! |---|---|
 //! | accept (HTTP/1.1, h2c), graceful shutdown | [`server`] |
 //! | route to a function | [`routing`] |
-//! | admit: body limit | [`invoke`], [`body`] |
+//! | admit: request framing, body limit, small bodies read whole | [`invoke`], [`body`] |
 //! | strip and stamp `X-Scf-*` | [`headers`] |
 //! | queue, slots, balancing, warm connections | [`pool`] |
 //! | forward (HTTP/1.1 to the instance), deadline, stream the response | [`invoke`], [`upstream::h1`], [`body`] |

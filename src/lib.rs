@@ -5,7 +5,7 @@
 //!
 //! | stage | module |
 //! |---|---|
-//! | accept (HTTP/1.1, h2c), graceful shutdown | [`server`] |
+//! | accept (HTTP/1.1, h2c), client limits, graceful shutdown | [`server`] |
 //! | route to a function | [`routing`] |
 //! | admit: request framing, body limit, small bodies read whole | [`invoke`], [`body`] |
 //! | strip and stamp `X-Scf-*` | [`headers`] |

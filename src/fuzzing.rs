@@ -480,7 +480,9 @@ fn check_host(req: &Request<()>, host: &Result<Option<&str>, BadRequest>) {
     }
 }
 
-/// Hop-by-hop fields (RFC 9110 §7.6.1) and the non-standard `proxy-connection`.
+/// Hop-by-hop fields (RFC 9110 §7.6.1) and the non-standard `proxy-connection`. Written
+/// out again rather than taken from `headers`: the check must not share the list it
+/// checks, or a name missing from it would go unnoticed by both.
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",

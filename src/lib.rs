@@ -28,6 +28,7 @@ pub mod function;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod headers;
+pub mod image;
 pub mod instance;
 pub mod invocation;
 pub mod invoke;

@@ -624,3 +624,20 @@ async fn a_docker_archive_round_trips() {
         b"#!/bin/sh\n"
     );
 }
+
+#[test]
+fn zstd_layers_unpack() {
+    let s = Sandbox::new("zstd");
+    let tar = Layer::new().dir("z").file("z/file", b"zstd").finish();
+    let layer =
+        ruzstd::encoding::compress_to_vec(&tar[..], ruzstd::encoding::CompressionLevel::Fastest);
+    apply_layer(&s.root, &layer[..], Some(&sha(&tar)), BIG).unwrap();
+    assert_eq!(std::fs::read(s.root.join("z/file")).unwrap(), b"zstd");
+    // A zstd bomb is refused like a gzip one.
+    let bomb = Layer::new().file("bomb", &vec![0u8; 8 << 20]).finish();
+    let bomb =
+        ruzstd::encoding::compress_to_vec(&bomb[..], ruzstd::encoding::CompressionLevel::Fastest);
+    let err = apply_layer(&s.root, &bomb[..], None, 1 << 20).unwrap_err();
+    assert!(matches!(err, UnpackError::TooLarge(_)), "{err}");
+    s.assert_outside_empty();
+}

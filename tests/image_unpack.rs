@@ -187,6 +187,17 @@ fn a_write_through_a_symlink_is_refused() {
     // A directory entry through it is refused just the same.
     let upper = Layer::new().dir("up/sub").finish();
     assert!(s.apply(&upper).is_err());
+    // Even a symlink that stays inside the root is not written through.
+    let layer = Layer::new()
+        .dir("real")
+        .symlink("inner", "real")
+        .file("inner/x", b"x")
+        .finish();
+    assert!(matches!(
+        s.apply(&layer).unwrap_err(),
+        UnpackError::Hostile { .. }
+    ));
+    assert!(!s.root.join("real/x").exists());
     // A symlink to a file outside, then a regular file of the same name: the file
     // replaces the link instead of writing through it.
     std::fs::write(s.outside.join("target"), b"untouched").unwrap();
@@ -312,6 +323,14 @@ fn whiteouts_and_opaque_directories() {
     assert!(!s.root.join("c").exists());
     assert!(!s.root.join("nothere").exists());
     assert!(s.root.join("keep").exists());
+    // Whiteouts naming the directory itself or its parent are refused: at the top
+    // of the tree the parent is outside the root.
+    for name in [".wh..", ".wh...", "a/.wh...", ".wh."] {
+        let layer = Layer::new().file(name, b"").finish();
+        let err = s.apply(&layer).unwrap_err();
+        assert!(matches!(err, UnpackError::Hostile { .. }), "{name}: {err}");
+    }
+    assert!(s.root.join("a/new").exists());
     // A whiteout under a symlinked directory removes nothing outside.
     std::fs::write(s.outside.join("victim"), b"v").unwrap();
     let layer = Layer::new()

@@ -21,7 +21,6 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -183,6 +182,14 @@ fn apply_entries(root: BorrowedFd<'_>, stream: impl Read) -> Result<LayerReport,
             continue;
         }
         if let Some(hidden) = name.as_bytes().strip_prefix(WHITEOUT) {
+            // `.wh..` would name the directory itself, `.wh...` its parent: at the
+            // top of the tree that is outside the root.
+            if matches!(hidden, b"" | b"." | b"..") {
+                return Err(UnpackError::Hostile {
+                    entry: shown(),
+                    reason: "is a whiteout of no file",
+                });
+            }
             remove_all_at(dir, OsStr::from_bytes(hidden))?;
             continue;
         }
@@ -210,7 +217,7 @@ fn apply_entries(root: BorrowedFd<'_>, stream: impl Read) -> Result<LayerReport,
                 })?;
                 finish(fd.as_fd(), mode, owner)?;
             }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 remove_all_at(dir, name)?;
                 let fd = rustix::fs::openat(
                     dir,
@@ -425,17 +432,4 @@ fn clear_dir(dir: BorrowedFd<'_>, dir_path: &[u8], written: &HashSet<Vec<u8>>) -
         }
     }
     Ok(())
-}
-
-/// The size of a tree, for tests and reports; symlinks are not followed.
-pub fn tree_size(path: &Path) -> io::Result<u64> {
-    let md = std::fs::symlink_metadata(path)?;
-    if !md.is_dir() {
-        return Ok(md.size());
-    }
-    let mut total = 0;
-    for entry in std::fs::read_dir(path)? {
-        total += tree_size(&entry?.path())?;
-    }
-    Ok(total)
 }

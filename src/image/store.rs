@@ -40,7 +40,9 @@ pub struct PreparedImage {
     pub config: ImageConfig,
 }
 
-/// The on-disk store of unpacked images.
+/// The on-disk store of unpacked images. A process keeps one `Store` per store
+/// directory: the per-digest locks that make concurrent callers share an unpack live
+/// in it (one small entry per image digest seen).
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,

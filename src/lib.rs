@@ -15,6 +15,8 @@
 //! | record | [`metrics`], [`admin`] |
 //!
 //! [`config`] turns the TOML file into the validated data all of this runs on.
+//! [`image`] reads container images from disk and unpacks them into the image store;
+//! no configuration reaches it yet.
 //!
 //! `unsafe` is confined to [`sys`], the one module that talks to the kernel directly.
 
@@ -28,6 +30,7 @@ pub mod function;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod headers;
+pub mod image;
 pub mod instance;
 pub mod invocation;
 pub mod invoke;

@@ -9,10 +9,6 @@
 //! second request hidden in a body, shows up as a difference. On every row, whatever it
 //! expects: no field named or valued `forged` reaches the instance (in headers or
 //! trailers), and no request for a target with `smuggled` in it.
-//!
-//! A row marked `pending` states a guarantee the gateway does not give yet: it is run
-//! and what it got is printed, but it fails the test only if something reached the
-//! instance that never may (above). Removing the marker makes the row binding.
 
 mod common;
 
@@ -383,49 +379,32 @@ async fn gateway_for(instance: SocketAddr) -> scf_gateway::RunningGateway {
     .await
 }
 
-/// How long a row waits for the gateway to close the connection: a binding row's
-/// request always ends in `Connection: close` or an error that closes it.
-const PATIENCE_BINDING: Duration = Duration::from_secs(20);
-const PATIENCE_PENDING: Duration = Duration::from_secs(5);
+/// How long a row waits for the gateway to close the connection: every row's request
+/// ends in `Connection: close` or an error that closes it.
+const PATIENCE: Duration = Duration::from_secs(20);
 
 /// What went wrong on a row.
 #[derive(Default)]
 struct Problems {
-    /// A smuggled request or a forged field reached the instance: fails even a pending
-    /// row.
+    /// A smuggled request or a forged field reached the instance.
     never: Vec<String>,
     /// The row's own expectations.
     row: Vec<String>,
 }
 
-/// Runs each row, prints what a pending row got, and fails with every binding row that
-/// did not hold and every row on which something reached the instance that never may.
+/// Runs each row, and fails with every row that did not hold or on which something
+/// reached the instance that never may.
 async fn run_table<R>(
     rows: Vec<R>,
     name: impl Fn(&R) -> &'static str,
-    pending: impl Fn(&R) -> Option<&'static str>,
-    run: impl AsyncFn(&R, Duration) -> Problems,
+    run: impl AsyncFn(&R) -> Problems,
 ) {
     let mut broken = Vec::new();
     for row in &rows {
-        let why_pending = pending(row);
-        let patience = if why_pending.is_some() {
-            PATIENCE_PENDING
-        } else {
-            PATIENCE_BINDING
-        };
-        let Problems { never, row: wrong } = run(row, patience).await;
-        let name = name(row);
-        if !never.is_empty() {
-            broken.push(format!("{name}: {}", never.join("; ")));
-        }
-        match (why_pending, wrong.is_empty()) {
-            (None, true) => {}
-            (None, false) => broken.push(format!("{name}: {}", wrong.join("; "))),
-            (Some(why), true) => {
-                eprintln!("PENDING row holds now ({why}); make it binding: {name}")
-            }
-            (Some(why), false) => eprintln!("PENDING ({why}): {name}: {}", wrong.join("; ")),
+        let Problems { never, row: wrong } = run(row).await;
+        let wrong: Vec<String> = never.into_iter().chain(wrong).collect();
+        if !wrong.is_empty() {
+            broken.push(format!("{}: {}", name(row), wrong.join("; ")));
         }
     }
     assert!(
@@ -462,8 +441,6 @@ struct RequestRow {
     statuses: &'static [u16],
     /// Every request the instance sees, in order; none at all (not a byte) when empty.
     sees: Vec<Sees>,
-    /// Why the row does not hold yet, if it does not.
-    pending: Option<&'static str>,
 }
 
 const INVOKE: &str = "POST /v1/functions/f/invocations HTTP/1.1\r\nHost: gw\r\n";
@@ -491,7 +468,6 @@ fn request_rows() -> Vec<RequestRow> {
         bytes,
         statuses: &[400],
         sees: vec![],
-        pending: None,
     };
     // Framed by a length and by chunks: read by its chunks alone, the length removed,
     // and the connection closed after the answer (RFC 9112 §6.3), so whatever the length
@@ -502,7 +478,6 @@ fn request_rows() -> Vec<RequestRow> {
         bytes,
         statuses: &[200],
         sees: vec![invoke(body)],
-        pending: None,
     };
     let long_target = format!(
         "POST /v1/functions/f/invocations?pad={} HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\
@@ -519,14 +494,12 @@ fn request_rows() -> Vec<RequestRow> {
             bytes: invoke_with("Content-Length: 2\r\n", "{}"),
             statuses: &[200],
             sees: vec![invoke(b"{}")],
-            pending: None,
         },
         RequestRow {
             name: "a chunked invocation",
             bytes: invoke_with("Transfer-Encoding: chunked\r\n", "2\r\n{}\r\n0\r\n\r\n"),
             statuses: &[200],
             sees: vec![invoke(b"{}")],
-            pending: None,
         },
         reframed(
             "CL then TE",
@@ -617,7 +590,6 @@ fn request_rows() -> Vec<RequestRow> {
                 .to_vec(),
             statuses: &[200],
             sees: vec![invoke(b"{}")],
-            pending: None,
         },
         // `_` spellings of framing names are plain fields to the gateway, and never
         // reach the instance (which might fold them into the real ones).
@@ -637,7 +609,6 @@ fn request_rows() -> Vec<RequestRow> {
                     ("content-length", Some("2")),
                 ],
             }],
-            pending: None,
         },
         refused(
             "missing Host",
@@ -660,7 +631,6 @@ fn request_rows() -> Vec<RequestRow> {
                 body: b"",
                 fields: &[("host", Some("web.test"))],
             }],
-            pending: None,
         },
         RequestRow {
             name: "an absolute-form target without a path",
@@ -672,21 +642,18 @@ fn request_rows() -> Vec<RequestRow> {
                 body: b"",
                 fields: &[("host", Some("web.test"))],
             }],
-            pending: None,
         },
         RequestRow {
             name: "a URI over 8 KB",
             bytes: long_target.into_bytes(),
             statuses: &[414],
             sees: vec![],
-            pending: None,
         },
         RequestRow {
             name: "a head over 64 KB",
             bytes: big_head.into_bytes(),
             statuses: &[431],
             sees: vec![],
-            pending: None,
         },
         // The client's own malformed chunked body: its fault (400), and nothing of it
         // reaches the instance.
@@ -695,7 +662,6 @@ fn request_rows() -> Vec<RequestRow> {
             bytes: invoke_with("Transfer-Encoding: chunked\r\n", "zz\r\n{}\r\n0\r\n\r\n"),
             statuses: &[400],
             sees: vec![],
-            pending: None,
         },
         RequestRow {
             name: "an overflowing chunk size",
@@ -705,14 +671,12 @@ fn request_rows() -> Vec<RequestRow> {
             ),
             statuses: &[400],
             sees: vec![],
-            pending: None,
         },
         RequestRow {
             name: "chunk data without its CRLF",
             bytes: invoke_with("Transfer-Encoding: chunked\r\n", "2\r\n{}XX0\r\n\r\n"),
             statuses: &[400],
             sees: vec![],
-            pending: None,
         },
         // Trailers are dropped: none of their fields can pass for a header.
         RequestRow {
@@ -724,7 +688,6 @@ fn request_rows() -> Vec<RequestRow> {
             ),
             statuses: &[200],
             sees: vec![invoke(b"{}")],
-            pending: None,
         },
         RequestRow {
             name: "forged X-Scf-* fields",
@@ -735,7 +698,6 @@ fn request_rows() -> Vec<RequestRow> {
             ),
             statuses: &[200],
             sees: vec![invoke(b"{}")],
-            pending: None,
         },
         // Pipelining: a request hidden in a body is body bytes of one request.
         RequestRow {
@@ -747,7 +709,6 @@ fn request_rows() -> Vec<RequestRow> {
             .into_bytes(),
             statuses: &[200, 200],
             sees: vec![invoke(HIDDEN.as_bytes()), SEES_LAST],
-            pending: None,
         },
         RequestRow {
             name: "a request inside a chunk",
@@ -758,7 +719,6 @@ fn request_rows() -> Vec<RequestRow> {
             .into_bytes(),
             statuses: &[200, 200],
             sees: vec![invoke(CHUNKS_HIDDEN.as_bytes()), SEES_LAST],
-            pending: None,
         },
         RequestRow {
             name: "a GET whose body is a request",
@@ -776,7 +736,6 @@ fn request_rows() -> Vec<RequestRow> {
                 },
                 SEES_LAST,
             ],
-            pending: None,
         },
         RequestRow {
             name: "CL.TE: a request after the empty chunked body",
@@ -787,7 +746,6 @@ fn request_rows() -> Vec<RequestRow> {
             .into_bytes(),
             statuses: &[200],
             sees: vec![invoke(b"")],
-            pending: None,
         },
         RequestRow {
             name: "TE.CL: a request inside the chunk",
@@ -799,7 +757,6 @@ fn request_rows() -> Vec<RequestRow> {
             .into_bytes(),
             statuses: &[200],
             sees: vec![invoke(HIDDEN.as_bytes())],
-            pending: None,
         },
         RequestRow {
             name: "a request after a bare-LF chunk extension",
@@ -810,15 +767,14 @@ fn request_rows() -> Vec<RequestRow> {
             .into_bytes(),
             statuses: &[400],
             sees: vec![],
-            pending: None,
         },
     ]
 }
 
-async fn run_request_row(row: &RequestRow, patience: Duration) -> Problems {
+async fn run_request_row(row: &RequestRow) -> Problems {
     let instance = Recorder::start(OK).await;
     let gw = gateway_for(instance.addr).await;
-    let replies = exchange(gw.listen_addr(), &row.bytes, false, patience).await;
+    let replies = exchange(gw.listen_addr(), &row.bytes, false, PATIENCE).await;
     gw.shutdown().await;
     let log = instance.log.lock();
     let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
@@ -904,13 +860,7 @@ fn check_instance(log: &Log) -> Problems {
 /// Every request row, through the gateway to a recording instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests() {
-    run_table(
-        request_rows(),
-        |row| row.name,
-        |row| row.pending,
-        run_request_row,
-    )
-    .await;
+    run_table(request_rows(), |row| row.name, run_request_row).await;
 }
 
 // === responses ===
@@ -940,7 +890,6 @@ struct ResponseRow {
     /// the client's connection but before any of it was written out, so the connection
     /// is cut as it would be mid-body.
     or_cut: bool,
-    pending: Option<&'static str>,
 }
 
 const RESPONSE: ResponseRow = ResponseRow {
@@ -955,7 +904,6 @@ const RESPONSE: ResponseRow = ResponseRow {
     twice: false,
     or_bad_gateway: false,
     or_cut: false,
-    pending: None,
 };
 
 const fn answer(bytes: &'static [u8]) -> Answer {
@@ -1154,7 +1102,7 @@ fn response_rows() -> Vec<ResponseRow> {
     ]
 }
 
-async fn run_response_row(row: &ResponseRow, patience: Duration) -> Problems {
+async fn run_response_row(row: &ResponseRow) -> Problems {
     let instance = Recorder::start(row.answer).await;
     let gw = gateway_for(instance.addr).await;
     let request: &[u8] = if row.head {
@@ -1165,7 +1113,7 @@ async fn run_response_row(row: &ResponseRow, patience: Duration) -> Problems {
     };
     let mut wrong = Vec::new();
     for round in 0..if row.twice { 2 } else { 1 } {
-        let replies = exchange(gw.listen_addr(), request, row.head, patience).await;
+        let replies = exchange(gw.listen_addr(), request, row.head, PATIENCE).await;
         if row.or_cut && replies.is_empty() {
             continue;
         }
@@ -1212,11 +1160,5 @@ async fn run_response_row(row: &ResponseRow, patience: Duration) -> Problems {
 /// Every response row: an instance's bytes, and what the client gets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses() {
-    run_table(
-        response_rows(),
-        |row| row.name,
-        |row| row.pending,
-        run_response_row,
-    )
-    .await;
+    run_table(response_rows(), |row| row.name, run_response_row).await;
 }

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use std::time::Duration;
 
 use common::{wait_for, PATIENCE};
-use scf_gateway::config::{LaunchConfig, Secret};
+use scf_gateway::config::{LaunchConfig, Network, Secret};
 use scf_gateway::instance::cgroup::Version;
 use scf_gateway::instance::process::{free_port, Exit, Process, Spec, StartError};
 use tokio::time::Instant;
@@ -57,6 +57,8 @@ fn spec(workdir: &Path, command: &str, args: &[&str], memory_mb: u32) -> Spec {
         launch: LaunchConfig {
             command: command.into(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            image: None,
+            network: Network::Host,
             env: vec![("GREETING".into(), Secret::new("hi there".into()))],
             workdir: workdir.to_path_buf(),
             port: None,

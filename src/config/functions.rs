@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use super::launch::{read_launch, PinnedPort};
 use super::walk::{Ctx, Section, Str};
-use super::{unbuilt, FunctionConfig, FunctionKind, InstanceSource, StaticInstance};
+use super::{unbuilt, FunctionConfig, FunctionKind, ImagesConfig, InstanceSource, StaticInstance};
 
 const FUNCTION_KEYS: &[&str] = &[
     "name",
@@ -47,6 +47,7 @@ pub(super) fn read_function(
     s: &Section<'_, '_>,
     index: usize,
     config_dir: &Path,
+    images: &ImagesConfig,
 ) -> (FunctionConfig, Option<Ident>, Option<PinnedPort>) {
     ctx.check_keys(s, FUNCTION_KEYS);
 
@@ -66,7 +67,7 @@ pub(super) fn read_function(
     };
     let version = ctx.get_token(s, "version", "$LATEST");
     let kind = read_kind(ctx, s);
-    let (source, pinned) = read_source(ctx, s, config_dir);
+    let (source, pinned) = read_source(ctx, s, config_dir, images);
 
     let function = FunctionConfig {
         name: name.as_ref().map(|n| n.value.clone()).unwrap_or_default(),
@@ -132,12 +133,13 @@ fn read_source(
     ctx: &mut Ctx<'_>,
     s: &Section<'_, '_>,
     config_dir: &Path,
+    images: &ImagesConfig,
 ) -> (InstanceSource, Option<PinnedPort>) {
     unbuilt::function(ctx, s);
     // Read even next to `instances`, so that its own problems are reported as well.
     let launch = ctx
         .table(s, "launch", "[functions.launch]")
-        .map(|l| read_launch(ctx, &l, config_dir));
+        .map(|l| read_launch(ctx, &l, config_dir, images));
     let Some((_, value)) = s.get("instances") else {
         return match launch {
             Some((launch, pinned)) => (InstanceSource::Launch(launch), pinned),

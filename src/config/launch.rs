@@ -1,6 +1,10 @@
-//! `[functions.launch]`: how the gateway starts a function's processes (command,
-//! arguments, environment, working directory, pinned port, instance counts, timeouts),
-//! and the check that no two functions pin the same port.
+//! `[functions.launch]`: how the gateway starts a function's instances (a command or an
+//! image, arguments, environment, working directory, network, port, instance counts,
+//! timeouts), and the check that no two functions pin the same host port.
+//!
+//! A local image is read here, at load time, down to its manifest and config: a
+//! missing layout, another platform or an image over `images.max_image_bytes` is a
+//! config error that `check` reports, not a failure at the first cold start.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -11,11 +15,15 @@ use toml::de::DeValue;
 
 use super::env::is_env_name;
 use super::walk::{Ctx, Section, Str};
-use super::{FunctionConfig, LaunchConfig, Secret};
+use super::{FunctionConfig, ImageLaunch, ImagesConfig, LaunchConfig, Network, Secret};
+use crate::image::{self, ImageRef};
 
 const LAUNCH_KEYS: &[&str] = &[
     "command",
     "args",
+    "image",
+    "network",
+    "tmp_mb",
     "env",
     "workdir",
     "port",
@@ -24,6 +32,12 @@ const LAUNCH_KEYS: &[&str] = &[
     "ready_timeout",
     "idle_timeout",
 ];
+
+/// The port an isolated instance listens on unless `port` says otherwise: SCF fixes 9000.
+pub const ISOLATED_PORT: u16 = 9000;
+/// Default and bounds of `tmp_mb`.
+const DEFAULT_TMP_MB: u32 = 512;
+const MAX_TMP_MB: u32 = 65536;
 
 /// Upper bound of `min_instances` and `max_instances`: processes per function.
 const MAX_INSTANCES: u32 = 1000;
@@ -44,32 +58,44 @@ pub(super) fn read_launch(
     ctx: &mut Ctx<'_>,
     l: &Section<'_, '_>,
     config_dir: &Path,
+    images: &ImagesConfig,
 ) -> (LaunchConfig, Option<PinnedPort>) {
     ctx.check_keys(l, LAUNCH_KEYS);
 
+    let image = read_image(ctx, l, config_dir, images);
     let command = match ctx.get_str(l, "command", "a string") {
         Some(c) if c.value.trim().is_empty() => {
             let path = l.key_path("command");
             ctx.error(c.span, format!("{path}: must not be empty"));
-            String::new()
+            None
         }
-        Some(c) => no_nul(ctx, &l.key_path("command"), c).unwrap_or_default(),
+        Some(c) => no_nul(ctx, &l.key_path("command"), c),
         None => {
-            if l.get("command").is_none() {
+            if l.get("command").is_none() && l.get("image").is_none() {
                 let path = l.key_path("command");
-                ctx.error_at_path(path, l.start, "missing required key `command`");
+                ctx.error_at_path(
+                    path,
+                    l.start,
+                    "missing required key `command` (or `image` for an image function)",
+                );
             }
-            String::new()
+            None
         }
     };
     let args = read_launch_args(ctx, l);
     let env = read_launch_env(ctx, l);
     let workdir = read_workdir(ctx, l, config_dir);
+    let network = read_network(ctx, l, l.get("image").is_some());
+    if network == Network::Isolated {
+        require_root(ctx, l, image.is_some());
+    }
 
     let port = ctx
         .get_u32_opt(l, "port", 1..=u32::from(u16::MAX))
         .and_then(|p| u16::try_from(p).ok());
-    let pinned = port.and_then(|port| {
+    // Only a port on the host's network is shared: in a namespace of its own every
+    // instance has the whole port range.
+    let pinned = port.filter(|_| network == Network::Host).and_then(|port| {
         let (_, value) = l.get("port")?;
         Some(PinnedPort {
             port,
@@ -77,11 +103,38 @@ pub(super) fn read_launch(
             path: l.key_path("port"),
         })
     });
-    let (min_instances, max_instances) = read_instance_counts(ctx, l, port.is_some());
+    let (min_instances, max_instances) = read_instance_counts(ctx, l, pinned.is_some());
+
+    let tmp_mb = ctx.get_u32_opt(l, "tmp_mb", 1..=MAX_TMP_MB);
+    if let (Some(_), None, Some((key, _))) = (tmp_mb, &image, l.get("tmp_mb")) {
+        let path = l.key_path("tmp_mb");
+        ctx.error(
+            key.span(),
+            format!("{path}: only image functions have a /tmp of their own"),
+        );
+    }
+    let (command, args, image) = match image {
+        Some(reference) => {
+            let image = ImageLaunch {
+                reference,
+                command,
+                args: l.get("args").map(|_| args),
+                tmp_mb: tmp_mb.unwrap_or(DEFAULT_TMP_MB),
+            };
+            (String::new(), Vec::new(), Some(Box::new(image)))
+        }
+        None => (command.unwrap_or_default(), args, None),
+    };
+    let port = match network {
+        Network::Host => port,
+        Network::Isolated => Some(port.unwrap_or(ISOLATED_PORT)),
+    };
 
     let launch = LaunchConfig {
         command,
         args,
+        image,
+        network,
         env,
         workdir,
         port,
@@ -91,6 +144,103 @@ pub(super) fn read_launch(
         idle_timeout: ctx.get_duration(l, "idle_timeout", Duration::from_secs(300), true),
     };
     (launch, pinned)
+}
+
+/// `image = "oci:DIR[:TAG]" | "docker-archive:FILE"`: parsed, resolved against the
+/// config's directory and read down to its config, so that every problem of a local
+/// image shows at load time. `None` when absent or unusable (reported).
+fn read_image(
+    ctx: &mut Ctx<'_>,
+    l: &Section<'_, '_>,
+    config_dir: &Path,
+    images: &ImagesConfig,
+) -> Option<ImageRef> {
+    let value = ctx.get_str(l, "image", "a string")?;
+    let path = l.key_path("image");
+    let Some(reference) = ImageRef::parse(&value.value) else {
+        let message = if value.value.trim().is_empty() {
+            format!("{path}: must not be empty")
+        } else if value.value.starts_with("oci:") || value.value.starts_with("docker-archive:") {
+            format!("{path}: {:?} names no layout or archive", value.value)
+        } else {
+            format!(
+                "{path}: registry images ({:?}) are not supported yet: use \"oci:DIR[:TAG]\" \
+                 or \"docker-archive:FILE\"",
+                value.value
+            )
+        };
+        ctx.error(value.span, message);
+        return None;
+    };
+    let base = std::path::absolute(config_dir).unwrap_or_else(|_| config_dir.to_path_buf());
+    let reference = match reference {
+        ImageRef::Oci { dir, tag } => ImageRef::Oci {
+            dir: normalize_path(&base.join(dir)),
+            tag,
+        },
+        ImageRef::DockerArchive { file } => ImageRef::DockerArchive {
+            file: normalize_path(&base.join(file)),
+        },
+    };
+    let limits = image::Limits {
+        max_image_bytes: images.max_image_bytes,
+        ..image::Limits::default()
+    };
+    if let Err(e) = image::layout::read(&reference, &limits) {
+        ctx.error(value.span, format!("{path}: {e}"));
+        return None;
+    }
+    Some(reference)
+}
+
+/// `network = "host" | "isolated"`: an image function is always isolated.
+fn read_network(ctx: &mut Ctx<'_>, l: &Section<'_, '_>, is_image: bool) -> Network {
+    let default = if is_image {
+        Network::Isolated
+    } else {
+        Network::Host
+    };
+    let Some(value) = ctx.get_str(l, "network", "a string") else {
+        return default;
+    };
+    let path = l.key_path("network");
+    match value.value.as_str() {
+        "isolated" => Network::Isolated,
+        "host" if is_image => {
+            let message = format!(
+                "{path}: an image function runs in a network namespace of its own; \
+                 \"host\" is only for processes (`command`)"
+            );
+            ctx.error(value.span, message);
+            Network::Isolated
+        }
+        "host" => Network::Host,
+        other => {
+            let message = format!("{path}: expected \"host\" or \"isolated\", found {other:?}");
+            ctx.error(value.span, message);
+            default
+        }
+    }
+}
+
+/// Network namespaces, veth links and containers need root.
+fn require_root(ctx: &mut Ctx<'_>, l: &Section<'_, '_>, is_image: bool) {
+    if rustix::process::geteuid().is_root() {
+        return;
+    }
+    let (key, what) = if is_image {
+        ("image", "an image function (containers")
+    } else {
+        ("network", "an isolated instance (network namespaces")
+    };
+    let path = l.key_path(key);
+    let message = format!(
+        "{path}: {what} need root): run the gateway as root, or use a process on the host network"
+    );
+    match l.get(key) {
+        Some((_, value)) => ctx.error(value.span(), message),
+        None => ctx.error_at_path(path, l.start, message),
+    }
 }
 
 /// A launched program's string (command, argument): a NUL cannot be passed to `exec`.

@@ -11,12 +11,13 @@
 //! - `walk`: the walking context, positions and the collected problems;
 //! - `values`: typed values (integers in range, durations, addresses, secrets);
 //! - `env`: `${VAR}` resolution;
-//! - `server`, `platform` (with `[credentials]`), `functions`, `launch`, `routes`:
-//!   one section each, with its keys, defaults and rules;
+//! - `server`, `platform` (with `[credentials]`), `images`, `functions`, `launch`,
+//!   `routes`: one section each, with its keys, defaults and rules;
 //! - `unbuilt`: keys of features that are not built yet, refused as such.
 
 mod env;
 mod functions;
+mod images;
 mod launch;
 mod parse;
 mod platform;
@@ -49,6 +50,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub platform: PlatformConfig,
     pub credentials: Credentials,
+    pub images: ImagesConfig,
     pub functions: Vec<FunctionConfig>,
     pub routes: Vec<RouteConfig>,
 }
@@ -82,6 +84,17 @@ pub struct ServerConfig {
     pub client_idle_timeout: Duration,
     /// Open client connections on `listen`, at most. Default 10,000.
     pub max_connections: u64,
+}
+
+/// `[images]`: where image functions' images are unpacked and what runs them.
+#[derive(Debug, Clone)]
+pub struct ImagesConfig {
+    /// Unpacked images, by digest. Absolute; default `data/images` beside the config.
+    pub store: PathBuf,
+    /// The OCI runtime: a name looked up in `PATH`, or a path. Default `runc`.
+    pub runtime: String,
+    /// The most an image's compressed layers may weigh together. Default 1 GiB.
+    pub max_image_bytes: u64,
 }
 
 /// `[platform]`: identity stamped into `X-Scf-*` headers.
@@ -166,15 +179,22 @@ pub enum InstanceSource {
 /// `[functions.launch]`: how to start one instance of a function, and how many.
 #[derive(Debug, Clone)]
 pub struct LaunchConfig {
-    /// The program, looked up in `PATH` like a shell would.
+    /// The program, looked up in `PATH` like a shell would. Empty for an image
+    /// function (its override is [`ImageLaunch::command`]).
     pub command: String,
     pub args: Vec<String>,
+    /// `image`: the function runs as containers of this image.
+    pub image: Option<Box<ImageLaunch>>,
+    /// `network`: `Isolated` for images; a process's choice, default `Host`.
+    pub network: Network,
     /// The function's own environment, on top of the SCF variables. Values may hold
     /// secrets (`${VAR}`): never print them.
     pub env: Vec<(String, Secret)>,
     /// Absolute; default the config file's directory. Also `USER_CODE_ROOT`.
     pub workdir: PathBuf,
-    /// Pinned port (images that hard-code 9000): then at most one instance.
+    /// The port instances listen on when the gateway does not pick one: a pinned port
+    /// on the host network (then at most one instance), or the port inside each
+    /// instance's own namespace (default 9000).
     pub port: Option<u16>,
     /// Kept warm (provisioned concurrency). Default 0.
     pub min_instances: u32,
@@ -184,6 +204,29 @@ pub struct LaunchConfig {
     pub ready_timeout: Duration,
     /// Default 5 min.
     pub idle_timeout: Duration,
+}
+
+/// Where a launched instance's network lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// The host's: the instance listens on a port of the host's loopback.
+    Host,
+    /// Its own network namespace, reached over a link of its own; every instance can
+    /// listen on the same port.
+    Isolated,
+}
+
+/// The image part of an image function's `[functions.launch]`.
+#[derive(Debug, Clone)]
+pub struct ImageLaunch {
+    /// The image, with relative paths already resolved against the config's directory.
+    pub reference: crate::image::ImageRef,
+    /// `command`: replaces the image's Entrypoint (SCF's Command).
+    pub command: Option<String>,
+    /// `args`: replaces the image's Cmd (SCF's Args).
+    pub args: Option<Vec<String>>,
+    /// `tmp_mb`: the size of the writable `/tmp`. Default 512.
+    pub tmp_mb: u32,
 }
 
 /// One address of a static pool.

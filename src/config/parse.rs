@@ -9,6 +9,7 @@ use toml::de::DeTable;
 
 use super::env::Env;
 use super::functions::{check_duplicate_function, read_function, Ident};
+use super::images::read_images;
 use super::launch::{check_duplicate_port, config_dir};
 use super::platform::{read_credentials, read_platform};
 use super::routes::read_route;
@@ -20,6 +21,7 @@ const TOP_KEYS: &[&str] = &[
     "server",
     "platform",
     "credentials",
+    "images",
     "functions",
     "routes",
     "async",
@@ -59,6 +61,8 @@ fn read_config(ctx: &mut Ctx<'_>, root: &DeTable<'_>, path: &Path) -> Config {
     let credentials = read_credentials(ctx, &or_empty(credentials, &empty, "[credentials]"));
 
     let config_dir = config_dir(path);
+    let images = ctx.table(&top, "images", "[images]");
+    let images = read_images(ctx, &or_empty(images, &empty, "[images]"), &config_dir);
     let mut functions: Vec<FunctionConfig> = Vec::new();
     let mut idents: Vec<Ident> = Vec::new();
     // Pinned launch ports so far, with the index of the function that pins each.
@@ -68,7 +72,7 @@ fn read_config(ctx: &mut Ctx<'_>, root: &DeTable<'_>, path: &Path) -> Config {
         .iter()
         .enumerate()
     {
-        let (function, ident, pinned) = read_function(ctx, section, index, &config_dir);
+        let (function, ident, pinned) = read_function(ctx, section, index, &config_dir, &images);
         if let Some(ident) = ident {
             check_duplicate_function(ctx, &idents, &ident);
             idents.push(ident);
@@ -92,6 +96,7 @@ fn read_config(ctx: &mut Ctx<'_>, root: &DeTable<'_>, path: &Path) -> Config {
         server,
         platform,
         credentials,
+        images,
         functions,
         routes,
     }

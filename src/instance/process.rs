@@ -727,10 +727,12 @@ mod tests {
 
     #[test]
     fn the_spec_comes_from_the_config_and_the_functions_env_wins() {
-        use crate::config::{FunctionKind, Secret, StaticInstance};
+        use crate::config::{FunctionKind, Network, Secret, StaticInstance};
         let launch = LaunchConfig {
             command: "python3".into(),
             args: vec!["app.py".into()],
+            image: None,
+            network: Network::Host,
             env: vec![
                 ("GREETING".into(), Secret::new("hi".into())),
                 ("USER".into(), Secret::new("me".into())),

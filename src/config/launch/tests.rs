@@ -6,7 +6,7 @@ use super::*;
 use crate::config::testing::*;
 use crate::config::{
     parse, Config, ConfigError, ConfigErrors, FunctionConfig, InstanceSource, LaunchConfig,
-    Location,
+    Location, Network,
 };
 
 /// A launched function, lines 1 to 4; launch keys follow from line 5.
@@ -239,7 +239,10 @@ fn launch_env_rules() {
 fn command_and_args_rules() {
     let e = one_error("[[functions]]\nname = \"a\"\n[functions.launch]\nargs = []\n");
     assert_eq!(e.location, path("functions[0].launch.command"));
-    assert_eq!(e.message, "missing required key `command`");
+    assert_eq!(
+        e.message,
+        "missing required key `command` (or `image` for an image function)"
+    );
     let e = one_error("[[functions]]\nname = \"a\"\nlaunch = { command = \" \" }\n");
     assert_eq!(e.location, at(3, 22));
     assert_eq!(e.message, "functions[0].launch.command: must not be empty");
@@ -397,4 +400,96 @@ fn lexical_normalization() {
     assert!(!is_env_name("1A"));
     assert!(!is_env_name(""));
     assert!(!is_env_name("A.B"));
+}
+
+/// An image function, lines 1 to 3; launch keys follow from line 4.
+const IMAGE_FN: &str = "[[functions]]\nname = \"img\"\n[functions.launch]\n";
+
+#[test]
+fn registry_images_are_not_supported_yet() {
+    let e = one_error(&format!(
+        "{IMAGE_FN}image = \"registry.example.com:5000/app:1\"\n"
+    ));
+    assert_eq!(e.location, at(4, 9));
+    assert!(
+        e.message.contains("registry images") && e.message.contains("not supported yet"),
+        "{}",
+        e.message
+    );
+    let e = one_error("[images]\n[[images.registries]]\nhost = \"r:5000\"\n");
+    assert!(e.message.contains("not supported yet"), "{}", e.message);
+}
+
+#[test]
+fn a_missing_layout_is_a_config_error_naming_the_image() {
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let e = one_error(&format!("{IMAGE_FN}image = \"oci:no/such/layout:v1\"\n"));
+    assert_eq!(e.location, at(4, 9));
+    assert!(
+        e.message
+            .starts_with("functions[0].launch.image: image oci:"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("no/such/layout"), "{}", e.message);
+    let e = one_error(&format!(
+        "{IMAGE_FN}image = \"docker-archive:missing.tar\"\n"
+    ));
+    assert!(e.message.contains("missing.tar"), "{}", e.message);
+}
+
+#[test]
+fn image_only_keys_and_network_values_are_checked() {
+    let e = one_error(&format!("{LAUNCH}tmp_mb = 64\n"));
+    assert!(e.message.contains("only image functions"), "{}", e.message);
+    let e = one_error(&format!("{LAUNCH}network = \"bridge\"\n"));
+    assert_eq!(e.location, at(5, 11));
+    assert!(
+        e.message.contains("\"host\" or \"isolated\""),
+        "{}",
+        e.message
+    );
+    let e = one_error("[[functions]]\nname = \"a\"\n[functions.launch]\nargs = [\"x\"]\n");
+    assert!(e.message.contains("`command` (or `image`"), "{}", e.message);
+}
+
+#[test]
+fn isolated_processes_listen_on_9000_and_may_all_use_it() {
+    let text = format!(
+        "{LAUNCH}network = \"isolated\"\nmax_instances = 3\n\
+         [[functions]]\nname = \"b\"\n[functions.launch]\ncommand = \"x\"\n\
+         network = \"isolated\"\nport = 8000\n"
+    );
+    if !rustix::process::geteuid().is_root() {
+        let e = one_error(&text);
+        assert!(e.message.contains("need root"), "{}", e.message);
+        return;
+    }
+    let config = ok(&text);
+    let a = launch_of(&config.functions[0]);
+    assert_eq!(a.network, Network::Isolated);
+    assert_eq!(a.port, Some(9000));
+    assert_eq!(a.max_instances, 3);
+    let b = launch_of(&config.functions[1]);
+    assert_eq!(b.port, Some(8000));
+    // A port inside a namespace pins nothing on the host: four instances by default.
+    assert_eq!(b.max_instances, 4);
+    assert!(b.image.is_none());
+}
+
+#[test]
+fn images_section_defaults_and_values() {
+    let config = ok(FUNCTION);
+    assert_eq!(config.images.store, cwd().join("data/images"));
+    assert_eq!(config.images.runtime, "runc");
+    assert_eq!(config.images.max_image_bytes, 1 << 30);
+    let config = ok(&format!(
+        "[images]\nstore = \"/srv/images\"\nruntime = \"/usr/sbin/runc\"\n\
+         max_image_bytes = 1000\n{FUNCTION}"
+    ));
+    assert_eq!(config.images.store, Path::new("/srv/images"));
+    assert_eq!(config.images.runtime, "/usr/sbin/runc");
+    assert_eq!(config.images.max_image_bytes, 1000);
 }

@@ -152,6 +152,31 @@ pub enum Stored {
     Gzip,
 }
 
+/// A layer as a layout stores it.
+#[derive(Clone, Debug)]
+pub struct LayerBlob {
+    /// sha256 of the uncompressed tar.
+    pub diff_id: String,
+    pub bytes: Vec<u8>,
+    pub digest: String,
+    pub media_type: &'static str,
+}
+
+impl LayerBlob {
+    pub fn new(tar: &[u8], stored: Stored) -> Self {
+        let (bytes, media_type) = match stored {
+            Stored::Plain => (tar.to_vec(), "application/vnd.oci.image.layer.v1.tar"),
+            Stored::Gzip => (gzip(tar), "application/vnd.oci.image.layer.v1.tar+gzip"),
+        };
+        LayerBlob {
+            diff_id: sha(tar),
+            digest: sha(&bytes),
+            bytes,
+            media_type,
+        }
+    }
+}
+
 /// Writes an OCI image layout into `dir` (created if missing): `oci-layout`, the blobs
 /// and an `index.json` naming one image tagged `tag`, for linux/`arch`, with `config`
 /// as the image config's `config` object and `layers` (uncompressed tars) stored as
@@ -163,6 +188,21 @@ pub fn write_layout(
     config: serde_json::Value,
     layers: &[(Vec<u8>, Stored)],
 ) -> String {
+    let blobs: Vec<LayerBlob> = layers
+        .iter()
+        .map(|(tar, stored)| LayerBlob::new(tar, *stored))
+        .collect();
+    write_layout_blobs(dir, tag, arch, config, &blobs)
+}
+
+/// [`write_layout`] with the layers already as stored.
+pub fn write_layout_blobs(
+    dir: &Path,
+    tag: &str,
+    arch: &str,
+    config: serde_json::Value,
+    layers: &[LayerBlob],
+) -> String {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     let put = |bytes: &[u8]| {
@@ -172,16 +212,14 @@ pub fn write_layout(
     };
     let mut diff_ids = Vec::new();
     let mut descriptors = Vec::new();
-    for (tar, stored) in layers {
-        diff_ids.push(sha(tar));
-        let (bytes, media_type) = match stored {
-            Stored::Plain => (tar.clone(), "application/vnd.oci.image.layer.v1.tar"),
-            Stored::Gzip => (gzip(tar), "application/vnd.oci.image.layer.v1.tar+gzip"),
-        };
+    for layer in layers {
+        diff_ids.push(layer.diff_id.clone());
+        let path = blobs.join(layer.digest.trim_start_matches("sha256:"));
+        std::fs::write(path, &layer.bytes).unwrap();
         descriptors.push(serde_json::json!({
-            "mediaType": media_type,
-            "digest": put(&bytes),
-            "size": bytes.len(),
+            "mediaType": layer.media_type,
+            "digest": layer.digest,
+            "size": layer.bytes.len(),
         }));
     }
     let config = serde_json::json!({
@@ -224,8 +262,8 @@ pub fn write_layout(
 pub struct FunctionImage {
     /// The image's architecture (`amd64`; `arm64` for an image that must be refused).
     pub arch: String,
-    /// Bytes of incompressible data added as `/padding`, to make an image weigh more
-    /// than a limit.
+    /// Bytes of incompressible data added as `/padding` in a second (plain) layer, to
+    /// make an image weigh more than a limit.
     pub padding_bytes: usize,
     /// The image's Cmd.
     pub cmd: Vec<String>,
@@ -258,7 +296,14 @@ pub fn function_image_layout(dir: &Path, tag: &str) -> PathBuf {
 
 /// [`function_image_layout`] with another architecture, padding, Cmd or User.
 pub fn function_image_layout_with(dir: &Path, tag: &str, opts: &FunctionImage) -> PathBuf {
-    let layer = function_layer(opts.padding_bytes);
+    static FUNCTION_LAYER: std::sync::OnceLock<LayerBlob> = std::sync::OnceLock::new();
+    let mut layers = vec![FUNCTION_LAYER.get_or_init(cached_function_layer).clone()];
+    if opts.padding_bytes > 0 {
+        let padding = Layer::new()
+            .file("padding", &noise(opts.padding_bytes))
+            .finish();
+        layers.push(LayerBlob::new(&padding, Stored::Plain));
+    }
     let mut config = serde_json::json!({
         "Entrypoint": ["/function"],
         "Env": [format!("PATH={IMAGE_PATH}"), "IMAGE_VAR=from-image"],
@@ -271,7 +316,7 @@ pub fn function_image_layout_with(dir: &Path, tag: &str, opts: &FunctionImage) -
     if let Some(user) = &opts.user {
         config["User"] = serde_json::json!(user);
     }
-    write_layout(dir, tag, &opts.arch, config, &[(layer, Stored::Gzip)]);
+    write_layout_blobs(dir, tag, &opts.arch, config, &layers);
     dir.to_owned()
 }
 
@@ -298,11 +343,58 @@ pub fn shared_libraries(binary: &Path) -> Vec<PathBuf> {
     libs
 }
 
-fn function_layer(padding_bytes: usize) -> Vec<u8> {
+/// The function layer, compressed and hashed once per build of the example: kept
+/// beside the binary (`function.oci-layer`, its digests in `function.oci-layer.json`),
+/// since compressing tens of MB in an unoptimised test build takes seconds.
+fn cached_function_layer() -> LayerBlob {
     let binary = super::example_function();
+    let meta = std::fs::metadata(&binary).unwrap();
+    let stamp = format!(
+        "{}-{:?}",
+        meta.len(),
+        meta.modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+    );
+    let blob_path = binary.with_extension("oci-layer");
+    let meta_path = binary.with_extension("oci-layer.json");
+    let cached = std::fs::read(&meta_path)
+        .ok()
+        .and_then(|m| serde_json::from_slice::<serde_json::Value>(&m).ok())
+        .filter(|m| m["stamp"] == stamp.as_str())
+        .and_then(|m| {
+            let bytes = std::fs::read(&blob_path).ok()?;
+            (bytes.len() as u64 == m["size"].as_u64()?).then(|| LayerBlob {
+                diff_id: m["diff_id"].as_str().unwrap_or_default().to_owned(),
+                digest: m["digest"].as_str().unwrap_or_default().to_owned(),
+                bytes,
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
+            })
+        });
+    if let Some(layer) = cached {
+        return layer;
+    }
+    let layer = LayerBlob::new(&function_layer(&binary), Stored::Gzip);
+    // Written under temporary names and renamed, as test binaries run side by side;
+    // the blob first, so a description is never newer than its blob.
+    let tmp = |p: &Path| p.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(tmp(&blob_path), &layer.bytes).unwrap();
+    std::fs::rename(tmp(&blob_path), &blob_path).unwrap();
+    let description = serde_json::json!({
+        "stamp": stamp,
+        "size": layer.bytes.len(),
+        "diff_id": layer.diff_id,
+        "digest": layer.digest,
+    });
+    std::fs::write(tmp(&meta_path), description.to_string()).unwrap();
+    std::fs::rename(tmp(&meta_path), &meta_path).unwrap();
+    layer
+}
+
+fn function_layer(binary: &Path) -> Vec<u8> {
     let mut files: Vec<(PathBuf, Vec<u8>)> =
-        vec![(PathBuf::from("/function"), std::fs::read(&binary).unwrap())];
-    for lib in shared_libraries(&binary) {
+        vec![(PathBuf::from("/function"), std::fs::read(binary).unwrap())];
+    for lib in shared_libraries(binary) {
         // Read through any symlink: the image holds the file under the listed name.
         let bytes = std::fs::read(&lib).unwrap();
         files.push((lib, bytes));
@@ -331,9 +423,6 @@ fn function_layer(padding_bytes: usize) -> Vec<u8> {
             b"root:x:0:0:root:/root:/sbin/nologin\nscf:x:1000:1000::/tmp:/sbin/nologin\n",
         )
         .file("etc/group", b"root:x:0:\nscf:x:1000:\n");
-    if padding_bytes > 0 {
-        layer = layer.file("padding", &noise(padding_bytes));
-    }
     layer.finish()
 }
 

@@ -617,10 +617,6 @@ async fn an_interrupted_unpack_is_never_used_and_is_swept() {
     child.wait().unwrap();
     assert!(tmp.exists(), "the half-written unpack is left behind");
     assert!(!base.join(hex).exists(), "nothing under the final name");
-    let partial = std::fs::metadata(tmp.join("rootfs/app/zeros"))
-        .unwrap()
-        .len();
-    assert!(partial < ZEROS as u64, "the child was killed midway");
 
     // The next gateway unpacks afresh and removes the leftover.
     let store = Store::new(&store_dir, Limits::default());

@@ -2,107 +2,14 @@
 //! `docker save` archive, the platform and size checks, and crafted hostile layers
 //! that must leave nothing outside the image root.
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use common::image::{gzip, sha, write_layout, Layer, Stored, TempDir};
 use scf_gateway::image::unpack::{apply_layer, UnpackError};
 use scf_gateway::image::{ImageConfig, ImageError, ImageRef, Limits, Store};
-use sha2::Digest as _;
-
-// === helpers ===
-
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// A fresh directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "scf-image-{tag}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A tar built entry by entry, names written raw so hostile ones get through.
-struct Layer(tar::Builder<Vec<u8>>);
-
-impl Layer {
-    fn new() -> Self {
-        Layer(tar::Builder::new(Vec::new()))
-    }
-    fn entry(mut self, name: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>) -> Self {
-        let mut h = tar::Header::new_gnu();
-        {
-            let old = h.as_old_mut();
-            old.name.fill(0);
-            old.name[..name.len()].copy_from_slice(name.as_bytes());
-            if let Some(link) = link {
-                old.linkname.fill(0);
-                old.linkname[..link.len()].copy_from_slice(link.as_bytes());
-            }
-        }
-        h.set_entry_type(kind);
-        h.set_size(data.len() as u64);
-        h.set_mode(if kind == tar::EntryType::Directory {
-            0o755
-        } else {
-            0o644
-        });
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_cksum();
-        self.0.append(&h, data).unwrap();
-        self
-    }
-    fn file(self, name: &str, data: &[u8]) -> Self {
-        self.entry(name, tar::EntryType::Regular, data, None)
-    }
-    fn dir(self, name: &str) -> Self {
-        self.entry(name, tar::EntryType::Directory, b"", None)
-    }
-    fn symlink(self, name: &str, target: &str) -> Self {
-        self.entry(name, tar::EntryType::Symlink, b"", Some(target))
-    }
-    fn hardlink(self, name: &str, target: &str) -> Self {
-        self.entry(name, tar::EntryType::Link, b"", Some(target))
-    }
-    fn finish(self) -> Vec<u8> {
-        self.0.into_inner().unwrap()
-    }
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
-}
-
-fn sha(bytes: &[u8]) -> String {
-    let h = sha2::Sha256::digest(bytes);
-    let mut s = String::from("sha256:");
-    for b in h.iter() {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
 
 const BIG: u64 = 1 << 30;
 
@@ -357,13 +264,6 @@ fn a_layer_whose_content_does_not_match_its_diff_id_is_refused() {
 /// Writes an OCI layout of a two-layer image (one gzip, one plain) and returns the
 /// config digest.
 fn write_oci_layout(dir: &Path, tag: &str, arch: &str) -> String {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let put = |bytes: &[u8]| {
-        let d = sha(bytes);
-        std::fs::write(blobs.join(d.trim_start_matches("sha256:")), bytes).unwrap();
-        d
-    };
     let l1 = Layer::new()
         .dir("app")
         .file("app/server", b"#!/bin/sh\n")
@@ -374,50 +274,20 @@ fn write_oci_layout(dir: &Path, tag: &str, arch: &str) -> String {
         .file("app/data", b"data")
         .file("etc/.wh.old", b"")
         .finish();
-    let l1_gz = gzip(&l1);
     let config = serde_json::json!({
-        "architecture": arch,
-        "os": "linux",
-        "config": {
-            "Entrypoint": ["/app/server"],
-            "Cmd": ["--port", "9000"],
-            "Env": ["PATH=/usr/bin", "MODE=test"],
-            "WorkingDir": "/app",
-            "User": "1000:1000"
-        },
-        "rootfs": {"type": "layers", "diff_ids": [sha(&l1), sha(&l2)]}
-    })
-    .to_string();
-    let config_digest = put(config.as_bytes());
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_digest,
-            "size": config.len()
-        },
-        "layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-             "digest": put(&l1_gz), "size": l1_gz.len()},
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar",
-             "digest": put(&l2), "size": l2.len()}
-        ]
-    })
-    .to_string();
-    let manifest_digest = put(manifest.as_bytes());
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest,
-            "size": manifest.len(),
-            "annotations": {"org.opencontainers.image.ref.name": tag}
-        }]
+        "Entrypoint": ["/app/server"],
+        "Cmd": ["--port", "9000"],
+        "Env": ["PATH=/usr/bin", "MODE=test"],
+        "WorkingDir": "/app",
+        "User": "1000:1000"
     });
-    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
-    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    config_digest
+    write_layout(
+        dir,
+        tag,
+        arch,
+        config,
+        &[(l1, Stored::Gzip), (l2, Stored::Plain)],
+    )
 }
 
 fn expected_config() -> ImageConfig {
@@ -658,5 +528,299 @@ fn zstd_layers_unpack() {
         ruzstd::encoding::compress_to_vec(&bomb[..], ruzstd::encoding::CompressionLevel::Fastest);
     let err = apply_layer(&s.root, &bomb[..], None, 1 << 20).unwrap_err();
     assert!(matches!(err, UnpackError::TooLarge(_)), "{err}");
+    s.assert_outside_empty();
+}
+
+// === the store: interrupted unpacks, mount points, bounds, metadata ===
+
+/// Set in a child test process to `LAYOUT|STORE`: the child prepares that image and is
+/// killed by its parent midway.
+const CHILD_ENV: &str = "SCF_IMAGE_TEST_CHILD_UNPACK";
+
+/// Does nothing unless run as the child of `an_interrupted_unpack_is_never_used_and_is_swept`.
+#[tokio::test]
+async fn child_unpack_for_the_interrupt_test() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let (layout, store) = spec.split_once('|').unwrap();
+    let store = Store::new(store, Limits::default());
+    let _ = store.prepare(&oci(Path::new(layout), None)).await;
+}
+
+fn store_entries(base: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match std::fs::read_dir(base) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn an_interrupted_unpack_is_never_used_and_is_swept() {
+    let t = TempDir::new("interrupted");
+    let layout = t.path().join("layout");
+    // Enough data that the child is still writing it when it is killed.
+    const ZEROS: usize = 48 << 20;
+    let layer = Layer::new()
+        .dir("app")
+        .file("app/server", b"ok")
+        .file("app/zeros", &vec![0u8; ZEROS])
+        .finish();
+    let digest = write_layout(
+        &layout,
+        "v1",
+        "amd64",
+        serde_json::json!({"Entrypoint": ["/app/server"]}),
+        &[(layer, Stored::Gzip)],
+    );
+    let hex = digest.trim_start_matches("sha256:");
+    let store_dir = t.path().join("store");
+    let base = store_dir.join("sha256");
+
+    // A gateway killed mid-unpack: a child process preparing the image, SIGKILLed
+    // once it is writing the layer.
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_unpack_for_the_interrupt_test",
+            "--test-threads=1",
+        ])
+        .env(
+            CHILD_ENV,
+            format!("{}|{}", layout.display(), store_dir.display()),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let tmp = common::wait_for(
+        "the child to be writing the layer",
+        std::time::Duration::from_secs(60),
+        async || {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the child ended before it was killed"
+            );
+            store_entries(&base)
+                .into_iter()
+                .find(|n| n.starts_with(".tmp-"))
+                .map(|n| base.join(n))
+                .filter(|tmp| tmp.join("rootfs/app/zeros").exists())
+        },
+    )
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(tmp.exists(), "the half-written unpack is left behind");
+    assert!(!base.join(hex).exists(), "nothing under the final name");
+
+    // The next gateway unpacks afresh and removes the leftover.
+    let store = Store::new(&store_dir, Limits::default());
+    let img = store.prepare(&oci(&layout, None)).await.unwrap();
+    assert_eq!(store.unpack_count(), 1, "the leftover is not taken as done");
+    assert_eq!(
+        std::fs::metadata(img.rootfs.join("app/zeros"))
+            .unwrap()
+            .len(),
+        ZEROS as u64
+    );
+    assert_eq!(store_entries(&base), vec![hex.to_owned()], "swept");
+}
+
+#[tokio::test]
+async fn an_unpack_in_progress_is_not_swept() {
+    use rustix::fs::{flock, FlockOperation};
+    let t = TempDir::new("in-progress");
+    let base = t.path().join("store/sha256");
+    let busy = base.join(format!(".tmp-{}-1-0", "a".repeat(64)));
+    let stale = base.join(format!(".tmp-{}-2-0", "b".repeat(64)));
+    for dir in [&busy, &stale] {
+        std::fs::create_dir_all(dir.join("rootfs/etc")).unwrap();
+        // A symlink inside is removed, not followed.
+        std::os::unix::fs::symlink(t.path(), dir.join("rootfs/up")).unwrap();
+    }
+    let lock = std::fs::File::open(&busy).unwrap();
+    flock(&lock, FlockOperation::NonBlockingLockExclusive).unwrap();
+    let store = Store::new(t.path().join("store"), Limits::default());
+    assert_eq!(store.remove_stale().await.unwrap(), 1);
+    assert!(busy.join("rootfs/etc").exists(), "a locked unpack stays");
+    assert!(!stale.exists());
+    assert!(
+        t.path().join("store").exists(),
+        "nothing outside is touched"
+    );
+    drop(lock);
+    assert_eq!(store.remove_stale().await.unwrap(), 1);
+    assert!(store_entries(&base).is_empty());
+}
+
+#[tokio::test]
+async fn mount_points_are_made_and_planted_ones_are_refused() {
+    let t = TempDir::new("mountpoints");
+    let store = Store::new(t.path().join("store"), Limits::default());
+    let config = serde_json::json!({"Entrypoint": ["/app/server"]});
+
+    let good = t.path().join("good");
+    let layer = Layer::new()
+        .dir("app")
+        .file("app/server", b"ok")
+        .entry_with("tmp", tar::EntryType::Directory, b"", None, 0o1777, 0)
+        .finish();
+    write_layout(
+        &good,
+        "v1",
+        "amd64",
+        config.clone(),
+        &[(layer, Stored::Plain)],
+    );
+    let img = store.prepare(&oci(&good, None)).await.unwrap();
+    for dir in scf_gateway::image::MOUNT_POINTS {
+        let meta = std::fs::symlink_metadata(img.rootfs.join(dir)).unwrap();
+        assert!(meta.is_dir(), "{dir}");
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp_mode = std::fs::metadata(img.rootfs.join("tmp")).unwrap();
+    assert_eq!(
+        tmp_mode.permissions().mode() & 0o7777,
+        0o1777,
+        "the image's own /tmp is kept"
+    );
+
+    let outside = t.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let planted: [(&str, Vec<u8>, &str); 3] = [
+        (
+            "tmp",
+            Layer::new()
+                .symlink("tmp", outside.to_str().unwrap())
+                .finish(),
+            "/tmp is a symlink",
+        ),
+        (
+            "proc",
+            Layer::new().file("proc", b"not a directory").finish(),
+            "/proc is a file",
+        ),
+        (
+            "dev",
+            Layer::new().symlink("dev", "/dev").finish(),
+            "/dev is a symlink",
+        ),
+    ];
+    for (name, layer, expect) in planted {
+        let dir = t.path().join(name);
+        write_layout(
+            &dir,
+            "v1",
+            "amd64",
+            config.clone(),
+            &[(layer, Stored::Plain)],
+        );
+        let err = store.prepare(&oci(&dir, None)).await.unwrap_err();
+        assert!(matches!(err, ImageError::MountPoint { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(expect) && msg.contains(&dir.display().to_string()),
+            "{msg}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert_eq!(
+        store_entries(&t.path().join("store/sha256")).len(),
+        1,
+        "refused images leave nothing in the store"
+    );
+}
+
+#[tokio::test]
+async fn the_whole_image_unpacked_size_is_bounded() {
+    let t = TempDir::new("total");
+    let layout = t.path().join("layout");
+    let layer = |name: &str| Layer::new().file(name, &vec![0u8; 3 << 20]).finish();
+    write_layout(
+        &layout,
+        "v1",
+        "amd64",
+        serde_json::json!({}),
+        &[(layer("a"), Stored::Gzip), (layer("b"), Stored::Gzip)],
+    );
+    // Each layer fits the per-layer bound; together they pass the image bound.
+    let limits = Limits {
+        max_layer_unpacked_bytes: 4 << 20,
+        max_unpacked_bytes: 5 << 20,
+        ..Limits::default()
+    };
+    let store = Store::new(t.path().join("store"), limits);
+    let err = store.prepare(&oci(&layout, None)).await.unwrap_err();
+    assert!(matches!(err, ImageError::UnpackedTooLarge { .. }), "{err}");
+    assert!(err.to_string().contains(&(5u64 << 20).to_string()), "{err}");
+    assert!(store_entries(&t.path().join("store/sha256")).is_empty());
+
+    let roomy = Store::new(
+        t.path().join("store"),
+        Limits {
+            max_unpacked_bytes: 7 << 20,
+            ..limits
+        },
+    );
+    let img = roomy.prepare(&oci(&layout, None)).await.unwrap();
+    assert!(img.rootfs.join("a").exists() && img.rootfs.join("b").exists());
+}
+
+#[test]
+fn modes_and_modification_times_are_kept() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let s = Sandbox::new("metadata");
+    let layer = Layer::new()
+        .entry_with(
+            "d",
+            tar::EntryType::Directory,
+            b"",
+            None,
+            0o750,
+            1_500_000_000,
+        )
+        .entry_with(
+            "d/run",
+            tar::EntryType::Regular,
+            b"x",
+            None,
+            0o4755,
+            1_600_000_000,
+        )
+        .entry_with(
+            "d/ro",
+            tar::EntryType::Regular,
+            b"x",
+            None,
+            0o400,
+            1_600_000_001,
+        )
+        .entry_with(
+            "d/l",
+            tar::EntryType::Symlink,
+            b"",
+            Some("run"),
+            0o777,
+            1_600_000_002,
+        )
+        .finish();
+    s.apply(&layer).unwrap();
+    let meta = |p: &str| std::fs::symlink_metadata(s.root.join(p)).unwrap();
+    assert_eq!(meta("d").permissions().mode() & 0o7777, 0o750);
+    assert_eq!(meta("d/run").permissions().mode() & 0o7777, 0o4755);
+    assert_eq!(meta("d/ro").permissions().mode() & 0o7777, 0o400);
+    assert_eq!(
+        meta("d").mtime(),
+        1_500_000_000,
+        "set after the files in it"
+    );
+    assert_eq!(meta("d/run").mtime(), 1_600_000_000);
+    assert_eq!(meta("d/ro").mtime(), 1_600_000_001);
+    assert_eq!(meta("d/l").mtime(), 1_600_000_002);
     s.assert_outside_empty();
 }

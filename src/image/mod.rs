@@ -11,19 +11,23 @@
 //! - [`unpack`] applies one layer to a root directory without ever letting an entry
 //!   land outside it;
 //! - [`store`] lays images out by digest and unpacks each one once, however many
-//!   callers ask at the same time.
+//!   callers ask at the same time;
+//! - [`user`] resolves the image's `User` against its own `/etc/passwd` and
+//!   `/etc/group`, read inside the image root.
 //!
 //! docs/images.md describes the store layout and the rules for hostile layers.
 
 pub mod layout;
 pub mod store;
 pub mod unpack;
+pub mod user;
 
 use std::fmt;
 use std::path::PathBuf;
 
 pub use layout::ResolvedImage;
-pub use store::{PreparedImage, Store};
+pub use store::{PreparedImage, Store, MOUNT_POINTS};
+pub use user::{resolve_user, User};
 
 /// The only platform images are run on.
 pub const PLATFORM: &str = "linux/amd64";
@@ -94,6 +98,9 @@ pub struct Limits {
     /// The most one layer may weigh once decompressed (a decompression bomb is refused
     /// when it passes this).
     pub max_layer_unpacked_bytes: u64,
+    /// The most all the image's layers may weigh once decompressed, together (the
+    /// tar streams, as they are read).
+    pub max_unpacked_bytes: u64,
 }
 
 impl Default for Limits {
@@ -101,6 +108,7 @@ impl Default for Limits {
         Limits {
             max_image_bytes: 1 << 30,
             max_layer_unpacked_bytes: 8 << 30,
+            max_unpacked_bytes: 8 << 30,
         }
     }
 }
@@ -176,6 +184,22 @@ pub enum ImageError {
         image: String,
         layer: String,
         limit: u64,
+    },
+    #[error("image {image}: its layers unpack to more than {limit} bytes together")]
+    UnpackedTooLarge { image: String, limit: u64 },
+    #[error(
+        "image {image}: {entry} is {found} in the image; a container mounts a directory there"
+    )]
+    MountPoint {
+        image: String,
+        entry: String,
+        found: &'static str,
+    },
+    #[error("image {image}: user {user:?}: {reason}")]
+    User {
+        image: String,
+        user: String,
+        reason: String,
     },
     #[error("image {image}: layer {layer}: entry {entry:?} {reason}")]
     HostileEntry {

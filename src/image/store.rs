@@ -5,7 +5,7 @@
 //! ```text
 //! STORE/sha256/<config hex>/rootfs/        the image's root filesystem
 //! STORE/sha256/<config hex>/config.json    the image config, as stored
-//! STORE/sha256/.tmp-<config hex>-<n>/      an unpack in progress
+//! STORE/sha256/.tmp-<config hex>-<pid>-<n>/   an unpack in progress
 //! ```
 //!
 //! An image is keyed by its config digest, which names its layers' content (the
@@ -15,18 +15,35 @@
 //! Callers in this process wanting the same digest wait on one lock and the second
 //! finds the work done; another process racing on the same store loses the rename
 //! and uses the winner's copy.
+//!
+//! An unpack holds an exclusive `flock` on its temporary directory for as long as it
+//! runs; the kernel drops it when the process dies. A temporary directory whose lock
+//! can be taken was left by an unpack that was interrupted, and is removed the first
+//! time a [`Store`] is used; one whose lock is held belongs to an unpack in progress,
+//! in this process or another, and is left alone.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use rustix::fd::OwnedFd;
+use rustix::fs::{FlockOperation, Mode, OFlags};
 use sha2::Digest as _;
 
 use super::layout::{self, Layer, ResolvedImage};
 use super::unpack::{self, UnpackError};
+use super::user::{resolve_user, User};
 use super::{hex_digest, ImageConfig, ImageError, ImageRef, Limits};
+
+/// Directories every unpacked root filesystem has, so the runtime can mount `proc`,
+/// `sysfs`, a `/dev` and the `/tmp` tmpfs on a read-only root shared by containers
+/// without writing to it.
+pub const MOUNT_POINTS: &[&str] = &["proc", "sys", "dev", "tmp"];
+
+/// Prefix of an unpack's temporary directory in `STORE/sha256/`.
+const TMP_PREFIX: &str = ".tmp-";
 
 /// An image ready to run: its root filesystem in the store and its config.
 #[derive(Clone, Debug)]
@@ -40,6 +57,18 @@ pub struct PreparedImage {
     pub config: ImageConfig,
 }
 
+impl PreparedImage {
+    /// The uid, gid and additional gids the image's `User` names (root without one),
+    /// looked up in the image's own `/etc/passwd` and `/etc/group`.
+    pub fn user(&self) -> Result<User, ImageError> {
+        resolve_user(
+            &self.image,
+            &self.rootfs,
+            self.config.user.as_deref().unwrap_or("0"),
+        )
+    }
+}
+
 /// The on-disk store of unpacked images. A process keeps one `Store` per store
 /// directory: the per-digest locks that make concurrent callers share an unpack live
 /// in it (one small entry per image digest seen).
@@ -49,6 +78,7 @@ pub struct Store {
     limits: Limits,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     unpacks: AtomicUsize,
+    swept: AtomicBool,
 }
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -60,7 +90,25 @@ impl Store {
             limits,
             locks: Mutex::new(HashMap::new()),
             unpacks: AtomicUsize::new(0),
+            swept: AtomicBool::new(false),
         }
+    }
+
+    /// Removes the temporary directories of interrupted unpacks (see the module
+    /// documentation) and returns how many there were. [`Store::prepare`] does this
+    /// once per `Store`, before its first unpack.
+    pub async fn remove_stale(&self) -> Result<usize, ImageError> {
+        self.swept.store(true, Ordering::Relaxed);
+        let base = self.dir.join("sha256");
+        let image = format!("store {}", self.dir.display());
+        blocking(&image.clone(), move || {
+            remove_stale(&base).map_err(|source| ImageError::Io {
+                image,
+                path: base.clone(),
+                source,
+            })
+        })
+        .await
     }
 
     /// How many images this store has unpacked (not found already unpacked).
@@ -97,6 +145,14 @@ impl Store {
             config: resolved.config.clone(),
         };
 
+        if !self.swept.load(Ordering::Relaxed) {
+            // A store that cannot be swept still serves images; the leftovers only
+            // take space.
+            if let Err(e) = self.remove_stale().await {
+                tracing::warn!(error = %e, "interrupted unpacks could not be removed");
+            }
+        }
+
         let lock = self.locks.lock().entry(hex.clone()).or_default().clone();
         let _held = lock.lock().await;
         let limits = self.limits;
@@ -105,11 +161,11 @@ impl Store {
             if final_dir.exists() {
                 return Ok(false);
             }
-            let tmp = base.join(format!(
-                ".tmp-{hex}-{}-{}",
-                std::process::id(),
-                TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-            ));
+            let (tmp, _claim) = claim_tmp(&base, &hex).map_err(|source| ImageError::Io {
+                image: resolved.image.clone(),
+                path: base.clone(),
+                source,
+            })?;
             let result = unpack_all(&resolved, &tmp, &limits).and_then(|()| {
                 match std::fs::rename(&tmp, &final_dir) {
                     Ok(()) => Ok(true),
@@ -134,6 +190,95 @@ impl Store {
         Ok(prepared)
     }
 }
+
+/// Creates a temporary directory for an unpack and takes its lock. The lock is taken
+/// after the directory exists, so a sweep in another process may take it first (and
+/// remove the directory): then a fresh name is tried.
+fn claim_tmp(base: &Path, hex: &str) -> std::io::Result<(PathBuf, OwnedFd)> {
+    std::fs::create_dir_all(base)?;
+    for _ in 0..16 {
+        let tmp = base.join(format!(
+            "{TMP_PREFIX}{hex}-{}-{}",
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        match std::fs::create_dir(&tmp) {
+            Ok(()) => {}
+            // Left by an earlier process with the same pid: another name.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        let fd = match open_dir(&tmp) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        // A sweep may have removed the directory between its creation and the lock.
+        let same = match (rustix::fs::fstat(&fd), rustix::fs::stat(&tmp)) {
+            (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+            _ => false,
+        };
+        if same {
+            return Ok((tmp, fd));
+        }
+    }
+    Err(std::io::Error::other(
+        "no temporary directory could be claimed for the unpack",
+    ))
+}
+
+fn open_dir(path: &Path) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::open(
+        path,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+}
+
+/// Removes every temporary directory under `base` whose lock is free.
+fn remove_stale(base: &Path) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(base) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        if !entry
+            .file_name()
+            .as_encoded_bytes()
+            .starts_with(TMP_PREFIX.as_bytes())
+        {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(fd) = open_dir(&path) else {
+            continue;
+        };
+        match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            // An unpack in progress.
+            Err(rustix::io::Errno::WOULDBLOCK) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        // Names are never reused, so the path is still the locked directory, or gone
+        // (renamed into place by an unpack that finished meanwhile). remove_dir_all
+        // does not follow the symlinks a layer left inside.
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
+}
+
 async fn blocking<T: Send + 'static>(
     image: &str,
     f: impl FnOnce() -> Result<T, ImageError> + Send + 'static,
@@ -162,18 +307,26 @@ fn unpack_all(img: &ResolvedImage, tmp: &Path, limits: &Limits) -> Result<(), Im
     std::fs::create_dir_all(&rootfs).map_err(io_err(&rootfs))?;
     let config = tmp.join("config.json");
     std::fs::write(&config, &img.config_bytes).map_err(io_err(&config))?;
+    let mut unpacked = 0u64;
     for layer in &img.layers {
         if let Some(expected) = &layer.digest {
             verify_blob(img, layer, expected)?;
         }
         let blob = layer.source.open().map_err(io_err(&layer.source.file))?;
-        let report = unpack::apply_layer(
-            &rootfs,
-            blob,
-            Some(&layer.diff_id),
-            limits.max_layer_unpacked_bytes,
-        )
-        .map_err(|e| layer_error(img, layer, e))?;
+        let left = limits.max_unpacked_bytes.saturating_sub(unpacked);
+        let bound = limits.max_layer_unpacked_bytes.min(left);
+        let report = unpack::apply_layer(&rootfs, blob, Some(&layer.diff_id), bound).map_err(
+            |e| match e {
+                UnpackError::TooLarge(_) if bound < limits.max_layer_unpacked_bytes => {
+                    ImageError::UnpackedTooLarge {
+                        image: img.image.clone(),
+                        limit: limits.max_unpacked_bytes,
+                    }
+                }
+                e => layer_error(img, layer, e),
+            },
+        )?;
+        unpacked += report.unpacked_bytes;
         if report.skipped_special > 0 {
             tracing::debug!(
                 image = %img.image,
@@ -183,6 +336,18 @@ fn unpack_all(img: &ResolvedImage, tmp: &Path, limits: &Limits) -> Result<(), Im
             );
         }
     }
+    unpack::ensure_dirs(&rootfs, MOUNT_POINTS).map_err(|e| match e {
+        UnpackError::NotADirectory { entry, found } => ImageError::MountPoint {
+            image: img.image.clone(),
+            entry,
+            found,
+        },
+        e => ImageError::Invalid {
+            image: img.image.clone(),
+            what: "the root filesystem".into(),
+            reason: e.to_string(),
+        },
+    })?;
     Ok(())
 }
 
@@ -241,6 +406,11 @@ fn layer_error(img: &ResolvedImage, layer: &Layer, e: UnpackError) -> ImageError
             image,
             what: format!("uncompressed layer {name}"),
             expected,
+            found,
+        },
+        UnpackError::NotADirectory { entry, found } => ImageError::MountPoint {
+            image,
+            entry,
             found,
         },
     }

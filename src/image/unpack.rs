@@ -15,6 +15,11 @@
 //! Whiteouts follow the OCI layer rules: `.wh.NAME` removes `NAME` from the layers
 //! below, `.wh..wh..opq` empties its directory of everything the layers below put
 //! there.
+//!
+//! Modes, owners (as root) and modification times come from the tar headers; extended
+//! attributes are not applied. [`ensure_dirs`] makes the directories a container mounts
+//! over (`/proc`, `/tmp`, ...) with the same care, so a shared read-only root never
+//! needs the runtime to create them.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -24,7 +29,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use sha2::Digest as _;
 
 use super::hex_digest;
@@ -45,13 +50,17 @@ pub enum UnpackError {
     TooLarge(u64),
     #[error("the layer's content has digest {found}, the config says {expected}")]
     DiffId { expected: String, found: String },
+    #[error("{entry} is {found}, not a directory")]
+    NotADirectory { entry: String, found: &'static str },
 }
 
-/// What applying a layer skipped.
+/// What applying a layer did and skipped.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LayerReport {
     /// Device nodes and FIFOs, which are not created.
     pub skipped_special: usize,
+    /// Bytes of the decompressed tar stream.
+    pub unpacked_bytes: u64,
 }
 
 /// Applies the layer read from `blob` (compressed or not: the format is recognised
@@ -88,7 +97,7 @@ pub fn apply_layer(
     )
     .map_err(io::Error::from)?;
     let result = apply_entries(root_fd.as_fd(), &mut counted);
-    let report = match result {
+    let mut report = match result {
         Ok(r) => r,
         Err(e) => return Err(counted.explain(e)),
     };
@@ -105,6 +114,7 @@ pub fn apply_layer(
             });
         }
     }
+    report.unpacked_bytes = counted.count;
     Ok(report)
 }
 
@@ -149,6 +159,9 @@ fn apply_entries(root: BorrowedFd<'_>, stream: impl Read) -> Result<LayerReport,
     let mut report = LayerReport::default();
     // Paths this layer wrote: an opaque whiteout hides only what lower layers put there.
     let mut written: HashSet<Vec<u8>> = HashSet::new();
+    // Directory times are set once the layer is written: entries created inside a
+    // directory change its time.
+    let mut dir_times: Vec<(Vec<Vec<u8>>, Timestamps)> = Vec::new();
     for entry in archive.entries()? {
         let mut entry = entry?;
         let raw = entry.path_bytes().into_owned();
@@ -198,6 +211,7 @@ fn apply_entries(root: BorrowedFd<'_>, stream: impl Read) -> Result<LayerReport,
         let header = entry.header();
         let mode = Mode::from_raw_mode(header.mode().unwrap_or(0o644) & 0o7777);
         let owner = (header.uid().ok(), header.gid().ok());
+        let times = header.mtime().ok().map(timestamps);
         match kind {
             tar::EntryType::Directory => {
                 let existing = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW);
@@ -216,6 +230,9 @@ fn apply_entries(root: BorrowedFd<'_>, stream: impl Read) -> Result<LayerReport,
                     reason: "is not a directory after creation",
                 })?;
                 finish(fd.as_fd(), mode, owner)?;
+                if let Some(t) = times {
+                    dir_times.push((parts.iter().map(|p| p.to_vec()).collect(), t));
+                }
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 remove_all_at(dir, name)?;
@@ -233,6 +250,10 @@ fn apply_entries(root: BorrowedFd<'_>, stream: impl Read) -> Result<LayerReport,
                 let mut file = File::from(fd);
                 io::copy(&mut entry, &mut file)?;
                 finish(file.as_fd(), mode, owner)?;
+                if let Some(t) = times {
+                    // Times are informative: a refused value leaves the unpack time.
+                    let _ = rustix::fs::futimens(&file, &t);
+                }
             }
             tar::EntryType::Symlink => {
                 let target = entry
@@ -249,6 +270,9 @@ fn apply_entries(root: BorrowedFd<'_>, stream: impl Read) -> Result<LayerReport,
                     .map_err(io::Error::from)?;
                 if let (Some(uid), Some(gid)) = owner {
                     chown_at(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW);
+                }
+                if let Some(t) = times {
+                    let _ = rustix::fs::utimensat(dir, name, &t, AtFlags::SYMLINK_NOFOLLOW);
                 }
             }
             tar::EntryType::Link => {
@@ -296,7 +320,86 @@ fn apply_entries(root: BorrowedFd<'_>, stream: impl Read) -> Result<LayerReport,
             _ => {}
         }
     }
+    for (parts, t) in dir_times {
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        // A directory replaced later in the layer (by a symlink, say) keeps no time.
+        if let Ok(Some(fd)) = open_parent(root, &parts, false) {
+            let _ = rustix::fs::futimens(&fd, &t);
+        }
+    }
     Ok(report)
+}
+
+fn timestamps(mtime: u64) -> Timestamps {
+    let t = Timespec {
+        tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+/// Makes each of `paths` (relative to `root`, `/`-separated) a directory, creating
+/// what is missing one component at a time without following any symlink, as entries
+/// are written. An existing component that is not a directory (a symlink or a file
+/// the image put there) is an error naming it: it is not replaced, since the image
+/// may rely on it.
+pub fn ensure_dirs(root: &Path, paths: &[&str]) -> Result<(), UnpackError> {
+    let root_fd = rustix::fs::open(
+        root,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(io::Error::from)?;
+    for path in paths {
+        let parts = split_path(path.as_bytes()).ok_or_else(|| UnpackError::Hostile {
+            entry: (*path).to_owned(),
+            reason: "has a `..` component",
+        })?;
+        let mut dir = rustix::io::fcntl_dupfd_cloexec(&root_fd, 0).map_err(io::Error::from)?;
+        for (i, part) in parts.iter().enumerate() {
+            let name = OsStr::from_bytes(part);
+            let shown = || format!("/{}", String::from_utf8_lossy(&parts[..=i].join(&b'/')));
+            match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => match FileType::from_raw_mode(st.st_mode) {
+                    FileType::Directory => {}
+                    FileType::Symlink => {
+                        return Err(UnpackError::NotADirectory {
+                            entry: shown(),
+                            found: "a symlink",
+                        })
+                    }
+                    FileType::RegularFile => {
+                        return Err(UnpackError::NotADirectory {
+                            entry: shown(),
+                            found: "a file",
+                        })
+                    }
+                    _ => {
+                        return Err(UnpackError::NotADirectory {
+                            entry: shown(),
+                            found: "a special file",
+                        })
+                    }
+                },
+                Err(rustix::io::Errno::NOENT) => {
+                    match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(io::Error::from(e).into()),
+                    }
+                }
+                Err(e) => return Err(io::Error::from(e).into()),
+            }
+            // O_NOFOLLOW again: what was checked cannot have become a symlink since.
+            dir = open_dir(dir.as_fd(), name).map_err(|_| UnpackError::NotADirectory {
+                entry: shown(),
+                found: "not a directory",
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// The components of an entry's name: empty and `.` parts dropped, a leading `/`

@@ -12,6 +12,8 @@
 
 #![allow(dead_code)]
 
+pub mod image;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,7 +1,8 @@
 //! One network namespace per isolated instance, reached from the host over a veth link,
 //! so that every instance can listen on the same port (9000) without sharing the host's.
 //!
-//! **Slots.** Each namespace takes a host-wide slot `n` in `0..8192`. A slot is owned by
+//! **Slots.** Each namespace takes a host-wide slot `n` in `0..8192` (less the
+//! [`RESERVED`] ones, whose addresses clouds use for their own services). A slot is owned by
 //! holding an exclusive `flock` on `/run/scf-gateway/slots/<n>` for the namespace's life:
 //! several gateways on one host never share a slot, and a gateway that dies (even by
 //! SIGKILL) releases its slots with its descriptors. A free lock therefore proves that a
@@ -23,7 +24,7 @@
 //! gateway reaches the instance at [`Netns::instance_addr`].
 //!
 //! **Cost.** Building a namespace with its link is two runs of `ip` in batch mode (one on
-//! the host, one inside the namespace), about 10 ms; removing it is one run, about 20 ms
+//! the host, one inside the namespace), about 10 ms; removing it is one run, about 25 ms
 //! (deleting the link waits for the kernel to retire it, so that the slot's names are
 //! free again when [`Netns::remove`] returns). The commands run on Tokio's blocking pool;
 //! a build whose future is dropped still completes there and is then removed.
@@ -39,8 +40,14 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// How many slots (and so isolated instances) one host has: 169.254.128.0/17 in /30s.
+/// The slot numbers: 169.254.128.0/17 in /30s. [`RESERVED`] ones are never taken.
 pub const SLOTS: u32 = 8192;
+
+/// The slots never taken: their addresses are in 169.254.169.0/24 and 169.254.170.0/24,
+/// where clouds put their metadata, DNS, time and credential services (169.254.169.254,
+/// .169.253, .169.123, .170.2). A link there would route the host's own requests for one
+/// of them to an instance.
+pub const RESERVED: std::ops::RangeInclusive<u32> = 2624..=2751;
 
 /// The directory of the slot lock files, one per slot, named by its number.
 pub const SLOTS_DIR: &str = "/run/scf-gateway/slots";
@@ -60,7 +67,7 @@ const INSTANCE_IF: &str = "eth0";
 /// Why a namespace could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error("no free network slot: all {SLOTS} slots under {SLOTS_DIR} are taken")]
+    #[error("no free network slot: every slot under {SLOTS_DIR} is taken")]
     NoFreeSlot,
     #[error("`ip` was not found: isolated instances need iproute2")]
     IpMissing,
@@ -169,6 +176,7 @@ impl Slot {
             .read(true)
             .write(true)
             .create(true)
+            .truncate(false)
             .mode(0o600)
             .open(self.lock_path())?;
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
@@ -255,7 +263,11 @@ fn take_slot() -> Result<(Slot, File), NetnsError> {
     slots_dir()?;
     let start = fastrand::u32(..SLOTS);
     for i in 0..SLOTS {
-        let slot = Slot::new((start + i) % SLOTS);
+        let n = (start + i) % SLOTS;
+        if RESERVED.contains(&n) {
+            continue;
+        }
+        let slot = Slot::new(n);
         match slot.try_lock() {
             Ok(Some(lock)) => return Ok((slot, lock)),
             Ok(None) => continue,
@@ -589,6 +601,29 @@ mod tests {
                 "inside 169.254.128.0/17"
             );
             assert!(seen.insert(host & !3));
+        }
+    }
+
+    #[test]
+    fn the_reserved_slots_are_the_cloud_service_addresses() {
+        // 169.254.169.0/24 and 169.254.170.0/24.
+        let cloud = |a: Ipv4Addr| matches!(a.octets(), [169, 254, 169 | 170, _]);
+        for n in 0..SLOTS {
+            let s = Slot::new(n);
+            assert_eq!(
+                cloud(s.host) || cloud(s.instance),
+                RESERVED.contains(&n),
+                "{n}"
+            );
+        }
+        for service in [
+            [169, 254, 169, 254],
+            [169, 254, 169, 253],
+            [169, 254, 169, 123],
+            [169, 254, 170, 2],
+        ] {
+            let slot = (u32::from(Ipv4Addr::from(service)) - u32::from(BASE)) / 4;
+            assert!(RESERVED.contains(&slot));
         }
     }
 

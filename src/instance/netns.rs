@@ -2,14 +2,14 @@
 //! so that every instance can listen on the same port (9000) without sharing the host's.
 //!
 //! **Slots.** Each namespace takes a host-wide slot `n` in `0..8192` (less the
-//! [`RESERVED`] ones, whose addresses clouds use for their own services). A slot is owned by
-//! holding an exclusive `flock` on `/run/scf-gateway/slots/<n>` for the namespace's life:
-//! several gateways on one host never share a slot, and a gateway that dies (even by
-//! SIGKILL) releases its slots with its descriptors. A free lock therefore proves that a
-//! namespace or link of that slot still on the host is a leftover nobody uses: the next
-//! owner of the slot removes it before building its own, and [`sweep_stale`] removes all
-//! of them at gateway start. The lock files themselves stay (removing a lock file races
-//! with another process locking it); they are empty.
+//! [`RESERVED`] ones, whose addresses clouds use for their own services). A slot is
+//! owned by holding an exclusive `flock` on `/run/scf-gateway/slots/<n>` for the
+//! namespace's life: several gateways on one host never share a slot, and a gateway
+//! that dies (even by SIGKILL) releases its slots with its descriptors. A free lock
+//! therefore proves that a namespace or link of that slot still on the host is a
+//! leftover nobody uses: the next owner of the slot removes it before building its own,
+//! and [`sweep_stale`] removes all of them at gateway start. The lock files themselves
+//! stay (removing a lock file races with another process locking it); they are empty.
 //!
 //! **Names and addresses.** Slot `n` is the namespace `scfgw-<n>` (`/run/netns/scfgw-<n>`),
 //! the host-side link `scfgw<n>` and, inside the namespace, `eth0`, with addresses from
@@ -412,10 +412,14 @@ impl Netns {
         let Some(lock) = self.lock.take() else {
             return;
         };
-        let slot = self.slot.clone();
-        // Finishes (and releases the slot) even if this future is dropped.
+        let removal = Removal {
+            slot: self.slot.clone(),
+            lock: Some(lock),
+        };
+        // Done on the blocking pool even if this future is dropped; and if the task never
+        // runs (the runtime shutting down), where it is dropped.
         let _ = blocking(move || {
-            remove_and_release(&slot, lock);
+            drop(removal);
             Ok(())
         })
         .await;
@@ -426,19 +430,30 @@ impl Drop for Netns {
     /// Removes the namespace if [`Netns::remove`] was not called: blocking, best effort.
     fn drop(&mut self) {
         if let Some(lock) = self.lock.take() {
-            remove_and_release(&self.slot, lock);
+            drop(Removal {
+                slot: self.slot.clone(),
+                lock: Some(lock),
+            });
         }
     }
 }
 
-fn remove_and_release(slot: &Slot, lock: File) {
-    if let Err(e) = slot.remove_leftovers() {
-        tracing::warn!(
-            netns = %slot.netns,
-            "cannot remove network namespace: {e}; the next owner of the slot or a gateway start removes it"
-        );
+/// Removes a slot's namespace and link, then releases its lock, when dropped.
+struct Removal {
+    slot: Slot,
+    lock: Option<File>,
+}
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        if let Err(e) = self.slot.remove_leftovers() {
+            tracing::warn!(
+                netns = %self.slot.netns,
+                "cannot remove network namespace: {e}; the next owner of the slot or a gateway start removes it"
+            );
+        }
+        drop(self.lock.take());
     }
-    drop(lock);
 }
 
 /// At gateway start: removes namespaces `scfgw-<n>` and host links `scfgw<n>` whose slot

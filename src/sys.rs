@@ -1,11 +1,13 @@
 //! The operating-system calls the gateway makes outside the standard library and
 //! Tokio, behind safe functions: signals, waiting for and reaping children, pidfds, the
-//! subreaper flag, cgroup membership at exec, the open-file limit, and the heap trim.
+//! subreaper flag, cgroup and network-namespace membership at exec, the open-file limit,
+//! and the heap trim.
 //!
 //! It exists so that `unsafe` lives in one module a reviewer can read whole: the rest
 //! of the crate is `#![deny(unsafe_code)]`. Most calls go through `rustix`, which makes
-//! them safe; what remains `unsafe` here (a `pre_exec` hook, registering a descriptor
-//! with the reactor, `malloc_trim`) carries its reason beside it.
+//! them safe; what remains `unsafe` here (the `pre_exec` hooks, `setns` in one of them,
+//! registering a descriptor with the reactor, `malloc_trim`) carries its reason beside
+//! it.
 //!
 //! Process ids are the kernel's (`i32`); an id that is not positive names no single
 //! process and is refused, so no call here can signal or wait for a whole group or
@@ -13,7 +15,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
@@ -160,6 +162,31 @@ pub fn join_cgroup_at_exec(command: &mut Command, procs: File) {
     // async-signal-safe work is allowed: it makes two system calls (getpid, write) on
     // a descriptor it owns, formats into a stack buffer, and neither allocates nor
     // takes a lock (an error is built from the raw errno, without allocating).
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
+/// Makes the child that `command` spawns enter a network namespace between fork and
+/// exec (`setns(netns, CLONE_NEWNET)`), so that it starts inside it: `netns` is the open
+/// namespace file (`/run/netns/NAME`). The descriptor belongs to `command` from now on
+/// and is closed when `command` is dropped; the child does not inherit it (it is
+/// close-on-exec).
+pub fn join_netns_at_exec(command: &mut Command, netns: OwnedFd) {
+    let hook = move || -> io::Result<()> {
+        // SAFETY: setns only reads its arguments; `netns` is a descriptor the hook owns,
+        // open for as long as the hook exists.
+        let done = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+        if done == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    // SAFETY: the hook runs in the child between fork and exec, where only
+    // async-signal-safe work is allowed: one system call (setns) on a descriptor it
+    // owns; it neither allocates nor takes a lock (an error is built from the raw
+    // errno, without allocating).
     unsafe {
         command.pre_exec(hook);
     }

@@ -245,7 +245,8 @@ impl Attempt {
             slot.pool().recycle(instance);
         }
         let duration = now.saturating_duration_since(handed_over);
-        end_logs(instance, function, request_id, duration, memory, tail);
+        let init = slot.init_duration();
+        end_logs(instance, function, request_id, duration, init, memory, tail);
         drop(slot);
     }
 }
@@ -273,6 +274,7 @@ fn end_logs(
     function: &Function,
     request_id: &HeaderValue,
     duration: Duration,
+    init_duration: Option<Duration>,
     memory: MemoryProbe,
     tail: Option<oneshot::Sender<String>>,
 ) {
@@ -289,6 +291,7 @@ fn end_logs(
         duration,
         memory_mb: function.memory_mb,
         mem_usage_bytes: memory.finish(launched.process.cgroup()),
+        init_duration,
     };
     let text = log.end(request_id.to_str().unwrap_or_default(), report);
     if let Some(tx) = tail {

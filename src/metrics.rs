@@ -28,6 +28,7 @@ const INFLIGHT: &str = "scf_gateway_inflight";
 const QUEUE_DEPTH: &str = "scf_gateway_queue_depth";
 const INSTANCES: &str = "scf_gateway_instances";
 const COLD_STARTS: &str = "scf_gateway_cold_starts_total";
+const COLD_START_SECONDS: &str = "scf_gateway_cold_start_seconds";
 const UPSTREAM_CONNECTIONS: &str = "scf_gateway_upstream_connections_total";
 const BILLED: &str = "scf_gateway_billed_gb_seconds_total";
 const WORKER_CONNECTIONS: &str = "scf_gateway_worker_connections_total";
@@ -143,6 +144,10 @@ struct FunctionCells {
     instances_ready: AtomicI64,
     instances_down: AtomicI64,
     cold_starts: AtomicU64,
+    /// How long cold starts took, from the decision to start to ready: per bucket as
+    /// `duration_buckets`, and their sum in microseconds.
+    cold_start_buckets: [AtomicU64; BUCKETS],
+    cold_start_sum_micros: AtomicU64,
 }
 
 impl FunctionCells {
@@ -202,8 +207,15 @@ impl FunctionMetrics {
         cells.instances_down.store(gauge(down), Ordering::Relaxed);
     }
 
-    pub fn cold_start(&self) {
-        self.cells.cold_starts.fetch_add(1, Ordering::Relaxed);
+    /// A cold start that took `took`, from the decision to start to ready.
+    pub fn cold_start(&self, took: Duration) {
+        let cells = &*self.cells;
+        cells.cold_starts.fetch_add(1, Ordering::Relaxed);
+        let nanos = nanos(took);
+        cells.cold_start_buckets[bucket(nanos)].fetch_add(1, Ordering::Relaxed);
+        cells
+            .cold_start_sum_micros
+            .fetch_add(nanos.saturating_add(500) / 1_000, Ordering::Relaxed);
     }
 
     /// Adds an invocation's billed GB-seconds: memory in GB times the billed duration.
@@ -342,20 +354,9 @@ impl Registry {
             Outcome::NotFound.as_str()
         );
 
-        family(&mut out, DURATION, "histogram");
-        for named in names {
-            let mut buckets = [0u64; BUCKETS];
-            let mut sum_micros = 0u64;
-            for (_, cells) in &named.members {
-                for (total, cell) in buckets.iter_mut().zip(&cells.duration_buckets) {
-                    *total = total.wrapping_add(cell.load(Ordering::Relaxed));
-                }
-                sum_micros =
-                    sum_micros.wrapping_add(cells.duration_sum_micros.load(Ordering::Relaxed));
-            }
-            histogram(&mut out, &named.label, &buckets, sum_micros);
-        }
-        out.push('\n');
+        histogram_family(&mut out, DURATION, names, |c| {
+            (&c.duration_buckets, &c.duration_sum_micros)
+        });
 
         gauge_family(&mut out, INFLIGHT, names, |c| &c.inflight);
         gauge_family(&mut out, QUEUE_DEPTH, names, |c| &c.queue_depth);
@@ -374,6 +375,10 @@ impl Registry {
             let _ = writeln!(out, "{COLD_STARTS}{{function=\"{}\"}} {value}", named.label);
         }
         out.push('\n');
+
+        histogram_family(&mut out, COLD_START_SECONDS, names, |c| {
+            (&c.cold_start_buckets, &c.cold_start_sum_micros)
+        });
 
         labelled_family(
             &mut out,
@@ -445,14 +450,43 @@ fn family(out: &mut String, name: &str, kind: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// A histogram family, one histogram per function, summed over its members' cells.
+fn histogram_family(
+    out: &mut String,
+    name: &str,
+    names: &[Named],
+    cells_of: impl Fn(&FunctionCells) -> (&[AtomicU64; BUCKETS], &AtomicU64),
+) {
+    family(out, name, "histogram");
+    for named in names {
+        let mut buckets = [0u64; BUCKETS];
+        let mut sum_micros = 0u64;
+        for (_, cells) in &named.members {
+            let (cells_buckets, sum) = cells_of(cells);
+            for (total, cell) in buckets.iter_mut().zip(cells_buckets) {
+                *total = total.wrapping_add(cell.load(Ordering::Relaxed));
+            }
+            sum_micros = sum_micros.wrapping_add(sum.load(Ordering::Relaxed));
+        }
+        histogram(out, name, &named.label, &buckets, sum_micros);
+    }
+    out.push('\n');
+}
+
 /// One function's histogram: cumulative buckets, `+Inf` (every sample), sum and count.
-fn histogram(out: &mut String, function: &str, buckets: &[u64; BUCKETS], sum_micros: u64) {
+fn histogram(
+    out: &mut String,
+    name: &str,
+    function: &str,
+    buckets: &[u64; BUCKETS],
+    sum_micros: u64,
+) {
     let mut cumulative = 0u64;
     for (le, count) in BOUNDS_TEXT.iter().zip(buckets) {
         cumulative = cumulative.wrapping_add(*count);
         let _ = writeln!(
             out,
-            "{DURATION}_bucket{{function=\"{function}\",le=\"{le}\"}} {cumulative}"
+            "{name}_bucket{{function=\"{function}\",le=\"{le}\"}} {cumulative}"
         );
     }
     // `_count` is the same total as `+Inf`, read from the same cells, so a scrape never
@@ -460,12 +494,12 @@ fn histogram(out: &mut String, function: &str, buckets: &[u64; BUCKETS], sum_mic
     let count = cumulative.wrapping_add(buckets[BOUNDS_NANOS.len()]);
     let _ = writeln!(
         out,
-        "{DURATION}_bucket{{function=\"{function}\",le=\"+Inf\"}} {count}"
+        "{name}_bucket{{function=\"{function}\",le=\"+Inf\"}} {count}"
     );
-    out.push_str(DURATION);
+    out.push_str(name);
     let _ = write!(out, "_sum{{function=\"{function}\"}} ");
     seconds(out, sum_micros);
-    let _ = writeln!(out, "\n{DURATION}_count{{function=\"{function}\"}} {count}");
+    let _ = writeln!(out, "\n{name}_count{{function=\"{function}\"}} {count}");
 }
 
 /// Microseconds as decimal seconds, without trailing zeros (`100.503`, `2`, `0.000001`).
@@ -768,7 +802,8 @@ mod tests {
         m.connection(false);
         m.connection(true);
         m.connection(true);
-        m.cold_start();
+        m.cold_start(Duration::from_millis(180));
+        m.cold_start(Duration::from_millis(40));
         // 128 MB for 5 ms = 0.000625 GB-s; 1024 MB for 1,500 ms = 1.5 GB-s.
         m.bill(128, 5);
         m.bill(1_024, 1_500);
@@ -778,7 +813,23 @@ mod tests {
         assert_eq!(value(&text, &conn("true")), "2");
         assert_eq!(
             value(&text, "scf_gateway_cold_starts_total{function=\"f\"}"),
-            "1"
+            "2"
+        );
+        let cold = |le: &str| format!("{COLD_START_SECONDS}_bucket{{function=\"f\",le=\"{le}\"}}");
+        assert_eq!(value(&text, &cold("0.025")), "0");
+        assert_eq!(value(&text, &cold("0.05")), "1");
+        assert_eq!(value(&text, &cold("0.25")), "2");
+        assert_eq!(value(&text, &cold("+Inf")), "2");
+        assert_eq!(
+            value(
+                &text,
+                "scf_gateway_cold_start_seconds_count{function=\"f\"}"
+            ),
+            "2"
+        );
+        assert_eq!(
+            value(&text, "scf_gateway_cold_start_seconds_sum{function=\"f\"}"),
+            "0.22"
         );
         assert_eq!(
             value(&text, "scf_gateway_billed_gb_seconds_total{function=\"f\"}"),
@@ -823,7 +874,7 @@ mod tests {
         assert!(first(&inv("b-first", "other")) < first(&inv("a-second", "default")));
         // Families in the contract's order, each introduced once.
         let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
-        assert_eq!(types.len(), 8);
+        assert_eq!(types.len(), 9);
         assert!(types[0].contains(INVOCATIONS) && types[1].contains(DURATION));
     }
 

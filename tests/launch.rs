@@ -368,7 +368,7 @@ async fn mem_usage(gw: &GatewayProcess, id: &str) -> (String, f64) {
     let usage = line
         .split("MemUsage:")
         .nth(1)
-        .and_then(|s| s.strip_suffix("MB"))
+        .and_then(|s| s.split("MB").next())
         .and_then(|s| s.parse().ok())
         .unwrap();
     (line, usage)

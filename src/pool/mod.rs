@@ -408,6 +408,7 @@ impl Pool {
             pool: self.clone(),
             index,
             instance: entry.instance.clone(),
+            init: None,
         })
     }
 
@@ -451,6 +452,7 @@ impl Pool {
             pool: self.clone(),
             index,
             instance: instance.clone(),
+            init: None,
         };
         if let Err(back) = waiter.tx.send(Ok(slot)) {
             drop(back);
@@ -514,11 +516,12 @@ impl Pool {
             instance = %instance.name(),
             "instance answers again; back in rotation"
         );
-        self.hand_out(index);
+        self.hand_out(index, None);
     }
 
-    /// Hands the free slots of one instance to waiters.
-    fn hand_out(self: &Arc<Self>, index: usize) {
+    /// Hands the free slots of one instance to waiters; `init` is how long the
+    /// instance took to start when it was started for them.
+    fn hand_out(self: &Arc<Self>, index: usize, init: Option<Duration>) {
         loop {
             let (waiter, slot) = {
                 let mut state = self.state.lock();
@@ -532,10 +535,11 @@ impl Pool {
                 let Some(w) = state.waiters.pop_front() else {
                     return;
                 };
-                let Some(slot) = self.take_slot(&mut state, index) else {
+                let Some(mut slot) = self.take_slot(&mut state, index) else {
                     state.waiters.push_front(w);
                     return;
                 };
+                slot.init = init;
                 self.metrics.set_queue_depth(state.waiters.len());
                 (w, slot)
             };
@@ -723,9 +727,16 @@ pub struct Slot {
     pool: Arc<Pool>,
     index: usize,
     instance: Arc<Instance>,
+    /// Set when the invocation waited for its instance's cold start: how long that
+    /// took (the Report line's `InitDuration`).
+    init: Option<Duration>,
 }
 
 impl Slot {
+    pub fn init_duration(&self) -> Option<Duration> {
+        self.init
+    }
+
     pub fn index(&self) -> usize {
         self.index
     }

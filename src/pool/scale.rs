@@ -97,7 +97,7 @@ async fn start_one(pool: Arc<Pool>) {
                 index
             };
             let took = began.elapsed();
-            pool.metrics.cold_start();
+            pool.metrics.cold_start(took);
             tracing::info!(
                 function = %pool.function,
                 instance = %instance.name(),
@@ -107,7 +107,7 @@ async fn start_one(pool: Arc<Pool>) {
             );
             pool.spawn_keeper(index);
             pool.spawn(watch_exit(pool.clone(), instance));
-            pool.hand_out(index);
+            pool.hand_out(index, Some(took));
         }
         Err(e) => {
             let error = admit_error(&pool.function, &e);

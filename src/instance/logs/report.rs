@@ -12,6 +12,8 @@ pub struct Report {
     pub memory_mb: u32,
     /// Peak memory of the invocation, when measured.
     pub mem_usage_bytes: Option<u64>,
+    /// How long the instance took to start, when the invocation waited for that.
+    pub init_duration: Option<Duration>,
 }
 
 /// `Report RequestId: <id> Duration:<ms>ms BilledDuration:<ms>ms Memory:<MB>MB MemUsage:<MB>MB`:
@@ -20,17 +22,29 @@ pub struct Report {
 ///   (12.01 ms -> 13, exactly 12 ms -> 12, 0 -> 0), see [`billed_millis`];
 /// - `Memory` is the configured `memory_mb`, an integer;
 /// - `MemUsage` is the invocation's peak memory in MiB (1 MB = 1,048,576 bytes, as
-///   `memory_mb`) with exactly 2 decimals, rounded half up; `MemUsage:0.00MB` when unknown.
+///   `memory_mb`) with exactly 2 decimals, rounded half up; `MemUsage:0.00MB` when unknown;
+/// - ` InitDuration:<ms>ms` follows, in the format of `Duration`, when the invocation
+///   waited for its instance's cold start.
 pub fn report_line(request_id: &str, report: &Report) -> String {
-    let nanos = report.duration.as_nanos();
-    let duration = hundredths((nanos + 5_000) / 10_000);
+    let duration = millis_text(report.duration);
     let usage = report.mem_usage_bytes.unwrap_or(0) as u128;
     let usage = hundredths((usage * 100 + (1 << 19)) >> 20);
-    format!(
+    let mut line = format!(
         "Report RequestId: {request_id} Duration:{duration}ms BilledDuration:{}ms Memory:{}MB MemUsage:{usage}MB",
         billed_millis(report.duration),
         report.memory_mb
-    )
+    );
+    if let Some(init) = report.init_duration {
+        line.push_str(" InitDuration:");
+        line.push_str(&millis_text(init));
+        line.push_str("ms");
+    }
+    line
+}
+
+/// Milliseconds with exactly 2 decimals, rounded half up: `12.35`.
+fn millis_text(d: Duration) -> String {
+    hundredths((d.as_nanos() + 5_000) / 10_000)
 }
 
 /// The billed duration: the duration rounded up to the next whole millisecond.

@@ -104,6 +104,7 @@ fn report() -> Report {
         duration: Duration::from_micros(12_010),
         memory_mb: 128,
         mem_usage_bytes: Some(10 * 1024 * 1024),
+        init_duration: None,
     }
 }
 

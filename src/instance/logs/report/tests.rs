@@ -6,6 +6,7 @@ fn report_formatting() {
         duration: Duration::from_micros(us),
         memory_mb: 128,
         mem_usage_bytes: mem,
+        init_duration: None,
     };
     assert_eq!(
         report_line("abc", &r(12_010, Some(30 * 1024 * 1024 + 256 * 1024))),
@@ -24,6 +25,15 @@ fn report_formatting() {
     assert!(report_line("x", &r(999_999_996, None)).contains("Duration:1000000.00ms"));
     assert!(report_line("x", &r(1, Some(5243))).contains("MemUsage:0.01MB"));
     assert!(report_line("x", &r(1, Some(5242))).contains("MemUsage:0.00MB"));
+    let cold = Report {
+        init_duration: Some(Duration::from_micros(182_346)),
+        ..r(12_000, None)
+    };
+    assert_eq!(
+        report_line("abc", &cold),
+        "Report RequestId: abc Duration:12.00ms BilledDuration:12ms Memory:128MB \
+         MemUsage:0.00MB InitDuration:182.35ms"
+    );
 }
 
 #[test]

@@ -30,6 +30,7 @@
 //! | `x-test-response-bytes: N` | body is N bytes of `x`, generated and streamed in 64 KiB chunks |
 //! | `x-test-chunked: 1` | send the body (whichever it is) with `transfer-encoding: chunked` instead of `content-length` |
 //! | `x-test-echo-env: 1` | body is a JSON object of the process's environment plus `"pid"` |
+//! | `x-test-write-probe: 1` | body is `{"tmp": R, "root": R}`: whether a file can be created in `/tmp` and in `/` (R is `"ok"` or the error), removed again (for containers with a read-only root) |
 //! | `x-test-alloc-mb: N` | allocate and touch N MiB (kept until the answer is sent) |
 //! | `x-test-print: TEXT` | print TEXT as one line to stdout (and `TEXT (stderr)` to stderr) |
 //! | `x-test-since-listen: 1` | answer header `x-since-listen-us`: microseconds from `listen` to this request's arrival (the cold-start benchmark) |
@@ -257,6 +258,7 @@ struct Switches {
     chunked: bool,
     echo_headers: bool,
     echo_env: bool,
+    write_probe: bool,
     alloc_mb: Option<usize>,
     print: Option<String>,
     since_listen: bool,
@@ -297,6 +299,7 @@ impl Switches {
                 "chunked" => s.chunked = value == "1",
                 "echo-headers" => s.echo_headers = value == "1",
                 "echo-env" => s.echo_env = value == "1",
+                "write-probe" => s.write_probe = value == "1",
                 "alloc-mb" => s.alloc_mb = value.parse().ok(),
                 "print" => s.print = Some(value.to_owned()),
                 "since-listen" => s.since_listen = value == "1",
@@ -370,6 +373,8 @@ async fn handle(req: Request<Incoming>) -> Result<Response<ResponseBody>, Infall
         return Ok(simple(status, body_bytes));
     } else if switches.echo_env {
         (Kind::Once(Some(echo_env())), Some(APPLICATION_JSON))
+    } else if switches.write_probe {
+        (Kind::Once(Some(write_probe())), Some(APPLICATION_JSON))
     } else if switches.echo_headers {
         let json = echo_headers(&parts.headers);
         (Kind::Once(Some(json)), Some(APPLICATION_JSON))
@@ -420,6 +425,21 @@ fn simple(status: StatusCode, body_bytes: u64) -> Response<ResponseBody> {
     resp.headers_mut()
         .insert(X_REQUEST_BODY_BYTES, count_header(body_bytes));
     resp
+}
+
+/// Whether a file can be made in `/tmp` and in `/`; each probe file is removed again.
+fn write_probe() -> Bytes {
+    let probe = |dir: &str| {
+        let path = std::path::Path::new(dir).join(format!(".write-probe-{}", std::process::id()));
+        match std::fs::write(&path, b"probe") {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&path);
+                "ok".to_string()
+            }
+            Err(e) => e.to_string(),
+        }
+    };
+    Bytes::from(serde_json::json!({"tmp": probe("/tmp"), "root": probe("/")}).to_string())
 }
 
 /// The process environment as a JSON object, plus `"pid"`.

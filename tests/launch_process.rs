@@ -172,7 +172,7 @@ os.rename(sys.argv[1] + ".part", sys.argv[1])
     );
     let spec = python(&dir, &script, &[report.to_str().unwrap()], 128);
     let port = free_port().unwrap();
-    let mut process = Process::spawn(&spec, "hello-1", port).unwrap();
+    let mut process = Process::spawn(&spec, "hello-1", port, None).unwrap();
     let output = Output::drain(&mut process);
     assert_eq!(process.port(), port);
     assert_eq!(process.addr().to_string(), format!("127.0.0.1:{port}"));
@@ -206,7 +206,7 @@ os.rename(sys.argv[1] + ".part", sys.argv[1])
     assert!(env["PATH"].ends_with(&path), "PATH {}", env["PATH"]);
 
     let tmpdir = PathBuf::from(&env["TMPDIR"]);
-    assert_eq!(tmpdir, process.tmpdir());
+    assert_eq!(Some(tmpdir.as_path()), process.tmpdir());
     assert_eq!(seen["tmp_is_dir"], true);
     assert_eq!(seen["tmp_mode"], 0o700);
     let mode = std::fs::metadata(&tmpdir).unwrap().permissions().mode();
@@ -232,8 +232,8 @@ async fn two_instances_get_different_ports_and_become_ready() {
     let spec = python(&dir, SERVER, &[], 128);
     let (a, b) = (free_port().unwrap(), free_port().unwrap());
     assert_ne!(a, b);
-    let mut one = Process::spawn(&spec, "hello-1", a).unwrap();
-    let mut two = Process::spawn(&spec, "hello-2", b).unwrap();
+    let mut one = Process::spawn(&spec, "hello-1", a, None).unwrap();
+    let mut two = Process::spawn(&spec, "hello-2", b, None).unwrap();
     let (_o1, _o2) = (Output::drain(&mut one), Output::drain(&mut two));
     let (r1, r2) = tokio::join!(one.wait_ready(PATIENCE), two.wait_ready(PATIENCE));
     r1.unwrap();
@@ -254,10 +254,10 @@ async fn an_instance_that_never_listens_times_out_and_is_killed_with_its_group()
     // A shell with a child: the whole group must go.
     let spec = sh(&dir, "sleep 100 & sleep 100; :");
     let port = free_port().unwrap();
-    let mut process = Process::spawn(&spec, "hello-1", port).unwrap();
+    let mut process = Process::spawn(&spec, "hello-1", port, None).unwrap();
     let _output = Output::drain(&mut process);
     let pid = process.pid() as i32;
-    let tmpdir = process.tmpdir().to_path_buf();
+    let tmpdir = process.tmpdir().unwrap().to_path_buf();
     let started = Instant::now();
     let err = process
         .wait_ready(Duration::from_secs(1))
@@ -295,7 +295,7 @@ async fn an_instance_exiting_at_start_fails_fast_with_its_status() {
         &[],
         128,
     );
-    let mut process = Process::spawn(&spec, "hello-1", free_port().unwrap()).unwrap();
+    let mut process = Process::spawn(&spec, "hello-1", free_port().unwrap(), None).unwrap();
     let _output = Output::drain(&mut process);
     // Fails fast: with the exit, not after the (generous) ready timeout.
     let err = process.wait_ready(PATIENCE).await.unwrap_err();
@@ -321,7 +321,7 @@ async fn an_instance_exiting_at_start_fails_fast_with_its_status() {
 async fn a_command_that_does_not_exist_is_a_spawn_error() {
     let dir = workdir("missing");
     let spec = spec(&dir, "scf-no-such-command-xyz", &[], 128);
-    let err = Process::spawn(&spec, "hello-1", free_port().unwrap()).unwrap_err();
+    let err = Process::spawn(&spec, "hello-1", free_port().unwrap(), None).unwrap_err();
     if is_root() {
         // (Unprivileged, an unreadable directory in PATH turns it into EACCES.)
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
@@ -337,7 +337,7 @@ async fn a_command_that_does_not_exist_is_a_spawn_error() {
 
 async fn spawn_tree(dir: &Path, script: &str, members: usize) -> (Process, Output, Vec<i32>) {
     let spec = sh(dir, script);
-    let mut process = Process::spawn(&spec, "tree-1", free_port().unwrap()).unwrap();
+    let mut process = Process::spawn(&spec, "tree-1", free_port().unwrap(), None).unwrap();
     let output = Output::drain(&mut process);
     let pid = process.pid() as i32;
     let all = wait_for("the tree to start", PATIENCE, async || {
@@ -406,7 +406,7 @@ async fn kill_and_drop_end_the_instance_without_waiting() {
 
     // Dropping a running instance kills it; the supervisor still reaps and cleans up.
     let (process, _output, members) = spawn_tree(&dir, "sleep 1000 & sleep 1000; :", 1).await;
-    let tmpdir = process.tmpdir().to_path_buf();
+    let tmpdir = process.tmpdir().unwrap().to_path_buf();
     drop(process);
     wait_for("the dropped instance to go", PATIENCE, async || {
         (members.iter().all(|&p| gone(p)) && !tmpdir.exists()).then_some(())
@@ -471,7 +471,7 @@ async fn an_instance_over_its_memory_limit_is_oom_killed() {
     let dir = workdir("oom");
     let script = "import time\ntime.sleep(0.2)\nb = b'x' * (200 << 20)\ntime.sleep(30)";
     let spec = python(&dir, script, &[], 64);
-    let mut process = Process::spawn(&spec, "hog-1", free_port().unwrap()).unwrap();
+    let mut process = Process::spawn(&spec, "hog-1", free_port().unwrap(), None).unwrap();
     let _output = Output::drain(&mut process);
     if !cgroup_or_skip(&process, "out-of-memory kill") {
         process.stop(Duration::from_secs(1)).await;
@@ -514,7 +514,7 @@ open(sys.argv[1], "w").write("done")
 time.sleep(30)
 "#;
     let spec = python(&dir, script, &[marker.to_str().unwrap()], 128);
-    let mut process = Process::spawn(&spec, "peak-1", free_port().unwrap()).unwrap();
+    let mut process = Process::spawn(&spec, "peak-1", free_port().unwrap(), None).unwrap();
     let _output = Output::drain(&mut process);
     if !cgroup_or_skip(&process, "peak memory") {
         process.stop(Duration::from_secs(1)).await;

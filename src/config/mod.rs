@@ -37,6 +37,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use launch::ISOLATED_PORT;
 pub use parse::parse;
 
 /// The response-size limit the platform puts on event functions (6 MB).

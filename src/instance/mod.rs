@@ -11,6 +11,7 @@
 //!   START / END / Report lines and the log tail.
 
 pub mod cgroup;
+pub mod container;
 pub mod launcher;
 pub mod logs;
 pub mod netns;

@@ -38,6 +38,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::cgroup::Cgroup;
+use super::container::Container;
+use super::netns::Netns;
 use crate::config::{FunctionConfig, InstanceSource, LaunchConfig, PlatformConfig};
 use crate::sys::{self, Signal};
 
@@ -75,12 +77,19 @@ impl Spec {
     /// The environment an instance gets on top of `INHERITED_ENV`, in order (later
     /// entries win): the SCF variables, `PORT`, `TMPDIR`, then the function's `env`.
     pub fn env(&self, port: u16, tmpdir: &Path) -> Vec<(String, OsString)> {
-        let mut env: Vec<(String, OsString)> = vec![
+        let mut env = self.scf_env(port, self.launch.workdir.clone().into_os_string());
+        env.push(("TMPDIR".into(), tmpdir.as_os_str().to_owned()));
+        for (key, value) in &self.launch.env {
+            env.push((key.clone(), value.expose().into()));
+        }
+        env
+    }
+
+    /// The platform's variables (section 4 of the contract) and `PORT`.
+    pub fn scf_env(&self, port: u16, user_code_root: OsString) -> Vec<(String, OsString)> {
+        vec![
             ("TENCENTCLOUD_RUNENV".into(), "SCF".into()),
-            (
-                "USER_CODE_ROOT".into(),
-                self.launch.workdir.clone().into_os_string(),
-            ),
+            ("USER_CODE_ROOT".into(), user_code_root),
             ("USER".into(), "qcloud".into()),
             ("SCF_FUNCTIONNAME".into(), self.function.clone().into()),
             ("SCF_FUNCTIONVERSION".into(), self.version.clone().into()),
@@ -88,12 +97,7 @@ impl Spec {
             ("TENCENTCLOUD_APPID".into(), self.appid.clone().into()),
             ("TENCENTCLOUD_UIN".into(), self.uin.clone().into()),
             ("PORT".into(), port.to_string().into()),
-            ("TMPDIR".into(), tmpdir.as_os_str().to_owned()),
-        ];
-        for (key, value) in &self.launch.env {
-            env.push((key.clone(), value.expose().into()));
-        }
-        env
+        ]
     }
 }
 
@@ -206,14 +210,47 @@ pub struct Process {
     output: Option<(OwnedFd, OwnedFd)>,
 }
 
+/// What an instance holds besides its processes and cgroup, released once they are
+/// gone: its container (deleted from the runtime first), then its network namespace.
+#[derive(Debug, Default)]
+pub struct Held {
+    pub netns: Option<Netns>,
+    pub container: Option<Container>,
+}
+
+impl Held {
+    /// The namespace file the instance joins, if it has a namespace.
+    pub fn netns_path(&self) -> Option<PathBuf> {
+        self.netns.as_ref().map(Netns::path)
+    }
+
+    /// Deletes the container, removes the cgroup (after the container: the runtime
+    /// removes its own cgroups on delete) and then the namespace.
+    pub async fn release(mut self, cgroup: Option<&Cgroup>) {
+        if let Some(container) = self.container.take() {
+            container.delete().await;
+        }
+        if let Some(cgroup) = cgroup {
+            cgroup.remove().await;
+        }
+        if let Some(mut netns) = self.netns.take() {
+            netns.remove().await;
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     name: String,
     pid: u32,
     port: u16,
+    /// Where the instance listens: host loopback, or its address in its namespace.
+    addr: SocketAddr,
     memory_mb: u32,
-    tmpdir: PathBuf,
+    /// A process's private `TMPDIR` (containers have their own `/tmp`).
+    tmpdir: Option<PathBuf>,
     cgroup: Option<Cgroup>,
+    held: Mutex<Option<Held>>,
     /// True once the leader was reaped: from then on its pid (= the group id) may be
     /// reused, so no signal is sent to the group any more. Held while signalling.
     reaped: Mutex<bool>,
@@ -245,9 +282,20 @@ impl Process {
     /// private `TMPDIR` (0700, removed when the instance is gone).
     ///
     /// `name` identifies the instance in logs, its cgroup and its `TMPDIR` (`hello-3`).
-    /// Must be called within a Tokio runtime (the supervisor is a task).
-    pub fn spawn(spec: &Spec, name: &str, port: u16) -> io::Result<Process> {
+    /// With a `netns` the process starts inside that namespace and listens on `port`
+    /// there. Must be called within a Tokio runtime (the supervisor is a task).
+    pub fn spawn(spec: &Spec, name: &str, port: u16, netns: Option<Netns>) -> io::Result<Process> {
         become_subreaper();
+        let netns_file = match netns.as_ref().map(Netns::open) {
+            Some(Ok(file)) => Some(file),
+            Some(Err(e)) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot open the network namespace of instance {name}: {e}"),
+                ))
+            }
+            None => None,
+        };
         let launch = &spec.launch;
         if !launch.workdir.is_dir() {
             return Err(io::Error::new(
@@ -294,6 +342,9 @@ impl Process {
         if let Some(procs) = procs {
             sys::join_cgroup_at_exec(&mut command, procs);
         }
+        if let Some(netns) = netns_file {
+            sys::join_netns_at_exec(&mut command, netns);
+        }
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => {
@@ -314,22 +365,72 @@ impl Process {
         // Not waited for through `child`: the supervisor reaps the pid itself.
         drop(child);
 
+        let ip = netns
+            .as_ref()
+            .map_or(Ipv4Addr::LOCALHOST, Netns::instance_addr);
+        let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
+        let held = Held {
+            netns,
+            container: None,
+        };
+        Ok(Self::supervised(
+            name,
+            pid,
+            addr,
+            spec.memory_mb,
+            Some(tmpdir),
+            cgroup,
+            output,
+            held,
+        ))
+    }
+
+    /// Supervises `pid`, the first process of a container that the runtime started:
+    /// a session leader and, the runtime having exited, a child of the gateway. It is
+    /// then stopped, reaped and cleaned up like a spawned process, and `held` (its
+    /// container and namespace) is released after it.
+    pub fn adopt(
+        name: &str,
+        pid: u32,
+        addr: SocketAddr,
+        memory_mb: u32,
+        cgroup: Option<Cgroup>,
+        output: Option<(OwnedFd, OwnedFd)>,
+        held: Held,
+    ) -> Process {
+        become_subreaper();
+        Self::supervised(name, pid, addr, memory_mb, None, cgroup, output, held)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn supervised(
+        name: &str,
+        pid: u32,
+        addr: SocketAddr,
+        memory_mb: u32,
+        tmpdir: Option<PathBuf>,
+        cgroup: Option<Cgroup>,
+        output: Option<(OwnedFd, OwnedFd)>,
+        held: Held,
+    ) -> Process {
         let (exit, _) = watch::channel(None);
         let (cleaned, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             name: name.to_string(),
             pid,
-            port,
-            memory_mb: spec.memory_mb,
+            port: addr.port(),
+            addr,
+            memory_mb,
             tmpdir,
             cgroup,
+            held: Mutex::new(Some(held)),
             reaped: Mutex::new(false),
             signalled: AtomicBool::new(false),
             exit,
             cleaned,
         });
         tokio::spawn(supervise(inner.clone()));
-        Ok(Process { inner, output })
+        Process { inner, output }
     }
 
     /// The read ends of the instance's stdout and stderr pipes (blocking, close-on-exec),
@@ -351,15 +452,15 @@ impl Process {
         self.inner.port
     }
 
-    /// `127.0.0.1:port`.
+    /// `127.0.0.1:port`, or `port` at the instance's address in its namespace.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.inner.port))
+        self.inner.addr
     }
 
-    /// The instance's private `TMPDIR` (gone once [`Process::stop`] returned, or shortly
-    /// after the process exited by itself).
-    pub fn tmpdir(&self) -> &Path {
-        &self.inner.tmpdir
+    /// A process's private `TMPDIR` (gone once [`Process::stop`] returned, or shortly
+    /// after the process exited by itself); `None` for a container.
+    pub fn tmpdir(&self) -> Option<&Path> {
+        self.inner.tmpdir.as_deref()
     }
 
     /// The instance's memory cgroup, where memory limits are enabled.
@@ -492,7 +593,7 @@ impl Drop for Process {
 }
 
 /// Makes the gateway a child subreaper, once (see the module doc).
-fn become_subreaper() {
+pub(crate) fn become_subreaper() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         if let Err(e) = sys::become_child_subreaper() {
@@ -612,20 +713,16 @@ async fn supervise(inner: Arc<Inner>) {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(20));
     }
-    let tmpdir = inner.tmpdir.clone();
-    let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&tmpdir)).await;
-    if let Ok(Err(e)) = removed {
-        if e.kind() != io::ErrorKind::NotFound {
-            tracing::warn!(
-                "cannot remove the TMPDIR {} of instance {}: {e}",
-                inner.tmpdir.display(),
-                inner.name
-            );
+    if let Some(tmpdir) = inner.tmpdir.clone() {
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&tmpdir)).await;
+        if let Ok(Err(e)) = removed {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove the TMPDIR of instance {}: {e}", inner.name);
+            }
         }
     }
-    if let Some(cgroup) = &inner.cgroup {
-        cgroup.remove().await;
-    }
+    let held = inner.held.lock().take().unwrap_or_default();
+    held.release(inner.cgroup.as_ref()).await;
     inner.cleaned.send_replace(true);
 }
 

@@ -124,6 +124,20 @@ impl RunningGateway {
             // Decide on memory cgroups now, so a warning that they are off comes at start.
             let _ = crate::instance::cgroup::layout();
         }
+        let isolates = config.functions.iter().any(|f| {
+            matches!(&f.source, crate::config::InstanceSource::Launch(l)
+                if l.network == crate::config::Network::Isolated)
+        });
+        if isolates {
+            // Namespaces and containers left by a gateway that was killed, on slots
+            // nobody holds any more: removed before new ones take their place.
+            let swept = crate::instance::netns::sweep_stale(&config.images.runtime).await;
+            if swept > 0 {
+                tracing::info!(
+                    "removed {swept} namespaces and containers left by a stopped gateway"
+                );
+            }
+        }
         let gateway = Arc::new(Gateway::new(config));
         for function in gateway.functions() {
             function.pool().start();

@@ -125,6 +125,19 @@ fn lock_slot(n: u32) -> Option<File> {
         .map(|()| file)
 }
 
+/// A free slot with nothing of it on the host, locked.
+fn free_slot() -> (u32, File) {
+    let start = fastrand::u32(..SLOTS);
+    (0..SLOTS)
+        .map(|i| (start + i) % SLOTS)
+        .find_map(|n| {
+            let free = !Path::new(&format!("/run/netns/scfgw-{n}")).exists()
+                && !Path::new(&format!("/sys/class/net/scfgw{n}")).exists();
+            free.then(|| lock_slot(n).map(|lock| (n, lock))).flatten()
+        })
+        .expect("a free slot")
+}
+
 /// A namespace and link made by hand for slot `n`, as a killed gateway leaves them.
 /// Removed on drop unless someone else holds the slot by then (it is theirs).
 struct HandMade(u32);
@@ -255,15 +268,7 @@ async fn leftovers_of_free_slots_are_swept_and_held_slots_never() {
         return;
     }
     // A slot of our own, with what a killed gateway would leave in it.
-    let start = fastrand::u32(..SLOTS);
-    let (n, lock) = (0..SLOTS)
-        .map(|i| (start + i) % SLOTS)
-        .find_map(|n| {
-            let free = !Path::new(&format!("/run/netns/scfgw-{n}")).exists()
-                && !Path::new(&format!("/sys/class/net/scfgw{n}")).exists();
-            free.then(|| lock_slot(n).map(|lock| (n, lock))).flatten()
-        })
-        .expect("a free slot");
+    let (n, lock) = free_slot();
     let _leftover = HandMade::build(n);
     let (name, link) = (format!("scfgw-{n}"), format!("scfgw{n}"));
 
@@ -318,4 +323,100 @@ async fn setup_and_teardown_cost() {
         setup / ROUNDS,
         teardown / ROUNDS
     );
+}
+
+/// A container in the `created` state (its init waiting, nothing run) with an empty
+/// bundle of its own, as a killed gateway leaves one; deleted on drop.
+struct Container {
+    id: String,
+    bundle: std::path::PathBuf,
+}
+
+impl Container {
+    /// `None` when runc is not installed.
+    fn create(id: String) -> Option<Container> {
+        let bundle = std::env::temp_dir().join(format!("{id}.bundle"));
+        let container = Container { id, bundle };
+        std::fs::create_dir_all(container.bundle.join("rootfs")).unwrap();
+        // runc checks at create that the process's program exists; it never runs.
+        std::fs::write(container.bundle.join("rootfs/probe"), b"").unwrap();
+        std::fs::set_permissions(
+            container.bundle.join("rootfs/probe"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        match Command::new("runc")
+            .args(["spec", "--bundle"])
+            .arg(&container.bundle)
+            .status()
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            status => assert!(status.unwrap().success(), "runc spec"),
+        }
+        let config = container.bundle.join("config.json");
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+        spec["process"]["terminal"] = false.into();
+        spec["process"]["args"] = serde_json::json!(["/probe"]);
+        std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+        // The container's init keeps runc's stdio open: to a file, not a pipe.
+        let log = container.bundle.join("create.log");
+        let status = Command::new("runc")
+            .args(["create", "--bundle"])
+            .arg(&container.bundle)
+            .arg(&container.id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "runc create: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Some(container)
+    }
+}
+
+fn containers() -> Vec<String> {
+    let output = Command::new("runc").args(["list", "-q"]).output().unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("runc")
+            .args(["delete", "--force", &self.id])
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.bundle);
+    }
+}
+
+#[tokio::test]
+async fn a_leftover_container_of_a_free_slot_is_swept() {
+    if skipped() {
+        return;
+    }
+    let (n, lock) = free_slot();
+    let id = format!("scfgw-{n}-netns-test-{}", std::process::id());
+    let Some(_container) = Container::create(id.clone()) else {
+        eprintln!("skipped: runc is not installed");
+        return;
+    };
+    assert!(containers().contains(&id));
+
+    sweep_stale("runc").await;
+    assert!(
+        containers().contains(&id),
+        "the container of a held slot was swept"
+    );
+
+    drop(lock);
+    sweep_stale("runc").await;
+    assert!(!containers().contains(&id), "{id} was not swept");
 }

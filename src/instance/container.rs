@@ -35,7 +35,6 @@ use oci_spec::runtime::{
 use parking_lot::Mutex;
 
 use super::cgroup::{self, Cgroup};
-use super::netns::Netns;
 use super::process::{Held, Process, Spec as InstanceSpec, StartError};
 use crate::config::ImageLaunch;
 use crate::image::{ImageError, Limits, PreparedImage, Store};
@@ -124,7 +123,7 @@ pub async fn start(
         .await
         .map_err(|e| StartError::Spawn(image_error(&e)))?;
     let port = spec.launch.port.unwrap_or(crate::config::ISOLATED_PORT);
-    let netns = Netns::create()
+    let netns = super::netns::take()
         .await
         .map_err(|e| StartError::Spawn(format!("cannot make its network namespace: {e}")))?;
     let id = format!("scfgw-{}-{}", netns.slot(), cgroup::sanitize(name));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::container;
 use super::logs::{InstanceLog, Labels};
-use super::netns::Netns;
+use super::netns;
 use super::process::{free_port, Process, Spec, StartError};
 use crate::config::{Config, FunctionConfig, ImageLaunch, LaunchConfig, Network, ISOLATED_PORT};
 use crate::image::{Limits, Store};
@@ -103,7 +103,7 @@ impl Launcher {
                 Process::spawn(&self.spec, &name, port, None).map_err(|e| self.spawn_error(e))?
             }
             Kind::Isolated => {
-                let netns = Netns::create().await.map_err(|e| {
+                let netns = netns::take().await.map_err(|e| {
                     StartError::Spawn(format!("cannot make its network namespace: {e}"))
                 })?;
                 let port = self.spec.launch.port.unwrap_or(ISOLATED_PORT);
@@ -124,7 +124,11 @@ impl Launcher {
             };
             InstanceLog::start(stdout, stderr, labels).ok()
         });
-        if let Err(e) = process.wait_ready(self.spec.launch.ready_timeout).await {
+        let ready = process.wait_ready(self.spec.launch.ready_timeout).await;
+        if !matches!(self.kind, Kind::Host) {
+            netns::keep_spare();
+        }
+        if let Err(e) = ready {
             process.stop(Duration::ZERO).await;
             return Err(e);
         }

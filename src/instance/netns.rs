@@ -456,6 +456,80 @@ impl Drop for Removal {
     }
 }
 
+/// Namespaces built ahead of need, so that a cold start does not wait for one.
+///
+/// Once [`keep_spare`] was called (at start, by a gateway with isolated functions, and
+/// after each isolated instance's start), one namespace is kept ready for [`take`]. [`close_spares`] removes what is kept at shutdown; a build that ends
+/// after that removes its namespace instead of keeping it.
+struct Spares {
+    ready: parking_lot::Mutex<Vec<Netns>>,
+    building: std::sync::atomic::AtomicUsize,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// How many namespaces are kept ready.
+const SPARES: usize = 1;
+
+static SPARE: Spares = Spares {
+    ready: parking_lot::Mutex::new(Vec::new()),
+    building: std::sync::atomic::AtomicUsize::new(0),
+    closed: std::sync::atomic::AtomicBool::new(false),
+};
+
+/// A namespace for a new instance: a spare one if there is one, else built now. The
+/// caller calls [`keep_spare`] once its instance has started: building the next one
+/// meanwhile would compete with the start for the kernel's network locks.
+pub async fn take() -> Result<Netns, NetnsError> {
+    let spare = SPARE.ready.lock().pop();
+    match spare {
+        Some(netns) => Ok(netns),
+        None => Netns::create().await,
+    }
+}
+
+/// Starts building spare namespaces up to [`SPARES`] (in the background).
+pub fn keep_spare() {
+    use std::sync::atomic::Ordering;
+    if SPARE.closed.load(Ordering::Acquire) {
+        return;
+    }
+    let ready = SPARE.ready.lock().len();
+    let building = SPARE.building.load(Ordering::Acquire);
+    if ready + building >= SPARES {
+        return;
+    }
+    SPARE.building.fetch_add(1, Ordering::AcqRel);
+    tokio::spawn(async {
+        let built = Netns::create().await;
+        match built {
+            Ok(mut netns) => {
+                if SPARE.closed.load(Ordering::Acquire) {
+                    netns.remove().await;
+                } else {
+                    SPARE.ready.lock().push(netns);
+                }
+            }
+            Err(e) => tracing::debug!("cannot build a spare network namespace: {e}"),
+        }
+        SPARE.building.fetch_sub(1, Ordering::AcqRel);
+    });
+}
+
+/// Removes the spare namespaces and builds no more (gateway shutdown). Waits, briefly,
+/// for builds under way, so that none is left behind.
+pub async fn close_spares() {
+    use std::sync::atomic::Ordering;
+    SPARE.closed.store(true, Ordering::Release);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while SPARE.building.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let spares: Vec<Netns> = std::mem::take(&mut *SPARE.ready.lock());
+    for mut netns in spares {
+        netns.remove().await;
+    }
+}
+
 /// At gateway start: removes namespaces `scfgw-<n>` and host links `scfgw<n>` whose slot
 /// lock is free (left by a gateway that was killed), and the containers of the OCI
 /// runtime `runtime` (`runc`) whose id starts with `scfgw-<n>-` for such a slot (before

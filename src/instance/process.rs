@@ -178,6 +178,10 @@ impl From<io::Error> for StartError {
     }
 }
 
+/// The first pause of the readiness poll. A refused connect costs a few microseconds,
+/// and containers and small binaries listen within tens of milliseconds.
+const READY_POLL_MIN: Duration = Duration::from_micros(500);
+
 /// What an instance inherits from the gateway's environment: enough to find programs
 /// and keep the locale, nothing else.
 const INHERITED_ENV: [&str; 5] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ"];
@@ -495,7 +499,7 @@ impl Process {
         self.inner.exit.subscribe()
     }
 
-    /// Waits until the port accepts TCP connections, polling from 2 ms apart with
+    /// Waits until the port accepts TCP connections, polling from 0.5 ms apart with
     /// backoff (doubling, but never more than a twentieth of the time waited so far, and
     /// at most 100 ms: the delay between `listen` and readiness stays within ~5 % of the
     /// start-up time). Returns at once with [`StartError::Exited`] if the process exits
@@ -507,7 +511,7 @@ impl Process {
         let deadline = start + ready_timeout;
         let addr = self.addr();
         let mut exit = self.exit_receiver();
-        let mut interval = Duration::from_millis(2);
+        let mut interval = READY_POLL_MIN;
         loop {
             if let Some(exit) = *exit.borrow_and_update() {
                 return Err(StartError::Exited(exit));
@@ -536,7 +540,7 @@ impl Process {
             }
             let waited = Instant::now() - start;
             interval = (interval * 2)
-                .min((waited / 20).max(Duration::from_millis(2)))
+                .min((waited / 20).max(READY_POLL_MIN))
                 .min(Duration::from_millis(100));
         }
         if let Some(exit) = self.exit_now() {

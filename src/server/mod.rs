@@ -262,6 +262,7 @@ impl RunningGateway {
         for stop in stops {
             let _ = stop.await;
         }
+        crate::instance::netns::close_spares().await;
         tracing::info!(grace = ?self.grace, "scf-gateway stopped");
     }
 }

@@ -207,6 +207,33 @@ async fn a_container_sees_the_scf_environment_a_writable_tmp_and_a_read_only_roo
         "/ is read-only: {root}"
     );
 
+    // The container's stdout and stderr become the invocation's log records.
+    let printed = invoke(
+        gw.listen,
+        "envimg",
+        &[("x-test-print", "from-the-container")],
+        "{}",
+    )
+    .await;
+    assert_eq!(printed.status, StatusCode::OK);
+    let id = printed.request_id().to_owned();
+    for (text, stream) in [
+        ("from-the-container", "stdout"),
+        ("from-the-container (stderr)", "stderr"),
+    ] {
+        let line = wait_for("the container's line", PATIENCE, async || {
+            gw.records()
+                .into_iter()
+                .find(|r| r["message"] == text && r["request_id"] == id.as_str())
+        })
+        .await;
+        assert_eq!(line["stream"], stream);
+        assert_eq!(line["function"], "envimg");
+        assert!(line["instance"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("envimg-")));
+    }
+
     let headers = invoke(gw.listen, "envimg", &[("x-test-echo-headers", "1")], "{}").await;
     assert_eq!(headers.status, StatusCode::OK);
     let headers = headers.json();

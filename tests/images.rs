@@ -94,6 +94,23 @@ fn instances_of(gw: &GatewayProcess, ids: &[String]) -> HashSet<String> {
         .collect()
 }
 
+/// Asserts that every answer is 200 and waits until the START lines of their request
+/// ids name three distinct instances; returns those.
+async fn all_ok_on_three_instances(gw: &GatewayProcess, answers: &[Answer]) -> HashSet<String> {
+    let ids: Vec<String> = answers
+        .iter()
+        .map(|a| {
+            assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+            a.request_id().to_owned()
+        })
+        .collect();
+    wait_for("three instances in the START lines", PATIENCE, async || {
+        let seen = instances_of(gw, &ids);
+        (seen.len() == 3).then_some(seen)
+    })
+    .await
+}
+
 /// `n` concurrent invocations that each hold their instance for `hold_ms`.
 async fn burst(gw: &GatewayProcess, function: &str, n: usize, hold_ms: u64) -> Vec<Answer> {
     let listen = gw.listen;
@@ -133,18 +150,7 @@ async fn three_containers_of_an_image_that_binds_9000_serve_a_burst_then_sigterm
         assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
     }
     let answers = burst(&gw, "burst", 30, 100).await;
-    let ids: Vec<String> = answers
-        .iter()
-        .map(|a| {
-            assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
-            a.request_id().to_owned()
-        })
-        .collect();
-    let instances = wait_for("the START lines of the burst", PATIENCE, async || {
-        let seen = instances_of(&gw, &ids);
-        (seen.len() == 3).then_some(seen)
-    })
-    .await;
+    let instances = all_ok_on_three_instances(&gw, &answers).await;
     assert!(
         instances.iter().all(|i| i.starts_with("burst-")),
         "{instances:?}"
@@ -364,19 +370,11 @@ http.server.ThreadingHTTPServer(("0.0.0.0", 9000), H).serve_forever()
     );
     let gw = GatewayProcess::start("isolated", "", &functions);
     let answers = burst(&gw, "flaskish", 50, 0).await;
-    let ids: Vec<String> = answers
-        .iter()
-        .map(|a| {
-            assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
-            a.request_id().to_owned()
-        })
-        .collect();
-    let instances = wait_for("three instances in the START lines", PATIENCE, async || {
-        let seen = instances_of(&gw, &ids);
-        (seen.len() == 3).then_some(seen)
-    })
-    .await;
-    assert_eq!(instances.len(), 3);
+    let instances = all_ok_on_three_instances(&gw, &answers).await;
+    assert!(
+        instances.iter().all(|i| i.starts_with("flaskish-")),
+        "{instances:?}"
+    );
     gw.signal("TERM");
     assert_eq!(gw.exited().await.code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);

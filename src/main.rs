@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use scf_gateway::config::{Config, FunctionKind, InstanceSource};
+use scf_gateway::config::{Config, FunctionKind, InstanceSource, Network};
 
 /// jemalloc rather than glibc's malloc (docs/adr/0004-jemalloc.md): many idle keep-alive
 /// connections leave glibc's heap fragmented, each parked connection's few long-lived
@@ -144,8 +144,12 @@ fn print_summary(config: &Config) {
             ),
             // Only the names of `env`: its values may be secrets and are never printed.
             InstanceSource::Launch(l) => format!(
-                "launched `{}`, {}..{} instance(s) x {} slot(s){}{}",
-                l.command,
+                "launched {}, {}..{} instance(s) x {} slot(s){}{}",
+                match &l.image {
+                    Some(image) => format!("image {}", image.reference),
+                    None if l.network == Network::Isolated => format!("`{}` (isolated)", l.command),
+                    None => format!("`{}`", l.command),
+                },
                 l.min_instances,
                 l.max_instances,
                 f.instance_concurrency,

@@ -37,6 +37,7 @@ for lib in $libs; do
 done
 cp "$here/Dockerfile" "$context/Dockerfile"
 
+mkdir -p "$(dirname "$out")"
 storage=(--root "$work/storage" --runroot "$work/run" --storage-driver vfs)
 export TMPDIR=$work/tmp
 buildah "${storage[@]}" bud --quiet --tag scf-example-function "$context" >/dev/null

@@ -85,6 +85,13 @@ pub(super) fn read_launch(
     let args = read_launch_args(ctx, l);
     let env = read_launch_env(ctx, l);
     let workdir = read_workdir(ctx, l, config_dir);
+    if let (Some((key, _)), Some(_)) = (l.get("workdir"), l.get("image")) {
+        let path = l.key_path("workdir");
+        let message = format!(
+            "{path}: an image function runs in its image's WorkingDir; `workdir` is for processes"
+        );
+        ctx.error(key.span(), message);
+    }
     let network = read_network(ctx, l, l.get("image").is_some());
     if network == Network::Isolated {
         require_root(ctx, l, image.is_some());
@@ -106,7 +113,7 @@ pub(super) fn read_launch(
     let (min_instances, max_instances) = read_instance_counts(ctx, l, pinned.is_some());
 
     let tmp_mb = ctx.get_u32_opt(l, "tmp_mb", 1..=MAX_TMP_MB);
-    if let (Some(_), None, Some((key, _))) = (tmp_mb, &image, l.get("tmp_mb")) {
+    if let (Some(_), None, Some((key, _))) = (tmp_mb, l.get("image"), l.get("tmp_mb")) {
         let path = l.key_path("tmp_mb");
         ctx.error(
             key.span(),

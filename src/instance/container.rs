@@ -60,6 +60,28 @@ pub fn shared_store(dir: &Path, limits: Limits) -> Arc<Store> {
         .clone()
 }
 
+/// At gateway start, after the namespaces and containers of killed gateways were swept:
+/// removes bundles whose namespace slot nobody holds (left by such a gateway).
+pub async fn sweep_bundles() {
+    let swept = tokio::task::spawn_blocking(|| {
+        let Ok(entries) = std::fs::read_dir(BUNDLES) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let slot = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("scfgw-"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|n| n.parse::<u32>().ok());
+            if slot.is_some_and(super::netns::slot_is_free) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    });
+    let _ = swept.await;
+}
+
 /// A container the runtime knows about: deleted (with its bundle) once its processes
 /// are gone.
 #[derive(Debug)]

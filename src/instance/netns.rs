@@ -456,6 +456,12 @@ impl Drop for Removal {
     }
 }
 
+/// Whether nobody holds slot `n`: then whatever bears its number is a leftover. (The
+/// lock is taken and released at once.)
+pub fn slot_is_free(n: u32) -> bool {
+    n < SLOTS && matches!(Slot::new(n).try_lock(), Ok(Some(_)))
+}
+
 /// Namespaces built ahead of need, so that a cold start does not wait for one.
 ///
 /// Once [`keep_spare`] was called (at start, by a gateway with isolated functions, and

@@ -137,6 +137,9 @@ impl RunningGateway {
                     "removed {swept} namespaces and containers left by a stopped gateway"
                 );
             }
+            crate::instance::container::sweep_bundles().await;
+            // The first cold start then finds its namespace built.
+            crate::instance::netns::keep_spare();
         }
         let gateway = Arc::new(Gateway::new(config));
         for function in gateway.functions() {

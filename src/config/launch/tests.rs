@@ -416,6 +416,11 @@ fn registry_images_are_not_supported_yet() {
         "{}",
         e.message
     );
+    // An unusable image is one error, not one more per image-only key.
+    let e = one_error(&format!(
+        "{IMAGE_FN}image = \"registry.example.com/app:1\"\ntmp_mb = 64\n"
+    ));
+    assert!(e.message.contains("registry images"), "{}", e.message);
     let e = one_error("[images]\n[[images.registries]]\nhost = \"r:5000\"\n");
     assert!(e.message.contains("not supported yet"), "{}", e.message);
 }
@@ -442,6 +447,13 @@ fn a_missing_layout_is_a_config_error_naming_the_image() {
 
 #[test]
 fn image_only_keys_and_network_values_are_checked() {
+    let all = errors(&format!("{IMAGE_FN}image = \"x/y:1\"\nworkdir = \".\"\n"));
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert!(
+        all[1].message.contains("`workdir` is for processes"),
+        "{}",
+        all[1].message
+    );
     let e = one_error(&format!("{LAUNCH}tmp_mb = 64\n"));
     assert!(e.message.contains("only image functions"), "{}", e.message);
     let e = one_error(&format!("{LAUNCH}network = \"bridge\"\n"));

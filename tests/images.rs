@@ -427,3 +427,47 @@ fn unusable_images_are_config_errors_at_check_time() {
     }
     let _ = Path::new(&config);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_container_is_replaced_and_an_idle_one_removed() {
+    if !can_run_containers() {
+        return;
+    }
+    let functions = image_function(
+        "slowimg",
+        "timeout = \"500ms\"",
+        "max_instances = 1\nidle_timeout = \"1s\"",
+    );
+    let gw = gateway_with_image("img-slow", "", &functions);
+    let first = invoke(gw.listen, "slowimg", &[], "{}").await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    let before = containers_of("slowimg");
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    // A timeout recycles the container: the next invocation runs in a new one.
+    let answer = invoke(gw.listen, "slowimg", &[("x-test-sleep-ms", "5000")], "{}").await;
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(answer.error_code(), 433);
+    wait_for(
+        "the timed-out container to be deleted",
+        PATIENCE,
+        async || (!containers_of("slowimg").contains(&before[0])).then_some(()),
+    )
+    .await;
+    let next = invoke(gw.listen, "slowimg", &[], "{}").await;
+    assert_eq!(next.status, StatusCode::OK, "{:?}", next.body);
+    let after = containers_of("slowimg");
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after, before);
+
+    // Idle past `idle_timeout`: stopped, and its container and namespace go with it.
+    let namespace = netns_of(&after[0]);
+    wait_for("the idle container to be removed", PATIENCE, async || {
+        containers_of("slowimg").is_empty().then_some(())
+    })
+    .await;
+    wait_until("its namespace to be removed", PATIENCE, async || {
+        !netns_exists(&namespace)
+    })
+    .await;
+}

@@ -3,7 +3,7 @@
 //!
 //! A start is: the image unpacked in the store (once per digest, shared by every
 //! instance of every function that uses it), a memory cgroup of the gateway's own, a
-//! namespace with its link ([`Netns`]), a runtime bundle holding nothing but
+//! namespace with its link ([`Netns`](super::netns::Netns)), a runtime bundle holding nothing but
 //! `config.json` (the root filesystem is the store's, mounted read-only), then
 //! `runc run --detach`. The container's first process is a session leader and, once
 //! `runc` has exited, a child of the gateway (which is a child subreaper): from there on

@@ -493,7 +493,7 @@ pub async fn take() -> Result<Netns, NetnsError> {
     }
 }
 
-/// Starts building spare namespaces up to [`SPARES`] (in the background).
+/// Starts building spare namespaces, up to the one kept, in the background.
 pub fn keep_spare() {
     use std::sync::atomic::Ordering;
     if SPARE.closed.load(Ordering::Acquire) {

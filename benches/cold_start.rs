@@ -6,7 +6,6 @@
 //! `cargo bench --bench cold_start` (builds the release example function if needed).
 //! 20 cold starts by default (`COLD_STARTS=n` to change); prints median, p90, max.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -17,23 +16,8 @@ use hyper_util::rt::TokioIo;
 use scf_gateway::config::parse;
 use scf_gateway::RunningGateway;
 
-fn example_function() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let path = target.join("release/examples/function");
-    // Always ask cargo: a stale binary would lack the switch this bench needs.
-    {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--release", "--example", "function"])
-            .current_dir(&root)
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the example function failed");
-    }
-    path
-}
+mod common;
+use common::example_function;
 
 async fn invoke(addr: std::net::SocketAddr) -> (u16, Option<u64>) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();

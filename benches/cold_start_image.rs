@@ -13,7 +13,7 @@
 //!   socket is listening (read from `/proc/<pid>/net/tcp`), then `runc delete`;
 //! - **gateway, process**: a cold invocation of the same binary as a host process.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,20 +28,9 @@ use tokio::time::Instant;
 #[path = "../tests/common/image.rs"]
 mod image;
 
-/// The binary the image fixture packs.
-fn example_function() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--release", "--example", "function"])
-        .current_dir(&root)
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the example function failed");
-    target.join("release/examples/function")
-}
+mod common;
+/// The binary the image fixture packs (the fixture calls it at the crate root).
+use common::example_function;
 
 async fn invoke(addr: std::net::SocketAddr, function: &str) -> u16 {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -150,18 +150,7 @@ fn read_oci(
 
     let total: u64 = manifest.layers().iter().map(|l| l.size()).sum();
     check_size(image, total, limits)?;
-    let diff_ids = config.rootfs().diff_ids();
-    if diff_ids.len() != manifest.layers().len() {
-        return Err(invalid(
-            image,
-            "config",
-            format!(
-                "it lists {} layer digests for {} layers",
-                diff_ids.len(),
-                manifest.layers().len()
-            ),
-        ));
-    }
+    let diff_ids = diff_ids(image, &config, manifest.layers().len())?;
     let mut layers = Vec::with_capacity(diff_ids.len());
     for (d, diff_id) in manifest.layers().iter().zip(diff_ids) {
         let path = blob_path(image, dir, d)?;
@@ -300,6 +289,26 @@ fn parse_config(image: &str, bytes: &[u8]) -> Result<ImageConfiguration, ImageEr
     Ok(config)
 }
 
+/// The config's uncompressed layer digests, one per layer of the image.
+fn diff_ids<'c>(
+    image: &str,
+    config: &'c ImageConfiguration,
+    layers: usize,
+) -> Result<&'c [String], ImageError> {
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != layers {
+        return Err(invalid(
+            image,
+            "config",
+            format!(
+                "it lists {} layer digests for {layers} layers",
+                diff_ids.len()
+            ),
+        ));
+    }
+    Ok(diff_ids)
+}
+
 fn check_size(image: &str, total: u64, limits: &Limits) -> Result<(), ImageError> {
     if total > limits.max_image_bytes {
         return Err(ImageError::TooLarge {
@@ -378,18 +387,7 @@ fn read_docker_archive(
     let config_digest = sha256_digest(&config_bytes);
     let config = parse_config(image, &config_bytes)?;
 
-    let diff_ids = config.rootfs().diff_ids();
-    if diff_ids.len() != entry.layers.len() {
-        return Err(invalid(
-            image,
-            "config",
-            format!(
-                "it lists {} layer digests for {} layers",
-                diff_ids.len(),
-                entry.layers.len()
-            ),
-        ));
-    }
+    let diff_ids = diff_ids(image, &config, entry.layers.len())?;
     let mut layers = Vec::with_capacity(entry.layers.len());
     for (name, diff_id) in entry.layers.iter().zip(diff_ids) {
         layers.push(Layer {

@@ -153,10 +153,6 @@ pub async fn start(
     let cgroups_path = cgroup.as_ref().and_then(|c| relative_cgroup_path(c.path()));
     let bundle = Path::new(BUNDLES).join(&id);
     let addr = SocketAddr::V4(SocketAddrV4::new(netns.instance_addr(), port));
-    let held = Held {
-        netns: Some(netns),
-        container: None,
-    };
 
     let config = bundle_spec(
         spec,
@@ -164,21 +160,20 @@ pub async fn start(
         &prepared,
         name,
         port,
-        held.netns_path(),
+        netns.path(),
         cgroups_path,
     )
     .map_err(StartError::Spawn)?;
     write_bundle(&bundle, &config)
         .await
         .map_err(|e| StartError::Spawn(format!("cannot write its bundle: {e}")))?;
-    let container = Container {
-        runtime: runtime.to_string(),
-        id: id.clone(),
-        bundle: bundle.clone(),
-    };
     let held = Held {
-        container: Some(container),
-        ..held
+        netns: Some(netns),
+        container: Some(Container {
+            runtime: runtime.to_string(),
+            id: id.clone(),
+            bundle: bundle.clone(),
+        }),
     };
 
     // The container's first process is reparented to the gateway when runc exits:
@@ -339,7 +334,7 @@ fn bundle_spec(
     prepared: &PreparedImage,
     name: &str,
     port: u16,
-    netns: Option<PathBuf>,
+    netns: PathBuf,
     cgroups_path: Option<PathBuf>,
 ) -> Result<Spec, String> {
     let args = process_args(image, &prepared.config);
@@ -408,7 +403,7 @@ fn bundle_spec(
     let mut namespaces = oci_spec::runtime::get_default_namespaces();
     for namespace in &mut namespaces {
         if namespace.typ() == oci_spec::runtime::LinuxNamespaceType::Network {
-            namespace.set_path(netns.clone());
+            namespace.set_path(Some(netns.clone()));
         }
     }
     let mut linux = LinuxBuilder::default()

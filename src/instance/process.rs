@@ -223,11 +223,6 @@ pub struct Held {
 }
 
 impl Held {
-    /// The namespace file the instance joins, if it has a namespace.
-    pub fn netns_path(&self) -> Option<PathBuf> {
-        self.netns.as_ref().map(Netns::path)
-    }
-
     /// Deletes the container, removes the cgroup (after the container: the runtime
     /// removes its own cgroups on delete) and then the namespace.
     pub async fn release(mut self, cgroup: Option<&Cgroup>) {

@@ -1,8 +1,9 @@
 //! A function as the request path sees it: its pool, its prebuilt stamp, its metrics,
 //! and the few settings every invocation reads, laid out for that path.
 //!
-//! Built once from the validated config; shared (`Arc`) by every invocation of the
-//! function, so nothing here is per request.
+//! Built from the validated config, anew at each reload; shared (`Arc`) by every
+//! invocation of the function, so nothing here is per request. A reload that leaves a
+//! function's instances as they were hands the new `Function` the old one's pool.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,18 +36,30 @@ pub struct Function {
 }
 
 impl Function {
+    /// `pool`: the pool to keep (a reload that left the function's instances as they
+    /// were); `None` makes a new one, which is started by the caller.
     pub(crate) fn new(
         config: &Config,
         f: &FunctionConfig,
         registry: &Registry,
         upstreams: &Upstreams,
         stamps: &mut StampValues,
+        pool: Option<Arc<Pool>>,
     ) -> Function {
         let metrics = registry.function(&f.name, &f.namespace);
-        let launcher = match &f.source {
-            InstanceSource::Launch(launch) => Some(Arc::new(Launcher::new(config, f, launch))),
-            InstanceSource::Static(_) => None,
-        };
+        let pool = pool.unwrap_or_else(|| {
+            let launcher = match &f.source {
+                InstanceSource::Launch(launch) => Some(Arc::new(Launcher::new(config, f, launch))),
+                InstanceSource::Static(_) => None,
+            };
+            Pool::new(
+                f,
+                config.server.upstream_idle_timeout,
+                metrics.clone(),
+                launcher,
+                upstreams,
+            )
+        });
         Function {
             memory_mb: f.memory_mb,
             name: f.name.clone(),
@@ -59,13 +72,7 @@ impl Function {
                 FunctionKind::Http => u64::MAX,
             },
             stamp: Stamp::shared(config, f, stamps),
-            pool: Pool::new(
-                f,
-                config.server.upstream_idle_timeout,
-                metrics.clone(),
-                launcher,
-                upstreams,
-            ),
+            pool,
             metrics,
         }
     }

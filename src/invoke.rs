@@ -55,7 +55,9 @@ const EVENT_INVOKE: &str = "/event-invoke";
 /// How long a refused body may take to drain before the answer is sent anyway.
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
-/// The gateway's request handling state, shared by every connection.
+/// The gateway's request handling state for one config, shared by every connection.
+/// A reload builds the next one and swaps it in (see [`crate::reload`]); a request
+/// keeps the one it started with.
 pub struct Gateway {
     router: Router,
     functions: Box<[Arc<Function>]>,
@@ -68,30 +70,94 @@ pub struct Gateway {
     registry: Registry,
     /// `/event-invoke`, parsed once (`Uri::from_static` parses on every call).
     event_uri: Uri,
+    /// The config it was built from: what the next reload compares with.
+    config: Arc<Config>,
+    /// Static instances at the same address share their keep-alive connections, across
+    /// functions and across reloads.
+    upstreams: Arc<Upstreams>,
+    /// Dropped with the gateway, which tells a reload that no request still runs on it.
+    _in_use: oneshot::Sender<()>,
+}
+
+/// A gateway built for a config, with what changed from the one before it.
+pub struct Built {
+    pub gateway: Gateway,
+    /// Resolves (with an error) once the gateway is dropped.
+    pub unused: oneshot::Receiver<()>,
+    /// Pools made for this config: started by the caller before the gateway serves.
+    pub new_pools: Vec<Arc<Pool>>,
+    /// The previous gateway's pools this one does not keep: drained, then closed.
+    pub retired_pools: Vec<Arc<Pool>>,
 }
 
 impl Gateway {
     /// Builds the gateway from a validated config. Pools are not started yet.
     pub fn new(config: &Config) -> Gateway {
-        let registry = Registry::new();
-        // Static instances at the same address share their keep-alive connections.
-        let upstreams = Upstreams::default();
+        Gateway::build(Arc::new(config.clone()), None).gateway
+    }
+
+    /// Builds the gateway for `config`. With the `previous` gateway, every function
+    /// whose instances stay as they were (see [`crate::reload::keeps_instances`]) keeps
+    /// its pool, and so its instances and warm connections; the metrics carry on.
+    pub fn build(config: Arc<Config>, previous: Option<&Gateway>) -> Built {
+        let registry = previous.map_or_else(Registry::new, |p| p.registry.clone());
+        let upstreams = previous.map_or_else(Arc::default, |p| p.upstreams.clone());
         // Equal stamp values are built once and shared by every function.
         let mut stamps = StampValues::default();
+        let mut kept = vec![false; previous.map_or(0, |p| p.functions.len())];
+        let mut new_pools = Vec::new();
         let functions = config
             .functions
             .iter()
-            .map(|f| Arc::new(Function::new(config, f, &registry, &upstreams, &mut stamps)))
+            .map(|f| {
+                let reused = previous.and_then(|p| {
+                    let i = p.config.functions.iter().position(|old| {
+                        crate::reload::keeps_instances(&p.config, old, &config, f)
+                    })?;
+                    kept[i] = true;
+                    Some(p.functions[i].pool().clone())
+                });
+                let fresh = reused.is_none();
+                let function =
+                    Function::new(&config, f, &registry, &upstreams, &mut stamps, reused);
+                if fresh {
+                    new_pools.push(function.pool().clone());
+                }
+                Arc::new(function)
+            })
             .collect();
-        Gateway {
-            router: Router::new(config),
+        let retired_pools = previous.map_or_else(Vec::new, |p| {
+            p.functions
+                .iter()
+                .zip(&kept)
+                .filter(|(_, kept)| !**kept)
+                .map(|(f, _)| f.pool().clone())
+                .collect()
+        });
+        let (in_use, unused) = oneshot::channel();
+        let gateway = Gateway {
+            router: Router::new(&config),
             functions,
             max_body_bytes: config.server.max_body_bytes,
             access_log: config.server.access_log,
             body_wait: config.server.header_read_timeout,
             registry,
             event_uri: Uri::from_static(EVENT_INVOKE),
+            upstreams,
+            config,
+            _in_use: in_use,
+        };
+        Built {
+            gateway,
+            unused,
+            new_pools,
+            retired_pools,
         }
+    }
+
+    /// The config this gateway serves.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
     }
 
     pub fn functions(&self) -> &[Arc<Function>] {

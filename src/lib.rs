@@ -36,6 +36,7 @@ pub mod invocation;
 pub mod invoke;
 pub mod metrics;
 pub mod pool;
+pub mod reload;
 pub mod routing;
 pub mod server;
 #[allow(unsafe_code)]

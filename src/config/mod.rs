@@ -88,7 +88,7 @@ pub struct ServerConfig {
 }
 
 /// `[images]`: where image functions' images are unpacked and what runs them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ImagesConfig {
     /// Unpacked images, by digest. Absolute; default `data/images` beside the config.
     pub store: PathBuf,
@@ -99,7 +99,7 @@ pub struct ImagesConfig {
 }
 
 /// `[platform]`: identity stamped into `X-Scf-*` headers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlatformConfig {
     pub region: String,
     pub appid: String,
@@ -169,7 +169,7 @@ pub struct FunctionConfig {
 
 /// Where a function's instances come from. A pool receives instances from a source:
 /// a static list, or processes the gateway launches itself.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum InstanceSource {
     /// `instances = [...]`: already running somewhere (sidecar mode).
     Static(Vec<StaticInstance>),
@@ -178,7 +178,7 @@ pub enum InstanceSource {
 }
 
 /// `[functions.launch]`: how to start one instance of a function, and how many.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LaunchConfig {
     /// The program, looked up in `PATH` like a shell would. Empty for an image
     /// function (its override is [`ImageLaunch::command`]).
@@ -218,7 +218,7 @@ pub enum Network {
 }
 
 /// The image part of an image function's `[functions.launch]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ImageLaunch {
     /// The image, with relative paths already resolved against the config's directory.
     pub reference: crate::image::ImageRef,

@@ -401,6 +401,11 @@ impl Upstream {
         !self.adopted.swap(true, Ordering::AcqRel)
     }
 
+    /// Undoes [`Upstream::adopt`] when the adopting pool closes.
+    pub(super) fn disown(&self) {
+        self.adopted.store(false, Ordering::Release);
+    }
+
     /// Makes the calling keeper the tender, unless another one is.
     fn claim(self: &Arc<Self>) -> Option<Tending> {
         self.tended

@@ -182,6 +182,16 @@ impl Pool {
     /// and the `min_instances`. Needs a Tokio runtime.
     pub fn start(self: &Arc<Self>) {
         let _ = self.home.set(Handle::current());
+        self.adopt_keepers();
+        if self.launcher.is_some() {
+            let task = self.spawn(scale::supervise(self.clone()));
+            self.tasks.lock().push(task.abort_handle());
+        }
+    }
+
+    /// Starts a keeper for each static instance whose address no pool keeps. Called at
+    /// start, and again when a reload retired the pool that kept one of them.
+    pub fn adopt_keepers(self: &Arc<Self>) {
         let adopted: Vec<usize> = {
             let state = self.state.lock();
             (0..state.entries.len())
@@ -197,10 +207,6 @@ impl Pool {
         };
         for index in adopted {
             self.spawn_keeper(index);
-        }
-        if self.launcher.is_some() {
-            let task = self.spawn(scale::supervise(self.clone()));
-            self.tasks.lock().push(task.abort_handle());
         }
     }
 
@@ -259,7 +265,13 @@ impl Pool {
                 .entries
                 .drain(..)
                 .flatten()
-                .map(|e| e.instance)
+                .map(|e| {
+                    if e.keeper {
+                        // Its keeper is gone: another pool at the address may adopt it.
+                        e.upstream.disown();
+                    }
+                    e.instance
+                })
                 .collect()
         };
         let mut stops = Vec::new();
@@ -307,6 +319,20 @@ impl Pool {
                 .as_ref()
                 .map_or(0, |l| l.policy().max_instances as usize),
         ) + 1
+    }
+
+    /// Publishes the instance and queue gauges again: after a retired pool of the same
+    /// function (whose gauges these are too) was closed.
+    pub fn republish(&self) {
+        let state = self.state.lock();
+        self.publish_instances(&state);
+        self.metrics.set_queue_depth(state.waiters.len());
+    }
+
+    /// No invocation holds a slot or waits for one: a retired pool can be closed.
+    pub fn is_idle(&self) -> bool {
+        let state = self.state.lock();
+        state.waiters.is_empty() && state.entries.iter().flatten().all(|e| e.inflight == 0)
     }
 
     /// Ready for traffic: a launched function with `min_instances > 0` has an instance up.

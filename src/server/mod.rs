@@ -22,8 +22,9 @@ use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::admin;
-use crate::config::Config;
+use crate::config::{Config, ConfigErrors};
 use crate::invoke::Gateway;
+use crate::reload::{Current, Reloaded, Reloader};
 use crate::worker;
 
 mod accept;
@@ -84,7 +85,7 @@ const INSTANCE_STOP_GRACE: Duration = Duration::from_secs(3);
 pub struct RunningGateway {
     listen_addr: SocketAddr,
     admin_addr: SocketAddr,
-    gateway: Arc<Gateway>,
+    reloader: Arc<Reloader>,
     ready: Arc<AtomicBool>,
     grace: Duration,
     stop_invocations: watch::Sender<bool>,
@@ -141,10 +142,13 @@ impl RunningGateway {
             // The first cold start then finds its namespace built.
             crate::instance::netns::keep_spare();
         }
-        let gateway = Arc::new(Gateway::new(config));
-        for function in gateway.functions() {
-            function.pool().start();
+        let built = Gateway::build(Arc::new(config.clone()), None);
+        for pool in &built.new_pools {
+            pool.start();
         }
+        let reloader = Arc::new(Reloader::new(config, built));
+        let current = reloader.current().clone();
+        let gateway = current.load_full();
         let ready = Arc::new(AtomicBool::new(false));
         let grace = config.server.shutdown_grace;
 
@@ -164,8 +168,8 @@ impl RunningGateway {
             // A second descriptor of the same socket, not a second socket: a second
             // gateway on the port still fails to bind.
             let shared = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
-            let (stop, gateway) = (stop.clone(), gateway.clone());
-            match Worker::spawn(index, shared, stop, grace, timers, drain(index), gateway).await {
+            let (stop, current) = (stop.clone(), current.clone());
+            match Worker::spawn(index, shared, stop, grace, timers, drain(index), current).await {
                 Ok(w) => workers.push(w),
                 Err(e) => {
                     let _ = stop_invocations.send(true);
@@ -173,7 +177,7 @@ impl RunningGateway {
                 }
             }
         }
-        let gw = gateway.clone();
+        let served = current.clone();
         let invocations = tokio::spawn(serve(
             listener,
             stop,
@@ -182,18 +186,14 @@ impl RunningGateway {
             drain(0),
             gateway.registry().worker_connections(0),
             // The handler's own future, not one wrapping it: hyper keeps and moves it.
-            move |req, peer| gw.clone().handle(req, peer),
+            move |req, peer| served.load_full().handle(req, peer),
         ));
 
         let (stop_admin, stop) = watch::channel(false);
         let state = admin::AdminState {
             registry: gateway.registry().clone(),
             ready: ready.clone(),
-            pools: gateway
-                .functions()
-                .iter()
-                .map(|f| f.pool().clone())
-                .collect(),
+            reloader: reloader.clone(),
         };
         let admin = tokio::spawn(serve(
             admin_listener,
@@ -204,7 +204,7 @@ impl RunningGateway {
             crate::metrics::Counter::noop(),
             move |req, _| {
                 let state = state.clone();
-                async move { admin::handle(&state, req) }
+                async move { admin::handle(&state, req).await }
             },
         ));
 
@@ -212,10 +212,11 @@ impl RunningGateway {
 
         ready.store(true, Ordering::Release);
         tracing::info!(%listen_addr, %admin_addr, functions = config.functions.len(), "scf-gateway ready");
+        drop(gateway);
         Ok(RunningGateway {
             listen_addr,
             admin_addr,
-            gateway,
+            reloader,
             ready,
             grace,
             stop_invocations,
@@ -235,8 +236,23 @@ impl RunningGateway {
         self.admin_addr
     }
 
-    pub fn gateway(&self) -> &Arc<Gateway> {
-        &self.gateway
+    /// The gateway serving new invocations now.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.reloader.current().load_full()
+    }
+
+    /// Reads the config file again and applies it (what `SIGHUP` does).
+    pub async fn reload(&self) -> Result<Reloaded, ConfigErrors> {
+        self.reloader.reload().await
+    }
+
+    /// Applies an already validated config, as a reload would.
+    pub async fn apply(&self, config: Config) -> Reloaded {
+        self.reloader.apply(config).await
+    }
+
+    pub(crate) fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
     }
 
     /// Stops accepting, lets in-flight invocations finish within `shutdown_grace` on
@@ -253,8 +269,11 @@ impl RunningGateway {
         let _ = self.stop_admin.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(1), self.admin).await;
         self.upkeep.abort();
+        self.reloader.close_retiring().await;
         let stops: Vec<_> = self
-            .gateway
+            .reloader
+            .current()
+            .load()
             .functions()
             .iter()
             .map(|f| {
@@ -282,11 +301,11 @@ impl Worker {
         grace: Duration,
         timers: ClientTimers,
         drain: Arc<Drain>,
-        gateway: Arc<Gateway>,
+        current: Current,
     ) -> io::Result<Worker> {
         let (started, accepting) = oneshot::channel::<io::Result<()>>();
         let (finished, done) = oneshot::channel::<()>();
-        let accepted = gateway.registry().worker_connections(index);
+        let accepted = current.load().registry().worker_connections(index);
         let thread = std::thread::Builder::new()
             .name(format!("scf-worker-{index}"))
             .spawn(move || {
@@ -322,7 +341,7 @@ impl Worker {
                         timers,
                         drain,
                         accepted,
-                        move |req, peer| gateway.clone().handle(req, peer),
+                        move |req, peer| current.load_full().handle(req, peer),
                     )
                     .await;
                 });
@@ -354,24 +373,28 @@ pub fn run(config: Config) -> io::Result<()> {
     worker::set(0);
     runtime.block_on(async {
         let running = RunningGateway::start(&config).await?;
-        wait_for_signal().await?;
+        wait_for_signal(running.reloader()).await?;
         tracing::info!("signal received; draining in-flight invocations");
         running.shutdown().await;
         Ok(())
     })
 }
 
-async fn wait_for_signal() -> io::Result<()> {
+/// Waits for SIGTERM or SIGINT; reloads the config on each SIGHUP meanwhile (an
+/// invalid file is logged and changes nothing).
+async fn wait_for_signal(reloader: &Reloader) -> io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    // Until reload exists, SIGHUP must not kill the daemon (its default action).
     let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => tracing::warn!("SIGHUP received: reloading the config is not supported yet; ignored"),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading the config");
+                let _ = reloader.reload().await;
+            }
         }
     }
 }

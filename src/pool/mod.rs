@@ -261,6 +261,8 @@ impl Pool {
             state.waiters.clear();
             state.up_count = 0;
             state.live = 0;
+            self.publish_instances(&state);
+            self.metrics.set_queue_depth(0);
             state
                 .entries
                 .drain(..)

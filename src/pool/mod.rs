@@ -60,6 +60,9 @@ pub struct Pool {
     tasks: Mutex<Vec<AbortHandle>>,
     /// Wakes this pool's keepers when an instance goes out of rotation.
     changed: Notify,
+    /// Set by [`Pool::close`]: an instance whose start was under way is stopped as
+    /// soon as it is up instead of joining the pool.
+    closed: std::sync::atomic::AtomicBool,
     /// The runtime of [`Pool::start`] (the first worker's): keepers, starts and
     /// launched processes run there, whichever worker's invocation asked for them, so
     /// they outlive the other workers and the shutdown finds them in one place.
@@ -170,6 +173,7 @@ impl Pool {
             }),
             tasks: Mutex::new(Vec::new()),
             changed: Notify::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
             home: OnceLock::new(),
         });
         pool.publish_instances(&pool.state.lock());
@@ -253,6 +257,8 @@ impl Pool {
 
     /// Stops the background tasks and, for launched functions, every instance.
     pub async fn close(&self, grace: Duration) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         for task in self.tasks.lock().drain(..) {
             task.abort();
         }
@@ -284,6 +290,10 @@ impl Pool {
         for stop in stops {
             let _ = stop.await;
         }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn function(&self) -> &str {

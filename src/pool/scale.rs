@@ -89,12 +89,19 @@ async fn start_one(pool: Arc<Pool>) {
             let index = {
                 let mut state = pool.state.lock();
                 state.launch.starting -= 1;
-                state.launch.failures = 0;
-                state.launch.backoff_until = None;
-                state.launch.last_error = None;
-                let index = state.insert(instance.clone());
-                pool.publish_instances(&state);
-                index
+                // Closed while it started (a reload retired the pool, or shutdown).
+                (!pool.is_closed()).then(|| {
+                    state.launch.failures = 0;
+                    state.launch.backoff_until = None;
+                    state.launch.last_error = None;
+                    let index = state.insert(instance.clone());
+                    pool.publish_instances(&state);
+                    index
+                })
+            };
+            let Some(index) = index else {
+                instance.stop(STOP_GRACE).await;
+                return;
             };
             let took = began.elapsed();
             pool.metrics.cold_start(took);

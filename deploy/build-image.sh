@@ -69,6 +69,11 @@ for rootfs in "$work/runtime" "$work/builder"; do
     "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/usr/share/doc/* \
     "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/*
 done
+# The builder trusts what the host trusts: its CA bundle replaces Debian's, so cargo
+# reaches crates.io through a TLS-inspecting proxy that the host's bundle knows.
+if [[ -f /etc/ssl/certs/ca-certificates.crt ]]; then
+  cp /etc/ssl/certs/ca-certificates.crt "$work/builder/etc/ssl/certs/ca-certificates.crt"
+fi
 # rustc finds its standard library relative to its own binary, so /usr/local/bin/rustc
 # with /usr/local/lib/rustlib is a complete toolchain.
 cp -a "$sysroot/bin" "$sysroot/lib" "$sysroot/libexec" "$work/builder/usr/local/"

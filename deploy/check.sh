@@ -28,7 +28,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 cd "$root"
 
-K8S_VERSIONS=(${K8S_VERSIONS:-1.28 1.37})
+read -r -a K8S_VERSIONS <<<"${K8S_VERSIONS:-1.28 1.37}"
 SECURITY_THRESHOLD=${SECURITY_THRESHOLD:-20}
 IMAGE_TIMEOUT=${IMAGE_TIMEOUT:-900}
 
@@ -144,6 +144,7 @@ EOF
 # the check is about the file, not about this machine's DNS.
 check_config() {
   local file=$1 vars=() name hosts
+  # shellcheck disable=SC2016 # a literal ${NAME}
   for name in $(grep -o '\${[A-Za-z_][A-Za-z0-9_]*}' "$file" | sort -u | tr -d '${}'); do
     vars+=("$name=check-dummy-value")
   done
@@ -156,6 +157,7 @@ check_config() {
     cp /etc/hosts "$work/hosts"
     printf '127.0.0.1 %s\n' "${hosts[@]}" >>"$work/hosts"
     echo "(${hosts[*]} resolved to 127.0.0.1 for the check)"
+    # shellcheck disable=SC2016 # expanded by the inner shell
     env "${vars[@]}" unshare --mount --propagation private \
       sh -c 'mount --bind "$1" /etc/hosts && shift && exec "$@"' sh "$work/hosts" \
       "$gateway" check --config "$file"
@@ -205,7 +207,7 @@ EOF
 
 # The gateway inside the image, run by buildah (chroot isolation, the host's network).
 image_run() {
-  local archive=$1 storage ctr port admin pid status=0 i
+  local archive=$1 storage ctr port admin pid status=0 _
   storage=(--root "$work/run-storage" --runroot "$work/run-run" --storage-driver vfs)
   ctr=$(buildah "${storage[@]}" from --quiet "oci-archive:$archive") || return 1
   run() { buildah "${storage[@]}" run --isolation chroot --network host "$@"; }
@@ -227,14 +229,14 @@ print(*[x.getsockname()[1] for x in s])')
     -v "$work/image-run:/cfg:ro" "$ctr" -- scf-gateway run --config /cfg/gateway.toml \
     >"$work/image-run.log" 2>&1 &
   pid=$!
-  for i in $(seq 1 50); do
+  for _ in $(seq 1 50); do
     curl -fsS "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break
     sleep 0.2
   done
   curl -fsS -o /dev/null -w 'GET /healthz: %{http_code}\n' "http://127.0.0.1:$admin/healthz" || status=1
   curl -fsS -o /dev/null -w 'GET /readyz: %{http_code}\n' "http://127.0.0.1:$admin/readyz" || status=1
   kill -TERM -- "-$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do
+  for _ in $(seq 1 50); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.2
   done

@@ -19,6 +19,7 @@
 #   from deploy/Dockerfile (deploy/build-image.sh, bounded by IMAGE_TIMEOUT seconds), its
 #   config is checked (user, entrypoint, command, ports), and the gateway in it runs:
 #   --version, `check` of its bundled config, and `run` answering /healthz and /readyz.
+#   IMAGE_ARCHIVE=FILE checks an image built before (an OCI archive) instead.
 #
 # The gateway binary: $SCF_GATEWAY, else `cargo build --bin scf-gateway` (debug).
 # Exits non-zero if any check failed; every check runs.
@@ -207,7 +208,7 @@ EOF
 
 # The gateway inside the image, run by buildah (chroot isolation, the host's network).
 image_run() {
-  local archive=$1 storage ctr port admin pid status=0 _
+  local archive=$1 storage ctr port admin fport fpid pid status=0 _
   storage=(--root "$work/run-storage" --runroot "$work/run-run" --storage-driver vfs)
   ctr=$(buildah "${storage[@]}" from --quiet "oci-archive:$archive") || return 1
   run() { buildah "${storage[@]}" run --isolation chroot --network host "$@"; }
@@ -215,14 +216,23 @@ image_run() {
   [[ $(run "$ctr" -- id -u) == 10001 ]] || status=1
   run "$ctr" -- scf-gateway --version || status=1
   run "$ctr" -- scf-gateway check --config /etc/scf-gateway/gateway.toml || status=1
-  # A run on free loopback ports: /healthz and /readyz answer, SIGTERM ends it.
-  read -r port admin < <(python3 -c 'import socket
-s=[socket.socket() for _ in range(2)]
+  # A run of the bundled config on free loopback ports, in front of the example
+  # function (python3 on the host, as the function container would be): /healthz and
+  # /readyz answer, an invocation reaches the function, SIGTERM ends the gateway.
+  read -r port admin fport < <(python3 -c 'import socket
+s=[socket.socket() for _ in range(3)]
 [x.bind(("127.0.0.1",0)) for x in s]
 print(*[x.getsockname()[1] for x in s])')
+  PORT=$fport python3 examples/functions/hello/app.py >"$work/function.log" 2>&1 &
+  fpid=$!
+  for _ in $(seq 1 50); do
+    curl -s -o /dev/null "http://127.0.0.1:$fport/" && break
+    sleep 0.2
+  done
   mkdir -p "$work/image-run"
   sed -e "s/^listen = .*/listen = \"127.0.0.1:$port\"/" \
     -e "s/^admin_listen = .*/admin_listen = \"127.0.0.1:$admin\"/" \
+    -e "s/^instances = .*/instances = [\"127.0.0.1:$fport\"]/" \
     deploy/gateway.toml >"$work/image-run/gateway.toml"
   chmod -R a+rX "$work/image-run"
   setsid buildah "${storage[@]}" run --isolation chroot --network host \
@@ -235,6 +245,9 @@ print(*[x.getsockname()[1] for x in s])')
   done
   curl -fsS -o /dev/null -w 'GET /healthz: %{http_code}\n' "http://127.0.0.1:$admin/healthz" || status=1
   curl -fsS -o /dev/null -w 'GET /readyz: %{http_code}\n' "http://127.0.0.1:$admin/readyz" || status=1
+  curl -fsS -o /dev/null -w 'POST /v1/functions/function/invocations: %{http_code}\n' \
+    -H 'Content-Type: application/json' \
+    -d '{"name":"image"}' "http://127.0.0.1:$port/v1/functions/function/invocations" || status=1
   kill -TERM -- "-$pid" 2>/dev/null || true
   for _ in $(seq 1 50); do
     kill -0 "$pid" 2>/dev/null || break
@@ -246,6 +259,8 @@ print(*[x.getsockname()[1] for x in s])')
     status=1
   fi
   wait "$pid" 2>/dev/null || true
+  kill "$fpid" 2>/dev/null || true
+  wait "$fpid" 2>/dev/null || true
   ((status == 0)) || cat "$work/image-run.log"
   buildah "${storage[@]}" rm "$ctr" >/dev/null 2>&1 || true
   buildah "${storage[@]}" rmi --all >/dev/null 2>&1 || true
@@ -254,6 +269,12 @@ print(*[x.getsockname()[1] for x in s])')
 
 image_build() {
   local archive=$work/scf-gateway.oci.tar start=$SECONDS
+  if [[ -n ${IMAGE_ARCHIVE:-} ]]; then
+    echo "checking the image in $IMAGE_ARCHIVE (not rebuilt)"
+    image_config "$IMAGE_ARCHIVE" || return 1
+    image_run "$IMAGE_ARCHIVE"
+    return
+  fi
   timeout --kill-after=30 "$IMAGE_TIMEOUT" "$here/build-image.sh" "$archive" || {
     echo "the image build failed or took longer than ${IMAGE_TIMEOUT}s"
     return 1

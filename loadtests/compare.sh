@@ -9,6 +9,10 @@
 #   loadtests/compare.sh --baseline path/to/another/scf-gateway --no-k6 --out DIR
 #                                   (that build as a fifth target: gateway/baseline ratios)
 #   loadtests/compare.sh --publish  a full run that updates the published results
+#   loadtests/compare.sh --tls [--smoke]
+#                                   every proxy terminates TLS with one certificate made
+#                                   here (openssl); wrk over https, no k6; results in
+#                                   latest-tls.* (smoke-tls.*)
 #
 # Results: latest.{md,json} and latest-ratios.svg (smoke.* for --smoke) in
 # loadtests/results/local/ (ignored by git), or in loadtests/results/ with --publish.
@@ -21,6 +25,6 @@ for a in "$@"; do
 done
 build_release
 need_k6=k6
-for a in "$@"; do [ "$a" = --no-k6 ] && need_k6=""; done
+for a in "$@"; do case "$a" in --no-k6 | --tls) need_k6="" ;; esac; done
 ensure_tools $need_k6
 run_harness compare "$@"

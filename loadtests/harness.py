@@ -22,6 +22,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -122,8 +123,12 @@ def wait_port(port, proc, timeout=20.0):
     raise RuntimeError(f"nothing listens on {port} after {timeout}s")
 
 
-def request(port, method, path, body=None, headers=None, timeout=5.0):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def request(port, method, path, body=None, headers=None, timeout=5.0, tls=None):
+    """`tls`: an ssl.SSLContext to speak HTTPS with."""
+    if tls:
+        c = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=tls)
+    else:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         c.request(method, path, body=body, headers=headers or {})
         r = c.getresponse()
@@ -243,23 +248,30 @@ def gateway_toml(listen_port, admin_port, fn_ports, workers=1, concurrency=64, f
     return "\n".join(lines) + "\n"
 
 
+# What the templates' TLS placeholders are for plain HTTP.
+PLAIN = {"LISTEN_TLS": "", "TLS": "", "BIND_TLS": "", "SCHEME": "http"}
+
+
 def render(template, dest, **values):
     with open(os.path.join(HERE, template)) as f:
         text = f.read()
-    for k, v in values.items():
+    for k, v in {**PLAIN, **values}.items():
         text = text.replace("{{" + k + "}}", str(v))
     with open(dest, "w") as f:
         f.write(text)
 
 
 class Target:
-    def __init__(self, name, port, proc, url_path, kind):
+    def __init__(self, name, port, proc, url_path, kind, tls=None):
         self.name, self.port, self.proc, self.path, self.kind = name, port, proc, url_path, kind
+        # An ssl.SSLContext trusting the proxy's certificate, when it terminates TLS.
+        self.tls = tls
         self.pids = []
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}{self.path}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{self.path}"
 
     def refresh_pids(self):
         self.pids = proc_tree(self.proc.pid) if self.proc else []
@@ -293,57 +305,85 @@ def start_gateway(procs, workdir, toml_text, listen_port, name="gateway", cpus=N
     return p
 
 
+def make_certificate(workdir):
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1 and localhost (openssl CLI),
+    which every proxy serves with `--tls`: (cert, key, cert+key for HAProxy, client
+    context trusting it)."""
+    cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True)
+    both = os.path.join(workdir, "haproxy.pem")
+    with open(both, "w") as f, open(cert) as c, open(key) as k:
+        f.write(c.read() + k.read())
+    ctx = ssl.create_default_context(cafile=cert)
+    return cert, key, both, ctx
+
+
 def start_targets(procs, workdir, args):
-    """The instance and the three proxies in front of it."""
+    """The instance and the three proxies in front of it; with `--tls`, each proxy
+    terminates TLS with the same certificate."""
     fn_cpus = args.server_cpus
     fn_port, fn_proc = start_function(procs, workdir, cpus=fn_cpus)
     targets = {"direct": Target("direct", fn_port, fn_proc, "/event-invoke", "direct")}
+    tls, extra = None, ""
+    if getattr(args, "tls", False):
+        cert, key, both, tls = make_certificate(workdir)
+        extra = f'[server.tls]\ncert = "{cert}"\nkey = "{key}"'
+
+    def gw_toml(port, admin):
+        return gateway_toml(port, admin, [fn_port], concurrency=args.connections, extra_server=extra)
 
     gw_port, gw_admin = free_port(), free_port()
-    gw = start_gateway(procs, workdir, gateway_toml(gw_port, gw_admin, [fn_port], concurrency=args.connections),
-                       gw_port, cpus=args.server_cpus)
-    targets["gateway"] = Target("gateway", gw_port, gw, INVOKE_PATH, "proxy")
+    gw = start_gateway(procs, workdir, gw_toml(gw_port, gw_admin), gw_port, cpus=args.server_cpus)
+    targets["gateway"] = Target("gateway", gw_port, gw, INVOKE_PATH, "proxy", tls)
 
     if getattr(args, "gateway_rt", None):
         # The same library on another runtime (examples/gateway_rt.rs), side by side.
         rt_port, rt_admin = free_port(), free_port()
         os.environ["GATEWAY_RUNTIME"] = args.gateway_rt
         try:
-            g2 = start_gateway(procs, workdir, gateway_toml(rt_port, rt_admin, [fn_port], concurrency=args.connections),
+            g2 = start_gateway(procs, workdir, gw_toml(rt_port, rt_admin),
                                rt_port, name=f"gateway-{args.gateway_rt}", cpus=args.server_cpus)
         finally:
             del os.environ["GATEWAY_RUNTIME"]
         name = f"gateway-{args.gateway_rt}"
-        targets[name] = Target(name, rt_port, g2, INVOKE_PATH, "proxy")
+        targets[name] = Target(name, rt_port, g2, INVOKE_PATH, "proxy", tls)
 
     if getattr(args, "baseline", None):
         # Another scf-gateway build (say, before a change), side by side in the same rounds.
         bl_port, bl_admin = free_port(), free_port()
-        bl = start_gateway(procs, workdir, gateway_toml(bl_port, bl_admin, [fn_port], concurrency=args.connections),
+        bl = start_gateway(procs, workdir, gw_toml(bl_port, bl_admin),
                            bl_port, name="baseline", cpus=args.server_cpus, binary=args.baseline)
-        targets["baseline"] = Target("baseline", bl_port, bl, INVOKE_PATH, "proxy")
+        targets["baseline"] = Target("baseline", bl_port, bl, INVOKE_PATH, "proxy", tls)
 
     ng_port = free_port()
     for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         os.makedirs(os.path.join(workdir, d), exist_ok=True)
     conf = os.path.join(workdir, "nginx.conf")
-    render("nginx.conf.template", conf, DIR=workdir, PORT=ng_port, FN_PORT=fn_port)
+    # TLS as nginx is usually set up: a shared session cache, TLS 1.2 and 1.3.
+    ng_tls = (f"ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3; "
+              "ssl_session_cache shared:SSL:10m;") if tls else ""
+    render("nginx.conf.template", conf, DIR=workdir, PORT=ng_port, FN_PORT=fn_port,
+           LISTEN_TLS="ssl" if tls else "", TLS=ng_tls)
     chk = subprocess.run(["nginx", "-t", "-p", workdir, "-c", conf], capture_output=True, text=True)
     if chk.returncode != 0:
         raise RuntimeError(f"nginx config rejected:\n{chk.stderr}")
     ng = procs.start("nginx", ["nginx", "-p", workdir, "-c", conf], workdir, cpus=args.server_cpus)
     wait_port(ng_port, ng)
-    targets["nginx"] = Target("nginx", ng_port, ng, INVOKE_PATH, "proxy")
+    targets["nginx"] = Target("nginx", ng_port, ng, INVOKE_PATH, "proxy", tls)
 
     hp_port = free_port()
     cfg = os.path.join(workdir, "haproxy.cfg")
-    render("haproxy.cfg.template", cfg, DIR=workdir, PORT=hp_port, FN_PORT=fn_port)
+    render("haproxy.cfg.template", cfg, DIR=workdir, PORT=hp_port, FN_PORT=fn_port,
+           BIND_TLS=f"ssl crt {both} alpn h2,http/1.1" if tls else "", SCHEME="https" if tls else "http")
     chk = subprocess.run(["haproxy", "-c", "-f", cfg], capture_output=True, text=True)
     if chk.returncode != 0:
         raise RuntimeError(f"haproxy config rejected:\n{chk.stdout}{chk.stderr}")
     hp = procs.start("haproxy", ["haproxy", "-db", "-f", cfg], workdir, cpus=args.server_cpus)
     wait_port(hp_port, hp)
-    targets["haproxy"] = Target("haproxy", hp_port, hp, INVOKE_PATH, "proxy")
+    targets["haproxy"] = Target("haproxy", hp_port, hp, INVOKE_PATH, "proxy", tls)
     time.sleep(0.5)  # nginx forks its worker; the gateway's keepers open warm connections
     for t in targets.values():
         t.refresh_pids()
@@ -360,7 +400,7 @@ def check_parity(targets):
     for name, t in targets.items():
         if t.kind != "proxy":
             continue
-        status, headers, body = request(t.port, "POST", t.path, EVENT, forged)
+        status, headers, body = request(t.port, "POST", t.path, EVENT, forged, tls=t.tls)
         if status != 200:
             raise RuntimeError(f"{name}: POST {t.path} answered {status}: {body[:300]!r}")
         seen = json.loads(body)
@@ -369,8 +409,14 @@ def check_parity(targets):
         out[name] = {"scf_headers": len([k for k in scf if seen[k] != "forged"]),
                      "forged_passed": forged_left,
                      "response_request_id": "x-scf-request-id" in headers}
-        web = request(t.port, "GET", WEB_PATH)
+        web = request(t.port, "GET", WEB_PATH, headers={"x-test-echo-headers": "1"}, tls=t.tls)
         out[name]["web_status"] = web[0]
+        if t.tls:
+            # What the web function was told, and what a client negotiates.
+            out[name]["forwarded_proto"] = json.loads(web[2]).get("x-forwarded-proto") if web[0] == 200 else None
+            with socket.create_connection(("127.0.0.1", t.port), timeout=5) as raw:
+                with t.tls.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                    out[name]["tls"] = f"{s.version()} {s.cipher()[0]}"
     return out
 
 
@@ -650,7 +696,8 @@ def compare(args):
         order.insert(2, "baseline")
     report = {"machine": machine_info(), "settings": {
         "rounds": args.rounds, "duration_s": args.duration, "connections": args.connections,
-        "wrk_threads": args.threads, "wrk_cpus": args.wrk_cpus, "server_cpus": args.server_cpus}}
+        "wrk_threads": args.threads, "wrk_cpus": args.wrk_cpus, "server_cpus": args.server_cpus,
+        "tls": args.tls}}
     try:
         targets = start_targets(procs, workdir, args)
         instance_pids = targets["direct"].refresh_pids()
@@ -692,10 +739,12 @@ def compare(args):
         procs.stop_all()
 
     md = table_md(med, ratios, order, rss)
-    lines = [f"# compare.sh {'--smoke ' if args.smoke else ''}results",
+    flags = ("--tls " if args.tls else "") + ("--smoke " if args.smoke else "")
+    lines = [f"# compare.sh {flags}results",
              "", f"{time.strftime('%Y-%m-%d %H:%M:%S')}, {report['machine'].get('cpu')} x{report['machine']['nproc']}; "
              f"{args.rounds} round(s) x {args.duration}s per target, wrk -t{args.threads} -c{args.connections}, "
-             f"POST {len(EVENT)}-byte JSON. Medians over rounds; CPU = the proxy's processes per 100k requests.",
+             f"POST {len(EVENT)}-byte JSON{' over TLS (keep-alive: few handshakes)' if args.tls else ''}. "
+             "Medians over rounds; CPU = the proxy's processes per 100k requests.",
              "", md, "",
              "Idle RSS before load (MB): " + ", ".join(f"{k} {v:.1f}" for k, v in report["idle_rss_mb"].items()),
              "", "CPU used by other processes on the machine during the runs (cores, max over rounds): "
@@ -705,14 +754,15 @@ def compare(args):
         lines += ["", k6_md(report["k6"])]
     text = "\n".join(lines) + "\n"
     print(text)
-    tag = "smoke" if args.smoke else "latest"
+    tag = ("smoke" if args.smoke else "latest") + ("-tls" if args.tls else "")
     with open(os.path.join(out_dir, f"{tag}.md"), "w") as f:
         f.write(text)
     with open(os.path.join(out_dir, f"{tag}.json"), "w") as f:
         json.dump(rounded(report), f, separators=(",", ":"))
     log(f"results written to {out_dir}")
     svg_chart(ratios, os.path.join(out_dir, f"{tag}-ratios.svg"),
-              f"scf-gateway ratios (medians over {args.rounds} round(s) of {args.duration}s, wrk -c{args.connections})")
+              f"scf-gateway ratios{' over TLS' if args.tls else ''} (medians over {args.rounds} round(s) of "
+              f"{args.duration}s, wrk -c{args.connections})")
     shutil.rmtree(workdir, ignore_errors=True)
     return report
 
@@ -1491,6 +1541,8 @@ def main():
     c.add_argument("--threads", type=int, default=1)
     c.add_argument("--smoke", action="store_true")
     c.add_argument("--no-k6", action="store_true")
+    c.add_argument("--tls", action="store_true",
+                   help="every proxy terminates TLS with the same certificate (wrk over https; no k6)")
     c.add_argument("--k6-rate", type=int, default=0, help="offered rate; default 50%% of nginx's, capped")
     c.add_argument("--k6-max-rate", type=int, default=2000)
     c.add_argument("--k6-duration", type=int, default=10)
@@ -1564,6 +1616,9 @@ def main():
     if args.cmd == "compare":
         if args.smoke:
             args.rounds, args.duration = 1, 2
+        if args.tls:
+            # The k6 scenarios are the plain-HTTP ones; over TLS wrk measures alone.
+            args.no_k6 = True
         compare(args)
     elif args.cmd == "scale":
         scale(args)

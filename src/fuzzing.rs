@@ -431,7 +431,12 @@ fn gateway_view(req: &Request<()>) {
             headers.insert(HOST, host.clone());
         }
         let client = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        headers::add_forwarded(&mut headers, client, original.as_ref());
+        headers::add_forwarded(
+            &mut headers,
+            client,
+            original.as_ref(),
+            headers::Scheme::Http,
+        );
         let forwarded = web_uri(uri, strip);
         assert!(forwarded.authority().is_none(), "forwarded as {forwarded}");
         // The target on the request line the instance gets (see `upstream::h1`).

@@ -30,6 +30,15 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const HTTP: HeaderValue = HeaderValue::from_static("http");
+const HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// How the client reached the gateway, as `X-Forwarded-Proto` tells web functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    /// `server.listen` with `[server.tls]`.
+    Https,
+}
 
 /// Headers that describe one hop, never the message (RFC 9110 7.6.1), plus the
 /// non-standard `proxy-connection` that old clients still send.
@@ -352,7 +361,12 @@ pub fn strip_response(headers: &mut HeaderMap, request_id: &HeaderValue) {
 
 /// `X-Forwarded-For/-Proto/-Host` for a web request: the client's address is appended
 /// to any chain it brought, the original host is recorded.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    host: Option<&HeaderValue>,
+    scheme: Scheme,
+) {
     let ip = client.to_string();
     let chain = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
@@ -361,7 +375,11 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&Head
     if let Ok(chain) = HeaderValue::from_str(&chain) {
         headers.insert(X_FORWARDED_FOR, chain);
     }
-    headers.insert(X_FORWARDED_PROTO, HTTP);
+    let proto = match scheme {
+        Scheme::Http => HTTP,
+        Scheme::Https => HTTPS,
+    };
+    headers.insert(X_FORWARDED_PROTO, proto);
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST, host.clone());
     }
@@ -573,7 +591,12 @@ mod tests {
     fn forwarded_appends_to_the_chain() {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
         let host = HeaderValue::from_static("example.com");
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), Some(&host));
+        add_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            Some(&host),
+            Scheme::Http,
+        );
         assert_eq!(h.get(X_FORWARDED_FOR).unwrap(), "10.0.0.1, 127.0.0.1");
         assert_eq!(h.get(X_FORWARDED_PROTO).unwrap(), "http");
         assert_eq!(h.get(X_FORWARDED_HOST).unwrap(), "example.com");

@@ -36,7 +36,7 @@ use crate::error::{
     seconds_text, BadRequest, BodyTooLarge, ClientBodyError, ForwardError, GatewayError, MAX_TARGET,
 };
 use crate::function::Function;
-use crate::headers::{self, StampValues, Stripped};
+use crate::headers::{self, Scheme, StampValues, Stripped};
 use crate::instance::logs;
 use crate::invocation::{AccessLog, Invocation};
 use crate::metrics::{Outcome, Registry};
@@ -168,12 +168,13 @@ impl Gateway {
         &self.registry
     }
 
-    /// Serves one request from `client`. Never fails: errors become the contract's
-    /// error responses, each with its `X-Scf-Request-Id`.
+    /// Serves one request from `client`, which came over `scheme`. Never fails: errors
+    /// become the contract's error responses, each with its `X-Scf-Request-Id`.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         client: SocketAddr,
+        scheme: Scheme,
     ) -> Response<GatewayBody> {
         let request_id = headers::new_request_id();
 
@@ -204,7 +205,7 @@ impl Gateway {
         let Prepared {
             mut upstream,
             wants_tail,
-        } = match self.prepare(req, target, client) {
+        } = match self.prepare(req, target, client, scheme) {
             Ok(prepared) => prepared,
             Err(refused) => {
                 let invocation = Invocation::begin(function.clone(), &request_id, access);
@@ -251,6 +252,7 @@ impl Gateway {
         req: Request<Incoming>,
         target: Target,
         client: SocketAddr,
+        scheme: Scheme,
     ) -> Result<Prepared, TooLarge> {
         let (parts, body) = req.into_parts();
 
@@ -301,7 +303,7 @@ impl Gateway {
                 if let Some(host) = &original_host {
                     headers.insert(HOST, host.clone());
                 }
-                headers::add_forwarded(&mut headers, client.ip(), original_host.as_ref());
+                headers::add_forwarded(&mut headers, client.ip(), original_host.as_ref(), scheme);
                 (parts.method, web_uri(&parts.uri, strip))
             }
         };

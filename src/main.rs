@@ -127,8 +127,14 @@ fn init_logging(format: LogFormat) {
 fn print_summary(config: &Config) {
     println!("config {} is valid", config.path.display());
     println!(
-        "listeners: invocations on {}, admin on {}",
-        config.server.listen, config.server.admin_listen
+        "listeners: invocations on {}{}, admin on {}",
+        config.server.listen,
+        if config.server.tls.is_some() {
+            " (TLS)"
+        } else {
+            ""
+        },
+        config.server.admin_listen
     );
     println!("functions: {}", config.functions.len());
     for f in &config.functions {

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, ConfigErrors, FunctionConfig, InstanceSource, ServerConfig};
 use crate::invoke::{Built, Gateway};
 use crate::pool::Pool;
+use crate::server::TlsHandle;
 
 /// The gateway every new invocation uses; swapped by a reload.
 pub type Current = Arc<ArcSwap<Gateway>>;
@@ -102,6 +103,9 @@ fn restart_needed(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static st
         "server.shutdown_grace",
         running.shutdown_grace != new.shutdown_grace,
     );
+    // Turning TLS on or off changes what the listener speaks; a new certificate, key
+    // or handshake timeout does not (they are reloaded).
+    check("server.tls", running.tls.is_some() != new.tls.is_some());
     keys
 }
 
@@ -126,6 +130,8 @@ pub struct Reloader {
     path: PathBuf,
     /// The `[server]` the listeners and workers were started with.
     running: ServerConfig,
+    /// The certificate of `server.listen`, with `[server.tls]`.
+    tls: Option<TlsHandle>,
     /// The current gateway's drop signal; the lock makes reloads take turns.
     unused: tokio::sync::Mutex<oneshot::Receiver<()>>,
     /// Retired pools still draining, with the task that closes them.
@@ -140,11 +146,12 @@ struct Retiring {
 
 impl Reloader {
     /// Serves `built` as the current gateway, started from `config`.
-    pub fn new(config: &Config, built: Built) -> Reloader {
+    pub fn new(config: &Config, built: Built, tls: Option<TlsHandle>) -> Reloader {
         Reloader {
             current: Arc::new(ArcSwap::from_pointee(built.gateway)),
             path: config.path.clone(),
             running: config.server.clone(),
+            tls,
             unused: tokio::sync::Mutex::new(built.unused),
             retiring: Mutex::new(Vec::new()),
         }
@@ -155,7 +162,8 @@ impl Reloader {
     }
 
     /// Reads the config file again and applies it. An invalid file changes nothing;
-    /// its errors are logged and returned.
+    /// its errors are logged and returned. So does a TLS certificate and key that can
+    /// no longer be loaded (the config's check read them a moment before).
     pub async fn reload(&self) -> Result<Reloaded, ConfigErrors> {
         let path = self.path.clone();
         let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
@@ -179,12 +187,26 @@ impl Reloader {
                 return Err(errors);
             }
         };
-        Ok(self.apply(config).await)
+        self.apply(config).await
     }
 
-    /// Swaps in a gateway built for `config` (already validated).
-    pub async fn apply(&self, config: Config) -> Reloaded {
+    /// Swaps in a gateway built for `config` (already validated), after the TLS
+    /// certificate of `[server.tls]`: if that cannot be loaded, nothing changes.
+    pub async fn apply(&self, config: Config) -> Result<Reloaded, ConfigErrors> {
         let mut unused = self.unused.lock().await;
+        if let (Some(handle), Some(tls)) = (&self.tls, &config.server.tls) {
+            if let Err(e) = handle.reload(tls) {
+                let errors = ConfigErrors {
+                    file: config.path.clone(),
+                    errors: vec![crate::config::ConfigError {
+                        location: crate::config::Location::KeyPath("server.tls".into()),
+                        message: e.to_string(),
+                    }],
+                };
+                tracing::error!("config reload refused: {errors}");
+                return Err(errors);
+            }
+        }
         let previous = self.current.load_full();
         let restart_needed = restart_needed(&self.running, &config.server);
         // The longest a retired pool may still be busy: its function's timeout, after
@@ -239,7 +261,7 @@ impl Reloader {
                 "config reload: {key} changed; it takes effect after a restart"
             );
         }
-        reloaded
+        Ok(reloaded)
     }
 
     /// At shutdown: closes the pools still draining after a reload.

@@ -11,7 +11,7 @@
 //! - `walk`: the walking context, positions and the collected problems;
 //! - `values`: typed values (integers in range, durations, addresses, secrets);
 //! - `env`: `${VAR}` resolution;
-//! - `server`, `platform` (with `[credentials]`), `images`, `functions`, `launch`,
+//! - `server` (with `tls`), `platform` (with `[credentials]`), `images`, `functions`, `launch`,
 //!   `routes`: one section each, with its keys, defaults and rules;
 //! - `unbuilt`: keys of features that are not built yet, refused as such.
 
@@ -23,6 +23,7 @@ mod parse;
 mod platform;
 mod routes;
 mod server;
+mod tls;
 mod unbuilt;
 mod values;
 mod walk;
@@ -39,6 +40,7 @@ use std::time::Duration;
 
 pub use launch::ISOLATED_PORT;
 pub use parse::parse;
+pub use tls::TlsConfig;
 
 /// The response-size limit the platform puts on event functions (6 MB).
 pub const EVENT_RESPONSE_LIMIT: u64 = 6 * 1024 * 1024;
@@ -85,6 +87,8 @@ pub struct ServerConfig {
     pub client_idle_timeout: Duration,
     /// Open client connections on `listen`, at most. Default 10,000.
     pub max_connections: u64,
+    /// `[server.tls]`: `listen` speaks TLS.
+    pub tls: Option<TlsConfig>,
 }
 
 /// `[images]`: where image functions' images are unpacked and what runs them.

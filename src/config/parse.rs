@@ -53,14 +53,14 @@ fn read_config(ctx: &mut Ctx<'_>, root: &DeTable<'_>, path: &Path) -> Config {
     unbuilt::top_level(ctx, &top);
 
     let empty = DeTable::new();
+    let config_dir = config_dir(path);
     let server = ctx.table(&top, "server", "[server]");
-    let server = read_server(ctx, &or_empty(server, &empty, "[server]"));
+    let server = read_server(ctx, &or_empty(server, &empty, "[server]"), &config_dir);
     let platform = ctx.table(&top, "platform", "[platform]");
     let platform = read_platform(ctx, &or_empty(platform, &empty, "[platform]"));
     let credentials = ctx.table(&top, "credentials", "[credentials]");
     let credentials = read_credentials(ctx, &or_empty(credentials, &empty, "[credentials]"));
 
-    let config_dir = config_dir(path);
     let images = ctx.table(&top, "images", "[images]");
     let images = read_images(ctx, &or_empty(images, &empty, "[images]"), &config_dir);
     let mut functions: Vec<FunctionConfig> = Vec::new();

@@ -1,7 +1,8 @@
 //! `[server]`: listeners, limits (bodies, client timers, connections), workers, shutdown
-//! and the access log.
+//! and the access log; `[server.tls]` is read by `tls`.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use super::walk::{Ctx, Section};
@@ -18,13 +19,18 @@ const SERVER_KEYS: &[&str] = &[
     "header_read_timeout",
     "client_idle_timeout",
     "max_connections",
+    "tls",
 ];
 
 /// The most `max_connections` may be: what one process can hold open with room for its
 /// instances (the open-file limit is raised to twice this at start).
 pub(crate) const MAX_CONNECTIONS_LIMIT: u64 = 1 << 20;
 
-pub(super) fn read_server(ctx: &mut Ctx<'_>, s: &Section<'_, '_>) -> ServerConfig {
+pub(super) fn read_server(
+    ctx: &mut Ctx<'_>,
+    s: &Section<'_, '_>,
+    config_dir: &Path,
+) -> ServerConfig {
     ctx.check_keys(s, SERVER_KEYS);
     let default_workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let listen = ctx.get_addr(s, "listen", SocketAddr::from(([127, 0, 0, 1], 8080)));
@@ -65,6 +71,7 @@ pub(super) fn read_server(ctx: &mut Ctx<'_>, s: &Section<'_, '_>) -> ServerConfi
             true,
         ),
         max_connections: ctx.get_u64(s, "max_connections", 1..=MAX_CONNECTIONS_LIMIT, 10_000),
+        tls: super::tls::read_tls(ctx, s, config_dir),
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::activity::Activity;
 use super::connection::{client_connection, ClientTimers};
 use super::drain::Drain;
+use super::tls::{self, TlsHandle};
 use crate::body::GatewayBody;
 
 /// Concurrent streams one HTTP/2 client connection may open (the contract's limit;
@@ -71,7 +72,9 @@ impl Throttled {
 /// would take a whole burst, so a worker with more than its share of open connections
 /// (see [`Balance`](super::balance::Balance)) leaves new ones to the others until that
 /// changes. A worker takes a permit of `server.max_connections` (shared by all workers,
-/// in its `drain`) before each accept.
+/// in its `drain`) before each accept. With `tls`, each connection's task does the TLS
+/// handshake first (see `tls`).
+#[allow(clippy::too_many_arguments)] // the loop's whole configuration, read once
 pub(super) async fn serve<F, Fut>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
@@ -79,6 +82,7 @@ pub(super) async fn serve<F, Fut>(
     timers: ClientTimers,
     drain: Arc<Drain>,
     connections: crate::metrics::Counter,
+    tls: Option<TlsHandle>,
     handler: F,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
@@ -154,15 +158,28 @@ pub(super) async fn serve<F, Fut>(
                     // activity) are made here, side by side, not between the short-lived
                     // buffers of requests: that keeps the heap of many idle
                     // connections dense (see `memory_upkeep`).
-                    tokio::spawn(client_connection(
-                        stream,
-                        peer,
-                        handler.clone(),
-                        builders.clone(),
-                        drain.enter(permit),
-                        Arc::new(Activity::default()),
-                        timers,
-                    ));
+                    let (open, activity) = (drain.enter(permit), Arc::new(Activity::default()));
+                    match &tls {
+                        None => tokio::spawn(client_connection(
+                            stream,
+                            peer,
+                            handler.clone(),
+                            builders.clone(),
+                            open,
+                            activity,
+                            timers,
+                        )),
+                        Some(tls) => tokio::spawn(tls::client_connection(
+                            stream,
+                            peer,
+                            handler.clone(),
+                            builders.clone(),
+                            open,
+                            activity,
+                            timers,
+                            tls.clone(),
+                        )),
+                    };
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, growing, instead of

@@ -21,7 +21,6 @@ use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::activity::{Activity, InFlight, Tracking};
@@ -32,8 +31,8 @@ use crate::body::GatewayBody;
 /// Serves HTTP/2 (prior knowledge) on a connection until it closes, the client is too
 /// slow with a header block, it has been idle for `timers.idle` (GOAWAY, then closed
 /// once the client has had `timers.header` to finish), or the gateway drains.
-pub(super) async fn serve_http2<F, Fut>(
-    stream: TcpStream,
+pub(super) async fn serve_http2<S, F, Fut>(
+    stream: S,
     handler: F,
     http2: &http2::Builder<TokioExecutor>,
     drain: &Drain,
@@ -41,6 +40,7 @@ pub(super) async fn serve_http2<F, Fut>(
     timers: ClientTimers,
     mut timer: Pin<&mut Sleep>,
 ) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<GatewayBody>> + Send + 'static,
 {
@@ -115,13 +115,13 @@ pub(super) async fn serve_http2<F, Fut>(
 }
 
 /// The socket as hyper's HTTP/2 server reads it, the frame headers followed on the way.
-struct H2Io {
-    stream: TcpStream,
+struct H2Io<S> {
+    stream: S,
     frames: Frames,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for H2Io {
+impl<S: AsyncRead + Unpin> AsyncRead for H2Io<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -140,7 +140,7 @@ impl AsyncRead for H2Io {
     }
 }
 
-impl AsyncWrite for H2Io {
+impl<S: AsyncWrite + Unpin> AsyncWrite for H2Io<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

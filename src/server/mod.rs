@@ -1,6 +1,7 @@
 //! The daemon's serving side: the listeners, the worker threads that serve them, and how
 //! they stop. `server.listen` and the admin listener speak HTTP/1.1 and HTTP/2 (h2c with
-//! prior knowledge); at shutdown, in-flight invocations get `shutdown_grace` to finish.
+//! prior knowledge), `server.listen` over TLS with `[server.tls]` (`tls`); at shutdown,
+//! in-flight invocations get `shutdown_grace` to finish.
 //!
 //! A client connection passes through the submodules in this order: `accept` (a worker
 //! takes it, within `max_connections` and unless it holds more than its share:
@@ -23,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin;
 use crate::config::{Config, ConfigErrors};
+use crate::headers::Scheme;
 use crate::invoke::Gateway;
 use crate::reload::{Current, Reloaded, Reloader};
 use crate::worker;
@@ -35,12 +37,14 @@ mod drain;
 mod http2;
 mod memory;
 mod parking;
+pub mod tls;
 
 use accept::serve;
 use balance::Balance;
 use connection::ClientTimers;
 use drain::Drain;
 use memory::{memory_upkeep, TRIM_AFTER_RELEASED, TRIM_PERIOD};
+pub use tls::{TlsError, TlsHandle};
 
 /// Open connections on the admin listener, at most: its own bound, apart from
 /// `server.max_connections`, so that clients filling the invocation listener never lock
@@ -95,6 +99,8 @@ pub struct RunningGateway {
     workers: Vec<Worker>,
     admin: JoinHandle<()>,
     upkeep: JoinHandle<()>,
+    /// `[server.tls]`: the certificate every worker serves, swapped by a reload.
+    tls: Option<TlsHandle>,
 }
 
 /// A worker thread beyond the first: its own `current_thread` runtime serving the
@@ -116,6 +122,15 @@ impl RunningGateway {
         let admin_listener = bind(config.server.admin_listen).await?;
         let listen_addr = listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
+        let tls = match &config.server.tls {
+            Some(tls) => Some(TlsHandle::new(tls).map_err(io::Error::other)?),
+            None => None,
+        };
+        let scheme = if tls.is_some() {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
 
         let launches = config
             .functions
@@ -146,7 +161,7 @@ impl RunningGateway {
         for pool in &built.new_pools {
             pool.start();
         }
-        let reloader = Arc::new(Reloader::new(config, built));
+        let reloader = Arc::new(Reloader::new(config, built, tls.clone()));
         let current = reloader.current().clone();
         let gateway = current.load_full();
         let ready = Arc::new(AtomicBool::new(false));
@@ -169,7 +184,22 @@ impl RunningGateway {
             // gateway on the port still fails to bind.
             let shared = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
             let (stop, current) = (stop.clone(), current.clone());
-            match Worker::spawn(index, shared, stop, grace, timers, drain(index), current).await {
+            let on = Listening {
+                tls: tls.clone(),
+                scheme,
+            };
+            match Worker::spawn(
+                index,
+                shared,
+                stop,
+                grace,
+                timers,
+                drain(index),
+                current,
+                on,
+            )
+            .await
+            {
                 Ok(w) => workers.push(w),
                 Err(e) => {
                     let _ = stop_invocations.send(true);
@@ -185,8 +215,9 @@ impl RunningGateway {
             timers,
             drain(0),
             gateway.registry().worker_connections(0),
+            tls.clone(),
             // The handler's own future, not one wrapping it: hyper keeps and moves it.
-            move |req, peer| served.load_full().handle(req, peer),
+            move |req, peer| served.load_full().handle(req, peer, scheme),
         ));
 
         let (stop_admin, stop) = watch::channel(false);
@@ -202,6 +233,7 @@ impl RunningGateway {
             timers,
             Arc::new(Drain::limited(ADMIN_MAX_CONNECTIONS)),
             crate::metrics::Counter::noop(),
+            None,
             move |req, _| {
                 let state = state.clone();
                 async move { admin::handle(&state, req).await }
@@ -225,6 +257,7 @@ impl RunningGateway {
             workers,
             admin,
             upkeep,
+            tls,
         })
     }
 
@@ -247,12 +280,18 @@ impl RunningGateway {
     }
 
     /// Applies an already validated config, as a reload would.
-    pub async fn apply(&self, config: Config) -> Reloaded {
+    pub async fn apply(&self, config: Config) -> Result<Reloaded, ConfigErrors> {
         self.reloader.apply(config).await
     }
 
     pub(crate) fn reloader(&self) -> &Arc<Reloader> {
         &self.reloader
+    }
+
+    /// TLS on `server.listen`, when `[server.tls]` is set: [`TlsHandle::reload`] swaps
+    /// the certificate for every worker's next handshake.
+    pub fn tls(&self) -> Option<&TlsHandle> {
+        self.tls.as_ref()
     }
 
     /// Stops accepting, lets in-flight invocations finish within `shutdown_grace` on
@@ -289,11 +328,19 @@ impl RunningGateway {
     }
 }
 
+/// How the invocation listener is spoken to: in TLS or not, and the scheme web functions
+/// are told (`X-Forwarded-Proto`).
+struct Listening {
+    tls: Option<TlsHandle>,
+    scheme: Scheme,
+}
+
 // === impl Worker ===
 
 impl Worker {
     /// Starts worker `index` on its own thread and runtime, serving `listener` until
     /// `stop`, then draining for at most `grace`. Returns once it accepts.
+    #[allow(clippy::too_many_arguments)] // what worker 0 gets, on another thread
     async fn spawn(
         index: usize,
         listener: std::net::TcpListener,
@@ -302,6 +349,7 @@ impl Worker {
         timers: ClientTimers,
         drain: Arc<Drain>,
         current: Current,
+        on: Listening,
     ) -> io::Result<Worker> {
         let (started, accepting) = oneshot::channel::<io::Result<()>>();
         let (finished, done) = oneshot::channel::<()>();
@@ -341,7 +389,8 @@ impl Worker {
                         timers,
                         drain,
                         accepted,
-                        move |req, peer| current.load_full().handle(req, peer),
+                        on.tls,
+                        move |req, peer| current.load_full().handle(req, peer, on.scheme),
                     )
                     .await;
                 });

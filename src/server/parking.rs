@@ -40,8 +40,8 @@ use crate::body::GatewayBody;
 /// The same tick enforces `timers.header` (no request started for that long while bytes
 /// trickle in or an exchange is stuck: closed, after a 408 if hyper holds part of a
 /// head) and, while parked, `timers.idle`.
-pub(super) async fn serve_http1<F, Fut>(
-    stream: &mut TcpStream,
+pub(super) async fn serve_http1<S, F, Fut>(
+    stream: &mut S,
     handler: F,
     http1: &http1::Builder,
     drain: &Drain,
@@ -49,6 +49,7 @@ pub(super) async fn serve_http1<F, Fut>(
     timers: ClientTimers,
     mut timer: Pin<&mut Sleep>,
 ) where
+    S: ClientStream,
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<GatewayBody>> + Send + 'static,
 {
@@ -134,7 +135,7 @@ pub(super) async fn serve_http1<F, Fut>(
         if ended.is_none() {
             let partial = !(*conn).into_parts().read_buf.is_empty();
             if partial && !activity.write_blocked.load(Ordering::Relaxed) {
-                request_timeout(stream);
+                stream.request_timeout();
             }
             return;
         }
@@ -161,12 +162,36 @@ pub(super) async fn serve_http1<F, Fut>(
         let deadline = Instant::now() + limit.saturating_sub(timers.tick * quiet);
         match wait_readable(stream, timer.as_mut(), deadline, drain).await {
             Wake::Readable => {}
-            Wake::Expired if !leftover.is_empty() => return request_timeout(stream),
+            Wake::Expired if !leftover.is_empty() => return stream.request_timeout(),
             Wake::Expired | Wake::Gone => return,
         }
         if leftover.is_empty() {
             quiet = 0;
         }
+    }
+}
+
+/// A client connection as `serve_http1` serves it: the socket itself, or a TLS session
+/// over it (see `tls`).
+pub(super) trait ClientStream: AsyncRead + AsyncWrite + Unpin {
+    /// The socket, waited on while the connection is parked.
+    fn socket(&self) -> &TcpStream;
+
+    /// Whether bytes already taken from the socket wait to be read (a TLS session's
+    /// decrypted records): then the connection is readable whatever the socket says.
+    fn has_buffered(&self) -> bool {
+        false
+    }
+
+    /// Tells a client too slow with its request head so (see `request_timeout`).
+    fn request_timeout(&self) {
+        request_timeout(self.socket())
+    }
+}
+
+impl ClientStream for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
     }
 }
 
@@ -180,8 +205,8 @@ pub(super) enum Wake {
 
 /// Waits until the socket has bytes to read, the client closes, the deadline passes or
 /// the gateway drains.
-pub(super) async fn wait_readable(
-    stream: &TcpStream,
+pub(super) async fn wait_readable<S: ClientStream>(
+    stream: &S,
     mut timer: Pin<&mut Sleep>,
     deadline: Instant,
     drain: &Drain,
@@ -191,10 +216,13 @@ pub(super) async fn wait_readable(
         if drain.is_closing() {
             return Poll::Ready(Wake::Gone);
         }
+        if stream.has_buffered() {
+            return Poll::Ready(Wake::Readable);
+        }
         // A peek, not `poll_read_ready`: readiness may be reported spuriously (it is
         // for a new connection), and a client that only closed is gone.
         let mut byte = [0u8; 1];
-        match stream.poll_peek(cx, &mut ReadBuf::new(&mut byte)) {
+        match stream.socket().poll_peek(cx, &mut ReadBuf::new(&mut byte)) {
             Poll::Ready(Ok(n)) if n > 0 => return Poll::Ready(Wake::Readable),
             Poll::Ready(_) => return Poll::Ready(Wake::Gone),
             Poll::Pending => {}
@@ -209,13 +237,13 @@ pub(super) async fn wait_readable(
 
 /// The socket as hyper sees it: borrowed (so hyper can be dropped without closing it),
 /// first replaying the bytes kept from a parked connection, counting what moves.
-struct ClientIo<'a> {
-    stream: &'a mut TcpStream,
+struct ClientIo<'a, S> {
+    stream: &'a mut S,
     prefix: Bytes,
     activity: &'a Activity,
 }
 
-impl AsyncRead for ClientIo<'_> {
+impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<'_, S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -237,7 +265,7 @@ impl AsyncRead for ClientIo<'_> {
     }
 }
 
-impl AsyncWrite for ClientIo<'_> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<'_, S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

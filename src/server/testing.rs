@@ -56,6 +56,7 @@ pub(super) async fn start(timers: ClientTimers) -> Server {
         timers,
         drain.clone(),
         crate::metrics::Counter::noop(),
+        None,
         handler,
     ));
     Server {

@@ -428,3 +428,55 @@ async fn a_plain_listener_has_no_tls_handle() {
     assert!(gw.tls().is_none());
     gw.shutdown().await;
 }
+
+#[test]
+fn check_names_tls_and_reads_paths_beside_the_config() {
+    let pki = Pki::new("check");
+    pki.issue();
+    let path = pki.dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        "[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scf-gateway"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("listeners: invocations on 127.0.0.1:8080 (TLS), admin on"),
+        "{stdout}"
+    );
+
+    // A key that is not the certificate's: exit 2, the error at the key's position.
+    let (other, other_key) = pki.make();
+    drop(other);
+    std::fs::write(pki.dir.join("other-key.pem"), other_key.serialize_pem()).unwrap();
+    std::fs::write(
+        &path,
+        "[server.tls]\ncert = \"cert.pem\"\nkey = \"other-key.pem\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scf-gateway"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let expected = format!(
+        "error: {}:3:7: server.tls.key: the private key in",
+        path.display()
+    );
+    assert!(stderr.starts_with(&expected), "{stderr}");
+    let key = other_key.serialize_pem();
+    let body = key.lines().nth(1).unwrap();
+    assert!(!stderr.contains(body), "the key in the error: {stderr}");
+}

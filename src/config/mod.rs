@@ -85,6 +85,8 @@ pub struct ServerConfig {
     pub client_idle_timeout: Duration,
     /// Open client connections on `listen`, at most. Default 10,000.
     pub max_connections: u64,
+    /// `POST /admin/*` needs `Authorization: Bearer <token>` when set. Default none.
+    pub admin_token: Option<Secret>,
 }
 
 /// `[images]`: where image functions' images are unpacked and what runs them.

@@ -186,15 +186,11 @@ impl RunningGateway {
         ));
 
         let (stop_admin, stop) = watch::channel(false);
-        let state = admin::AdminState {
-            registry: gateway.registry().clone(),
-            ready: ready.clone(),
-            pools: gateway
-                .functions()
-                .iter()
-                .map(|f| f.pool().clone())
-                .collect(),
-        };
+        let state = admin::AdminState::new(
+            gateway.clone(),
+            ready.clone(),
+            config.server.admin_token.as_ref(),
+        );
         let admin = tokio::spawn(serve(
             admin_listener,
             stop,
@@ -204,7 +200,7 @@ impl RunningGateway {
             crate::metrics::Counter::noop(),
             move |req, _| {
                 let state = state.clone();
-                async move { admin::handle(&state, req) }
+                async move { admin::handle(&state, req).await }
             },
         ));
 

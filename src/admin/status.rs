@@ -38,7 +38,7 @@ border-bottom:1px solid var(--line);padding-bottom:12px;margin-bottom:18px}\
 h1{font-size:22px;margin:0}h2{font-size:18px;margin:0 0 10px}\
 h3{font-size:13px;margin:16px 0 6px;color:var(--muted);text-transform:uppercase;\
 letter-spacing:.04em}\
-.muted{color:var(--muted)}\
+.muted{color:var(--muted)}.when{white-space:nowrap}\
 section{background:var(--panel);border:1px solid var(--line);border-radius:8px;\
 padding:16px 18px;margin:0 0 18px}\
 table{border-collapse:collapse;width:100%}\
@@ -204,6 +204,8 @@ fn function(out: &mut String, index: usize, f: &FunctionView, now: SystemTime) {
         }
         out.push_str("</tbody></table>");
     }
+    let metrics = f.function.metrics();
+    cold_starts(out, &metrics.recent_cold_starts(), now);
     out.push_str(
         "</div><div><h3>Invocations</h3><table><thead><tr><th>Outcome</th>\
          <th class=\"n\">Count</th></tr></thead><tbody>",
@@ -211,7 +213,8 @@ fn function(out: &mut String, index: usize, f: &FunctionView, now: SystemTime) {
     for (outcome, n) in &f.invocations.0 {
         let _ = write!(
             out,
-            "<tr><td>{}</td><td class=\"n\">{n}</td></tr>",
+            "<tr{}><td>{}</td><td class=\"n\">{n}</td></tr>",
+            if *n == 0 { " class=\"muted\"" } else { "" },
             outcome.as_str()
         );
     }
@@ -222,12 +225,8 @@ fn function(out: &mut String, index: usize, f: &FunctionView, now: SystemTime) {
          </tbody></table></div></div>",
         if failed > 0 { " err" } else { "" }
     );
-    let metrics = f.function.metrics();
-    out.push_str("<div class=\"cols\"><div>");
-    cold_starts(out, &metrics.recent_cold_starts(), now);
-    out.push_str("</div><div>");
     recent_errors(out, &metrics.recent_errors(), now);
-    out.push_str("</div></div></section>\n");
+    out.push_str("</section>\n");
 }
 
 fn cold_starts(out: &mut String, starts: &[ColdStart], now: SystemTime) {
@@ -242,7 +241,8 @@ fn cold_starts(out: &mut String, starts: &[ColdStart], now: SystemTime) {
     for s in starts {
         let _ = write!(
             out,
-            "<tr><td>{} <span class=\"muted\">{}</span></td><td class=\"n\">{}</td></tr>",
+            "<tr><td class=\"when\">{} <span class=\"muted\">{}</span></td>\
+             <td class=\"n\">{}</td></tr>",
             Time(s.at),
             Ago(now, s.at),
             Took(s.took),
@@ -264,7 +264,7 @@ fn recent_errors(out: &mut String, errors: &[RecentError], now: SystemTime) {
     for e in errors {
         let _ = write!(
             out,
-            "<tr><td>{} <span class=\"muted\">{}</span></td><td>{}</td><td>{}</td>\
+            "<tr><td class=\"when\">{} <span class=\"muted\">{}</span></td><td>{}</td><td>{}</td>\
              <td>{}</td><td><code>{}</code></td></tr>",
             Time(e.at),
             Ago(now, e.at),

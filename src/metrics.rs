@@ -895,6 +895,12 @@ mod tests {
             value(&text, "scf_gateway_billed_gb_seconds_total{function=\"f\"}"),
             "1.500625"
         );
+        // The status page's ring: newest first.
+        let recent: Vec<Duration> = m.recent_cold_starts().iter().map(|c| c.took).collect();
+        assert_eq!(
+            recent,
+            [Duration::from_millis(40), Duration::from_millis(180)]
+        );
     }
 
     #[test]

@@ -46,11 +46,18 @@ impl<T> Default for Ring<T> {
 
 impl<T: Clone> Ring<T> {
     pub(super) fn push(&self, entry: T) {
-        let mut ring = self.0.lock();
-        if ring.len() == KEPT {
-            ring.pop_front();
-        }
-        ring.push_back(entry);
+        let evicted = {
+            let mut ring = self.0.lock();
+            let evicted = if ring.len() == KEPT {
+                ring.pop_front()
+            } else {
+                None
+            };
+            ring.push_back(entry);
+            evicted
+        };
+        // Freed after the lock is released: the lock is held for the moves only.
+        drop(evicted);
     }
 
     /// A copy of the entries, newest first.

@@ -259,6 +259,19 @@ impl GatewayError {
         }
     }
 
+    /// The error as the status page lists it (see [`crate::metrics::recent`]): only
+    /// called when an error is answered, never on the success path.
+    pub fn recent(&self, request_id: &HeaderValue) -> crate::metrics::recent::RecentError {
+        let (status, code) = self.status_and_code();
+        crate::metrics::recent::RecentError {
+            at: std::time::SystemTime::now(),
+            status: status.as_u16(),
+            code,
+            message: self.to_string(),
+            request_id: request_id.to_str().unwrap_or_default().to_owned(),
+        }
+    }
+
     /// The JSON error response, with `X-Scf-Request-Id` (and `Retry-After` for 432).
     pub fn into_response(self, request_id: &HeaderValue) -> Response<Bytes> {
         let (status, code) = self.status_and_code();

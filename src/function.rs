@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::config::{Config, FunctionConfig, FunctionKind, InstanceSource, EVENT_RESPONSE_LIMIT};
 use crate::error::{seconds_text, ForwardError};
 use crate::headers::{Stamp, StampValues};
+use crate::image::ImageRef;
 use crate::instance::Launcher;
 use crate::metrics::{FunctionMetrics, Registry};
 use crate::pool::{Pool, Upstreams};
@@ -33,6 +34,29 @@ pub struct Function {
     pub name: String,
     pub namespace: String,
     timeout_text: String,
+    source: Source,
+}
+
+/// Where a function's instances come from, as the admin API names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `instances = [...]`.
+    Static,
+    /// `launch.command`: processes on this host.
+    Process,
+    /// `launch.image`: containers of this image.
+    Image(ImageRef),
+}
+
+impl Source {
+    /// `"static"`, `"process"` or `"image"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Source::Static => "static",
+            Source::Process => "process",
+            Source::Image(_) => "image",
+        }
+    }
 }
 
 impl Function {
@@ -60,7 +84,15 @@ impl Function {
                 upstreams,
             )
         });
+        let source = match &f.source {
+            InstanceSource::Static(_) => Source::Static,
+            InstanceSource::Launch(l) => match &l.image {
+                Some(image) => Source::Image(image.reference.clone()),
+                None => Source::Process,
+            },
+        };
         Function {
+            source,
             memory_mb: f.memory_mb,
             name: f.name.clone(),
             namespace: f.namespace.clone(),
@@ -79,6 +111,23 @@ impl Function {
 
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
+    }
+
+    pub fn metrics(&self) -> &FunctionMetrics {
+        &self.metrics
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    pub fn memory_mb(&self) -> u32 {
+        self.memory_mb
+    }
+
+    /// `timeout`: the execution time limit of one invocation.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The 433 this function's invocations end with when they run past `timeout`.

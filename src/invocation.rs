@@ -163,6 +163,7 @@ impl Invocation {
     /// Ends the invocation with the gateway's error `e`.
     pub fn fail(mut self, e: &GatewayError) {
         self.status = e.status_and_code().0.as_u16();
+        self.function.metrics.error(e.recent(&self.request_id));
         self.end(e.outcome(), None);
     }
 

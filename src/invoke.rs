@@ -189,8 +189,9 @@ impl Gateway {
         let target = match routed {
             Ok(target) => target,
             Err(e) => {
-                self.registry.unmatched();
-                return error_response(e.into(), &request_id);
+                let e = GatewayError::from(e);
+                self.registry.unmatched(e.recent(&request_id));
+                return error_response(e, &request_id);
             }
         };
         let function = match target {

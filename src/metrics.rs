@@ -12,7 +12,10 @@
 //! (docs/adr/0003-metrics-cells.md).
 //!
 //! The text exposition is rendered here, on scrape, in a fixed order: the families in
-//! the order of the contract, functions in the order they were registered.
+//! the order of the contract, functions in the order they were registered. The admin API
+//! reads the same cells, and the last few cold starts and errors ([`recent`]).
+
+pub mod recent;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -21,6 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+
+use recent::{ColdStart, Recent, RecentError, Ring};
 
 const INVOCATIONS: &str = "scf_gateway_invocations_total";
 const DURATION: &str = "scf_gateway_invocation_duration_seconds";
@@ -83,7 +88,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in rendering order.
-    const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Success,
         Outcome::NotFound,
         Outcome::BodyTooLarge,
@@ -148,6 +153,7 @@ struct FunctionCells {
     /// `duration_buckets`, and their sum in microseconds.
     cold_start_buckets: [AtomicU64; BUCKETS],
     cold_start_sum_micros: AtomicU64,
+    recent: Recent,
 }
 
 impl FunctionCells {
@@ -216,6 +222,15 @@ impl FunctionMetrics {
         cells
             .cold_start_sum_micros
             .fetch_add(nanos.saturating_add(500) / 1_000, Ordering::Relaxed);
+        cells.recent.cold_starts.push(ColdStart {
+            at: std::time::SystemTime::now(),
+            took,
+        });
+    }
+
+    /// An invocation of the function was answered with an error.
+    pub fn error(&self, error: RecentError) {
+        self.cells.recent.errors.push(error);
     }
 
     /// Adds an invocation's billed GB-seconds: memory in GB times the billed duration.
@@ -236,6 +251,37 @@ impl FunctionMetrics {
             &self.cells.new_connections
         };
         cell.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// === What the admin API reads ===
+
+impl FunctionMetrics {
+    pub fn invocations(&self, outcome: Outcome) -> u64 {
+        self.cells.invocations(outcome).load(Ordering::Relaxed)
+    }
+
+    pub fn inflight(&self) -> i64 {
+        self.cells.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Invocations waiting for a slot.
+    pub fn queued(&self) -> i64 {
+        self.cells.queue_depth.load(Ordering::Relaxed)
+    }
+
+    pub fn cold_starts(&self) -> u64 {
+        self.cells.cold_starts.load(Ordering::Relaxed)
+    }
+
+    /// The last cold starts, newest first.
+    pub fn recent_cold_starts(&self) -> Vec<ColdStart> {
+        self.cells.recent.cold_starts.newest_first()
+    }
+
+    /// The last error answers, newest first.
+    pub fn recent_errors(&self) -> Vec<RecentError> {
+        self.cells.recent.errors.newest_first()
     }
 }
 
@@ -270,6 +316,7 @@ pub struct Registry {
 struct Shared {
     /// Requests that matched no function (`function="-"`).
     unmatched: AtomicU64,
+    unmatched_errors: Ring<RecentError>,
     /// Client connections accepted per worker thread, by worker index.
     workers: Mutex<Vec<Arc<AtomicU64>>>,
     /// Touched only to register (at start-up) and to render (on scrape).
@@ -296,9 +343,16 @@ impl Registry {
         Registry::default()
     }
 
-    /// Counts a request that matched no function.
-    pub fn unmatched(&self) {
+    /// Counts a request that matched no function, answered with `error`.
+    pub fn unmatched(&self, error: RecentError) {
         self.shared.unmatched.fetch_add(1, Ordering::Relaxed);
+        self.shared.unmatched_errors.push(error);
+    }
+
+    /// Requests that matched no function, and the last of their errors (newest first).
+    pub fn unmatched_errors(&self) -> (u64, Vec<RecentError>) {
+        let count = self.shared.unmatched.load(Ordering::Relaxed);
+        (count, self.shared.unmatched_errors.newest_first())
     }
 
     /// The metrics of one function, allocated on first use; asking again for the same
@@ -612,7 +666,13 @@ mod tests {
         m.connection(true);
         m.begin();
         m.set_queue_depth(0);
-        registry.unmatched();
+        registry.unmatched(RecentError {
+            at: std::time::SystemTime::now(),
+            status: 404,
+            code: 435,
+            message: "no route".into(),
+            request_id: "r".into(),
+        });
         let text = registry.render();
         let inv = |o: &str| {
             format!("{INVOCATIONS}{{function=\"hello\",namespace=\"default\",outcome=\"{o}\"}}")
@@ -834,6 +894,12 @@ mod tests {
         assert_eq!(
             value(&text, "scf_gateway_billed_gb_seconds_total{function=\"f\"}"),
             "1.500625"
+        );
+        // The status page's ring: newest first.
+        let recent: Vec<Duration> = m.recent_cold_starts().iter().map(|c| c.took).collect();
+        assert_eq!(
+            recent,
+            [Duration::from_millis(40), Duration::from_millis(180)]
         );
     }
 

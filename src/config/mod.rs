@@ -89,6 +89,8 @@ pub struct ServerConfig {
     pub max_connections: u64,
     /// `[server.tls]`: `listen` speaks TLS.
     pub tls: Option<TlsConfig>,
+    /// `POST /admin/*` needs `Authorization: Bearer <token>` when set. Default none.
+    pub admin_token: Option<Secret>,
 }
 
 /// `[images]`: where image functions' images are unpacked and what runs them.

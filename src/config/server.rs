@@ -1,12 +1,12 @@
-//! `[server]`: listeners, limits (bodies, client timers, connections), workers, shutdown
-//! and the access log; `[server.tls]` is read by `tls`.
+//! `[server]`: listeners, limits (bodies, client timers, connections), workers, shutdown,
+//! the access log and the admin token; `[server.tls]` is read by `tls`.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use super::walk::{Ctx, Section};
-use super::ServerConfig;
+use super::{Secret, ServerConfig};
 
 const SERVER_KEYS: &[&str] = &[
     "listen",
@@ -20,6 +20,7 @@ const SERVER_KEYS: &[&str] = &[
     "client_idle_timeout",
     "max_connections",
     "tls",
+    "admin_token",
 ];
 
 /// The most `max_connections` may be: what one process can hold open with room for its
@@ -72,7 +73,28 @@ pub(super) fn read_server(
         ),
         max_connections: ctx.get_u64(s, "max_connections", 1..=MAX_CONNECTIONS_LIMIT, 10_000),
         tls: super::tls::read_tls(ctx, s, config_dir),
+        admin_token: read_admin_token(ctx, s),
     }
+}
+
+/// `admin_token`: a token that resolves to nothing (`"${ADMIN_TOKEN}"` with the variable
+/// set to "") is refused rather than taken as "no token", which would leave
+/// `POST /admin/*` open where a guard was asked for. The value is never shown.
+fn read_admin_token(ctx: &mut Ctx<'_>, s: &Section<'_, '_>) -> Option<Secret> {
+    let token = ctx.get_str(s, "admin_token", "a string")?;
+    let problem = if token.value.is_empty() {
+        "must not be empty (remove the key to leave POST /admin/* open)"
+    } else if token.value.chars().any(|c| c.is_control() || c == ' ') {
+        "contains a space or control character, which cannot be sent in a header \
+         (the value is not shown)"
+    } else {
+        return Some(Secret::new(token.value));
+    };
+    ctx.error(
+        token.span,
+        format!("{}: {problem}", s.key_path("admin_token")),
+    );
+    None
 }
 
 #[cfg(test)]

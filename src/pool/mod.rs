@@ -129,6 +129,24 @@ fn ms_since(epoch: Instant, now: Instant) -> u64 {
     u64::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A pool as the admin API shows it (see [`Pool::status`]).
+pub struct PoolStatus {
+    pub instances: Vec<InstanceStatus>,
+    /// Instances being started, not yet in the pool.
+    pub starting: usize,
+    /// Invocations waiting for a slot.
+    pub queued: usize,
+}
+
+/// One instance of a pool.
+pub struct InstanceStatus {
+    pub instance: Arc<Instance>,
+    /// In rotation; false while it refuses connections (it is probed back in).
+    pub up: bool,
+    /// This function's invocations on it.
+    pub inflight: u32,
+}
+
 type WaitResult = Result<Slot, AdmitError>;
 
 struct Waiter {
@@ -321,6 +339,31 @@ impl Pool {
             .flatten()
             .map(|e| e.instance.clone())
             .collect()
+    }
+
+    /// `queue_depth`: invocations allowed to wait for a slot.
+    pub fn queue_depth(&self) -> usize {
+        self.queue_depth
+    }
+
+    /// The instances, the starts under way and the waiting invocations, read together
+    /// (for the admin API; never on the request path).
+    pub fn status(&self) -> PoolStatus {
+        let state = self.state.lock();
+        PoolStatus {
+            instances: state
+                .entries
+                .iter()
+                .flatten()
+                .map(|e| InstanceStatus {
+                    instance: e.instance.clone(),
+                    up: e.up,
+                    inflight: e.inflight,
+                })
+                .collect(),
+            starting: state.launch.starting,
+            queued: state.waiters.len(),
+        }
     }
 
     /// How many instances the pool may try for one invocation before giving up.

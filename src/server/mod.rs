@@ -221,11 +221,11 @@ impl RunningGateway {
         ));
 
         let (stop_admin, stop) = watch::channel(false);
-        let state = admin::AdminState {
-            registry: gateway.registry().clone(),
-            ready: ready.clone(),
-            reloader: reloader.clone(),
-        };
+        let state = admin::AdminState::new(
+            reloader.clone(),
+            ready.clone(),
+            config.server.admin_token.as_ref(),
+        );
         let admin = tokio::spawn(serve(
             admin_listener,
             stop,

@@ -44,3 +44,26 @@ fn client_limits_out_of_range_are_refused() {
         ]
     );
 }
+
+#[test]
+fn admin_token_is_optional_resolved_and_never_empty() {
+    assert_eq!(ok("").server.admin_token, None);
+    let config = parse_with(
+        "[server]\nadmin_token = \"${ADMIN_TOKEN}\"\n",
+        &[("ADMIN_TOKEN", "t0ken-value")],
+    )
+    .unwrap();
+    let token = config.server.admin_token.as_ref().unwrap();
+    assert_eq!(token.expose(), "t0ken-value");
+    assert!(!format!("{:?}", config.server).contains("t0ken-value"));
+    let all = errors_with(
+        "[server]\nadmin_token = \"${ADMIN_TOKEN}\"\n",
+        &[("ADMIN_TOKEN", "")],
+    );
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert!(all[0]
+        .message
+        .starts_with("server.admin_token: must not be empty"));
+    let e = one_error("[server]\nadmin_token = \"two words\"\n");
+    assert!(!e.message.contains("two words"), "{}", e.message);
+}

@@ -75,7 +75,7 @@ impl Gateway {
     pub fn new(config: &Config) -> Gateway {
         let registry = Registry::new();
         // Static instances at the same address share their keep-alive connections.
-        let upstreams = Upstreams::default();
+        let upstreams = Upstreams::new(&config.discovery);
         // Equal stamp values are built once and shared by every function.
         let mut stamps = StampValues::default();
         let functions = config

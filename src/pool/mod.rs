@@ -7,8 +7,9 @@
 //! scan), or waits in a bounded FIFO queue. A released slot goes straight to the oldest
 //! waiter, so a burst cannot overtake the queue.
 //!
-//! Instances come from a source: a static list (fixed for the pool's life), or a
-//! [`Launcher`] that starts processes on demand (see `scale.rs`). The state is one small
+//! Instances come from a source: a static list (its addresses fixed for the pool's
+//! life, its host names followed in DNS by [`crate::discovery`]), or a [`Launcher`]
+//! that starts processes on demand (see `scale.rs`). The state is one small
 //! mutex per pool, held for a few instructions and never across an await. Instances
 //! that refuse connections are marked down; a keeper task (see [`connection`]) probes
 //! them back in with backoff, and one keeper per address keeps warm keep-alive
@@ -19,6 +20,7 @@ mod scale;
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -28,7 +30,8 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
-use crate::config::{FunctionConfig, InstanceSource};
+use crate::config::{FunctionConfig, InstanceSource, StaticInstance};
+use crate::discovery::{self, Discovery, Name};
 use crate::error::AdmitError;
 use crate::instance::Launcher;
 use crate::metrics::FunctionMetrics;
@@ -64,6 +67,15 @@ pub struct Pool {
     /// launched processes run there, whichever worker's invocation asked for them, so
     /// they outlive the other workers and the shutdown finds them in one place.
     home: OnceLock<Handle>,
+    /// The host names of a static pool's `instances`, followed in DNS.
+    names: Option<Box<Names>>,
+}
+
+/// What a pool following host names needs: the names, the resolver, and the shared
+/// upstreams its discovered instances join.
+struct Names {
+    names: Vec<Name>,
+    upstreams: Upstreams,
 }
 
 /// `repr(C)`: the fields an invocation reads first (see [`Pool`]).
@@ -79,6 +91,9 @@ struct State {
     launch: scale::LaunchState,
     /// What the entries' idle times count from.
     epoch: Instant,
+    /// The pool follows host names that have not been resolved yet: with no instance,
+    /// an invocation waits in the queue for the first answer instead of failing.
+    resolving: bool,
 }
 
 /// 32 bytes: four entries fill two cache lines, and picking an instance reads them all
@@ -97,6 +112,8 @@ struct Entry {
     up: bool,
     /// A keeper task runs for this entry (see [`connection::keep`]).
     keeper: bool,
+    /// An address of a host name: it leaves when the name stops resolving to it.
+    discovered: bool,
 }
 
 impl Entry {
@@ -108,6 +125,7 @@ impl Entry {
             inflight: 0,
             up: true,
             keeper: false,
+            discovered: false,
         }
     }
 
@@ -141,13 +159,32 @@ impl Pool {
         launcher: Option<Arc<Launcher>>,
         upstreams: &Upstreams,
     ) -> Arc<Pool> {
-        let entries: Vec<Option<Entry>> = match &function.source {
-            InstanceSource::Static(list) => list
-                .iter()
-                .map(|i| Some(Entry::new(upstreams.instance(&i.authority, i.addr), 0)))
-                .collect(),
-            InstanceSource::Launch(_) => Vec::new(),
-        };
+        let mut entries: Vec<Option<Entry>> = Vec::new();
+        let mut names = Vec::new();
+        if let InstanceSource::Static(list) = &function.source {
+            for i in list {
+                match i {
+                    StaticInstance::Fixed { authority, addr } => {
+                        entries.push(Some(Entry::new(upstreams.instance(authority, *addr), 0)))
+                    }
+                    StaticInstance::Named {
+                        authority,
+                        host,
+                        port,
+                    } => names.push(Name {
+                        authority: authority.clone(),
+                        host: host.clone(),
+                        port: *port,
+                    }),
+                }
+            }
+        }
+        let names = (!names.is_empty()).then(|| {
+            Box::new(Names {
+                names,
+                upstreams: upstreams.clone(),
+            })
+        });
         let n = entries.len();
         metrics.set_queue_depth(0);
         let pool = Arc::new(Pool {
@@ -167,10 +204,12 @@ impl Pool {
                 next_waiter: 0,
                 launch: scale::LaunchState::default(),
                 epoch: Instant::now(),
+                resolving: names.is_some(),
             }),
             tasks: Mutex::new(Vec::new()),
             changed: Notify::new(),
             home: OnceLock::new(),
+            names,
         });
         pool.publish_instances(&pool.state.lock());
         pool
@@ -178,8 +217,9 @@ impl Pool {
 
     /// Starts the background work: a keeper for each static instance whose address no
     /// other pool keeps yet (warm connections; a pool's other instances get a keeper
-    /// when they go out of rotation, to probe them); for launched functions the scaler
-    /// and the `min_instances`. Needs a Tokio runtime.
+    /// when they go out of rotation, to probe them), and the DNS discovery of its host
+    /// names; for launched functions the scaler and the `min_instances`. Needs a Tokio
+    /// runtime.
     pub fn start(self: &Arc<Self>) {
         let _ = self.home.set(Handle::current());
         let adopted: Vec<usize> = {
@@ -201,6 +241,101 @@ impl Pool {
         if self.launcher.is_some() {
             let task = self.spawn(scale::supervise(self.clone()));
             self.tasks.lock().push(task.abort_handle());
+        }
+        if let Some(names) = &self.names {
+            let discovery: Arc<Discovery> = names.upstreams.discovery().clone();
+            let task = self.spawn(discovery::follow(
+                self.clone(),
+                names.names.clone(),
+                discovery,
+            ));
+            self.tasks.lock().push(task.abort_handle());
+        }
+    }
+
+    /// Makes the pool's discovered instances those of `desired` (host name as
+    /// written, address), as the names resolve now: new addresses join (warm: their
+    /// keeper opens connections ahead of invocations, as at start), vanished ones
+    /// take no new invocation and finish those in flight. Fixed instances stay.
+    pub fn set_discovered(self: &Arc<Self>, desired: &[(String, SocketAddr)]) {
+        let Some(names) = &self.names else {
+            return;
+        };
+        let (current, first) = {
+            let state = self.state.lock();
+            let current: Vec<(usize, Arc<Instance>)> = state
+                .entries
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| match e {
+                    Some(e) if e.discovered => Some((i, e.instance.clone())),
+                    _ => None,
+                })
+                .collect();
+            (current, state.resolving)
+        };
+        let keys: Vec<(String, SocketAddr)> = current
+            .iter()
+            .map(|(_, i)| (discovered_name(i), i.addr()))
+            .collect();
+        let (leaving, joining) = discovery::diff(&keys, desired);
+        if leaving.is_empty() && joining.is_empty() && !first {
+            return;
+        }
+        let joining: Vec<Arc<Instance>> = joining
+            .into_iter()
+            .map(|(authority, addr)| names.upstreams.discovered(authority, *addr))
+            .collect();
+        let (joined, dropped_waiters) = {
+            let mut state = self.state.lock();
+            state.resolving = false;
+            for &k in &leaving {
+                state.remove(&current[k].1);
+            }
+            let joined: Vec<(usize, Arc<Instance>)> = joining
+                .into_iter()
+                .map(|instance| {
+                    let index = state.insert(instance.clone());
+                    if let Some(e) = state.entries[index].as_mut() {
+                        e.discovered = true;
+                    }
+                    (index, instance)
+                })
+                .collect();
+            self.publish_instances(&state);
+            // Nothing left to wait for: the queue fails now rather than at its timeout.
+            let dropped = if state.up_count == 0 {
+                self.metrics.set_queue_depth(0);
+                std::mem::take(&mut state.waiters)
+            } else {
+                VecDeque::new()
+            };
+            (joined, dropped)
+        };
+        drop(dropped_waiters);
+        // Keepers of the instances that left see it and end.
+        self.changed.notify_waiters();
+        for &k in &leaving {
+            let instance = &current[k].1;
+            tracing::info!(
+                function = %self.function,
+                name = %discovered_name(instance),
+                instance = %instance.name(),
+                "instance left: its name no longer resolves to it; in-flight invocations finish"
+            );
+        }
+        for (index, instance) in joined {
+            tracing::info!(
+                function = %self.function,
+                name = %discovered_name(&instance),
+                instance = %instance.name(),
+                "instance joined: its name resolves to it"
+            );
+            instance.upstream().want_warm(self.warm_target);
+            if instance.upstream().adopt() {
+                self.spawn_keeper(index);
+            }
+            self.hand_out(index, None);
         }
     }
 
@@ -334,7 +469,12 @@ impl Pool {
             // being started for this invocation by the start itself (`ready_timeout`).
             let mut for_start = None;
             match &self.launcher {
-                None if state.up_count == 0 => return Err(self.none_reachable()),
+                None if state.up_count == 0 && state.live == 0 && !state.resolving => {
+                    return Err(self.no_address())
+                }
+                None if state.up_count == 0 && !state.resolving => {
+                    return Err(self.none_reachable())
+                }
                 None => {}
                 Some(launcher) => match scale::on_demand(self, &mut state, launcher) {
                     scale::Demand::Wait => {}
@@ -608,6 +748,13 @@ impl Pool {
         }
     }
 
+    fn no_address(&self) -> AdmitError {
+        AdmitError::NoInstance {
+            function: self.function.clone(),
+            reason: "its host names resolve to no address".to_owned(),
+        }
+    }
+
     fn none_reachable(&self) -> AdmitError {
         AdmitError::NoInstance {
             function: self.function.clone(),
@@ -688,6 +835,12 @@ impl State {
             None => false,
         }
     }
+}
+
+/// The host name (as written, with its port) a discovered instance was found under:
+/// the `Host` its invocations carry.
+fn discovered_name(instance: &Instance) -> String {
+    String::from_utf8_lossy(instance.host().as_bytes()).into_owned()
 }
 
 /// A waiter's place in the queue; leaving it (timeout, or the client going away)

@@ -516,7 +516,10 @@ impl Pool {
             // The pool dropped every waiter: no instance is left.
             Ok(Err(_)) => {
                 wait.rx = None;
-                Err(self.none_reachable())
+                Err(match self.state.lock().live {
+                    0 if self.names.is_some() => self.no_address(),
+                    _ => self.none_reachable(),
+                })
             }
             Err(_elapsed) => match wait.cancel() {
                 // A slot arrived just as the wait ran out: use it.
@@ -906,5 +909,97 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.pool.release(self.index, &self.instance);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FunctionKind;
+    use crate::metrics::Registry;
+
+    const NAME: &str = "svc:80";
+
+    fn followed(addrs: &[SocketAddr]) -> Vec<(String, SocketAddr)> {
+        addrs.iter().map(|a| (NAME.to_owned(), *a)).collect()
+    }
+
+    /// A pool following one host name, with one slot per instance.
+    fn pool_of_a_name(upstreams: &Upstreams) -> Arc<Pool> {
+        let function = FunctionConfig {
+            name: "f".into(),
+            namespace: "default".into(),
+            version: "$LATEST".into(),
+            kind: FunctionKind::Event,
+            memory_mb: 128,
+            timeout: Duration::from_secs(3),
+            instance_concurrency: 1,
+            queue_depth: 10,
+            queue_timeout: Duration::from_secs(5),
+            source: InstanceSource::Static(vec![StaticInstance::Named {
+                authority: NAME.into(),
+                host: "svc".into(),
+                port: 80,
+            }]),
+        };
+        let metrics = Registry::new().function("f", "default");
+        Pool::new(&function, Duration::from_secs(4), metrics, None, upstreams)
+    }
+
+    /// Addresses leave and come back while a slot on one of them is held: the slot is
+    /// given back to nothing, and the address that came back counts from zero.
+    #[tokio::test]
+    async fn discovered_instances_join_and_leave_around_held_slots() {
+        let upstreams = Upstreams::default();
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "10.0.0.1:80".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+        );
+        // Held here, and adopted: no keeper dials these addresses during the test.
+        let kept: Vec<Arc<Upstream>> = [a, b].iter().map(|&x| upstreams.get(x)).collect();
+        for u in &kept {
+            assert!(u.adopt());
+        }
+        let pool = pool_of_a_name(&upstreams);
+
+        // Before the first answer an invocation waits for it.
+        let early = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.acquire().await.map(|s| s.instance().addr()) }
+        });
+        tokio::task::yield_now().await;
+        pool.set_discovered(&followed(&[a]));
+        assert_eq!(early.await.unwrap().unwrap(), a);
+
+        let on_a = pool.acquire().await.unwrap();
+        assert_eq!(on_a.instance().addr(), a);
+        // a leaves, b joins: new invocations go to b only.
+        pool.set_discovered(&followed(&[b]));
+        let on_b = pool.acquire().await.unwrap();
+        assert_eq!(on_b.instance().addr(), b);
+        drop(on_b);
+        assert_eq!(pool.instances().len(), 1);
+
+        // a comes back while its old slot is held; the old slot goes back to nothing.
+        pool.set_discovered(&followed(&[a, b]));
+        drop(on_a);
+        assert_eq!(kept[0].load(), 0);
+        let s1 = pool.acquire().await.unwrap();
+        let s2 = pool.acquire().await.unwrap();
+        let mut got = [s1.instance().addr(), s2.instance().addr()];
+        got.sort();
+        assert_eq!(got, [a, b]);
+        drop((s1, s2));
+
+        // No address at all: invocations fail at once, saying why.
+        pool.set_discovered(&[]);
+        match pool.acquire().await {
+            Err(AdmitError::NoInstance { reason, .. }) => {
+                assert_eq!(reason, "its host names resolve to no address")
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("a slot on an empty pool"),
+        }
+        assert_eq!(pool.instances().len(), 0);
     }
 }

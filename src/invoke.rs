@@ -74,7 +74,7 @@ pub struct Gateway {
     config: Arc<Config>,
     /// Static instances at the same address share their keep-alive connections, across
     /// functions and across reloads.
-    upstreams: Arc<Upstreams>,
+    upstreams: Upstreams,
     /// Dropped with the gateway, which tells a reload that no request still runs on it.
     _in_use: oneshot::Sender<()>,
 }
@@ -101,7 +101,12 @@ impl Gateway {
     /// its pool, and so its instances and warm connections; the metrics carry on.
     pub fn build(config: Arc<Config>, previous: Option<&Gateway>) -> Built {
         let registry = previous.map_or_else(Registry::new, |p| p.registry.clone());
-        let upstreams = previous.map_or_else(Arc::default, |p| p.upstreams.clone());
+        // Static instances at the same address share their keep-alive connections,
+        // across functions and reloads; new `[discovery]` settings need new ones.
+        let upstreams = match previous {
+            Some(p) if p.config.discovery == config.discovery => p.upstreams.clone(),
+            _ => Upstreams::new(&config.discovery),
+        };
         // Equal stamp values are built once and shared by every function.
         let mut stamps = StampValues::default();
         let mut kept = vec![false; previous.map_or(0, |p| p.functions.len())];

@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod function;
 #[doc(hidden)]

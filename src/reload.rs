@@ -21,7 +21,9 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, ConfigErrors, FunctionConfig, InstanceSource, ServerConfig};
+use crate::config::{
+    Config, ConfigErrors, FunctionConfig, InstanceSource, ServerConfig, StaticInstance,
+};
 use crate::invoke::{Built, Gateway};
 use crate::pool::Pool;
 use crate::server::TlsHandle;
@@ -57,7 +59,12 @@ pub fn keeps_instances(
         && old_config.server.upstream_idle_timeout == new_config.server.upstream_idle_timeout;
     pool_settings
         && match (&old.source, &new.source) {
-            (InstanceSource::Static(a), InstanceSource::Static(b)) => a == b,
+            // Host names are followed as `[discovery]` says.
+            (InstanceSource::Static(a), InstanceSource::Static(b)) => {
+                a == b
+                    && (old_config.discovery == new_config.discovery
+                        || !a.iter().any(|i| matches!(i, StaticInstance::Named { .. })))
+            }
             // A launched instance is started with the function's identity, memory and
             // the platform's names in its environment, and an image function with the
             // `[images]` settings.

@@ -2,7 +2,7 @@
 //! `instances` list, or `launch`), and the check that no two entries name the same
 //! function.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -183,11 +183,8 @@ fn read_instances(
         let Some(entry) = ctx.string_value(&item_path, item, "a \"host:port\" string") else {
             continue;
         };
-        match resolve_instance(&entry.value) {
-            Ok(addr) => instances.push(StaticInstance {
-                authority: entry.value,
-                addr,
-            }),
+        match read_instance(entry.value) {
+            Ok(instance) => instances.push(instance),
             Err(why) => ctx.error(entry.span, format!("{item_path}: {why}")),
         }
     }
@@ -221,35 +218,69 @@ pub(super) fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A static instance address: `host:port`, resolved now; the first address wins.
-fn resolve_instance(authority: &str) -> Result<SocketAddr, String> {
-    let addr = match authority.parse::<SocketAddr>() {
-        Ok(addr) => addr,
-        Err(_) => {
-            let no_port = || {
-                format!(
-                    "instance {authority:?} has no port: expected \"host:port\", \
-                     e.g. \"127.0.0.1:9000\""
-                )
-            };
-            let (host, port) = authority.rsplit_once(':').ok_or_else(no_port)?;
-            if host.is_empty() || port.parse::<u16>().is_err() {
-                return Err(no_port());
-            }
-            let mut addrs = authority
-                .to_socket_addrs()
-                .map_err(|e| format!("instance {authority:?} does not resolve: {e}"))?;
-            addrs
-                .next()
-                .ok_or_else(|| format!("instance {authority:?} does not resolve to any address"))?
-        }
+/// A static instance: `ip:port` is a fixed member; `name:port` stands for the name's
+/// addresses, found at run time (so a name that does not resolve yet, such as a
+/// Kubernetes Service with no pods, or a resolver that is down, is no error here).
+fn read_instance(authority: String) -> Result<StaticInstance, String> {
+    let no_port = |authority: &str| {
+        format!(
+            "instance {authority:?} has no port: expected \"host:port\", \
+             e.g. \"127.0.0.1:9000\""
+        )
     };
-    if addr.port() == 0 {
+    let port_zero =
+        |authority: &str| format!("instance {authority:?}: port 0 cannot be connected to");
+    if let Ok(addr) = authority.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(port_zero(&authority));
+        }
+        return Ok(StaticInstance::Fixed { authority, addr });
+    }
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        return Err(no_port(&authority));
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(no_port(&authority));
+    };
+    if host.is_empty() {
+        return Err(no_port(&authority));
+    }
+    if port == 0 {
+        return Err(port_zero(&authority));
+    }
+    if let Err(why) = check_host_name(host) {
+        return Err(format!("instance {authority:?}: {why}"));
+    }
+    Ok(StaticInstance::Named {
+        host: host.to_owned(),
+        port,
+        authority,
+    })
+}
+
+/// A DNS name as resolvers take it: dot-separated labels of letters, digits, `-` and
+/// `_` (1 to 63 bytes each, 253 in all), an optional final dot.
+fn check_host_name(host: &str) -> Result<(), String> {
+    if host.contains(':') || host.starts_with('[') {
+        return Err("an IPv6 address goes in brackets: \"[::1]:9000\"".to_owned());
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.len() > 253 {
+        return Err("a host name has at most 253 characters".to_owned());
+    }
+    let valid_label = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !name.split('.').all(valid_label) {
         return Err(format!(
-            "instance {authority:?}: port 0 cannot be connected to"
+            "invalid host name {host:?}: use labels of letters, digits, `-` and `_` \
+             separated by dots"
         ));
     }
-    Ok(addr)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,10 +11,11 @@
 //! - `walk`: the walking context, positions and the collected problems;
 //! - `values`: typed values (integers in range, durations, addresses, secrets);
 //! - `env`: `${VAR}` resolution;
-//! - `server` (with `tls`), `platform` (with `[credentials]`), `images`, `functions`, `launch`,
-//!   `routes`: one section each, with its keys, defaults and rules;
+//! - `server` (with `tls`), `platform` (with `[credentials]`), `images`, `functions`,
+//!   `launch`, `routes`, `discovery`: one section each, with its keys, defaults and rules;
 //! - `unbuilt`: keys of features that are not built yet, refused as such.
 
+mod discovery;
 mod env;
 mod functions;
 mod images;
@@ -56,6 +57,26 @@ pub struct Config {
     pub images: ImagesConfig,
     pub functions: Vec<FunctionConfig>,
     pub routes: Vec<RouteConfig>,
+    pub discovery: DiscoveryConfig,
+}
+
+/// `[discovery]`: how the host names in static pools' `instances` are followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// How often each name is resolved again. Default 5 s.
+    pub interval: Duration,
+    /// The one nameserver asked (UDP, and TCP for truncated answers); `None`: the
+    /// system's `/etc/resolv.conf` (and `/etc/hosts`).
+    pub nameserver: Option<SocketAddr>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            interval: Duration::from_secs(5),
+            nameserver: None,
+        }
+    }
 }
 
 /// `[server]`
@@ -236,13 +257,34 @@ pub struct ImageLaunch {
     pub tmp_mb: u32,
 }
 
-/// One address of a static pool.
+/// One entry of a static pool's `instances`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StaticInstance {
-    /// As written in the file (`127.0.0.1:9001`, `fn-a:9000`): used for `Host` and logs.
-    pub authority: String,
-    /// Resolved once at load time.
-    pub addr: SocketAddr,
+pub enum StaticInstance {
+    /// An IP address and a port: a member for the pool's life.
+    Fixed {
+        /// As written in the file (`127.0.0.1:9001`): used for `Host` and logs.
+        authority: String,
+        addr: SocketAddr,
+    },
+    /// A host name and a port: stands for every address the name resolves to,
+    /// resolved again every [`DiscoveryConfig::interval`] (see `crate::discovery`).
+    Named {
+        /// As written in the file (`fn-a.default.svc:9000`): used for `Host` and logs.
+        authority: String,
+        host: String,
+        port: u16,
+    },
+}
+
+impl StaticInstance {
+    /// The entry as written in the file.
+    pub fn authority(&self) -> &str {
+        match self {
+            StaticInstance::Fixed { authority, .. } | StaticInstance::Named { authority, .. } => {
+                authority
+            }
+        }
+    }
 }
 
 /// One `[[routes]]` entry, already resolved to a function.

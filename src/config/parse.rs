@@ -7,6 +7,7 @@ use std::path::Path;
 
 use toml::de::DeTable;
 
+use super::discovery::read_discovery;
 use super::env::Env;
 use super::functions::{check_duplicate_function, read_function, Ident};
 use super::images::read_images;
@@ -25,6 +26,7 @@ const TOP_KEYS: &[&str] = &[
     "functions",
     "routes",
     "async",
+    "discovery",
 ];
 
 /// Parses and validates a config file's `text`. `path` is only used in messages and
@@ -60,6 +62,9 @@ fn read_config(ctx: &mut Ctx<'_>, root: &DeTable<'_>, path: &Path) -> Config {
     let platform = read_platform(ctx, &or_empty(platform, &empty, "[platform]"));
     let credentials = ctx.table(&top, "credentials", "[credentials]");
     let credentials = read_credentials(ctx, &or_empty(credentials, &empty, "[credentials]"));
+
+    let discovery = ctx.table(&top, "discovery", "[discovery]");
+    let discovery = read_discovery(ctx, &or_empty(discovery, &empty, "[discovery]"));
 
     let images = ctx.table(&top, "images", "[images]");
     let images = read_images(ctx, &or_empty(images, &empty, "[images]"), &config_dir);
@@ -99,6 +104,7 @@ fn read_config(ctx: &mut Ctx<'_>, root: &DeTable<'_>, path: &Path) -> Config {
         images,
         functions,
         routes,
+        discovery,
     }
 }
 

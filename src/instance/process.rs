@@ -875,7 +875,7 @@ mod tests {
         // Later entries win, as with Command::env: the function's env is on top.
         assert_eq!(get("USER").as_deref(), Some("me"));
 
-        function.source = InstanceSource::Static(vec![StaticInstance {
+        function.source = InstanceSource::Static(vec![StaticInstance::Fixed {
             authority: "127.0.0.1:9001".into(),
             addr: "127.0.0.1:9001".parse().unwrap(),
         }]);

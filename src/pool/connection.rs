@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -32,6 +32,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Pool;
+use crate::config::DiscoveryConfig;
+use crate::discovery::Discovery;
 use crate::instance::{Exit, Launched};
 use crate::metrics::FunctionMetrics;
 use crate::upstream::h1;
@@ -44,7 +46,8 @@ const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// One running instance of a function, as the pool sees it.
 pub struct Instance {
-    /// `ip:port` for static instances, `function-N` for launched ones.
+    /// As configured (`ip:port`) for static instances, the address for discovered
+    /// ones, `function-N` for launched ones.
     name: String,
     addr: SocketAddr,
     /// The process, for instances the gateway launched.
@@ -83,27 +86,66 @@ pub struct Upstream {
 }
 
 /// Upstreams by address and static instances by authority and address, for sharing
-/// between static pools.
+/// between static pools, and the resolver of their host names. Cloning it shares it:
+/// pools following host names keep a clone to add the addresses they discover.
 ///
 /// A static instance holds nothing of its function's (each pool keeps its own slot
 /// counts and up/down state in its entries), so every function listing the same
 /// instance shares one `Instance`: 1,000 functions over four instance processes have
 /// four, not 4,000, and the `Instance` an invocation reads and reference-counts stays
 /// in cache instead of being one more cold line per function.
-#[derive(Default)]
+///
+/// Upstreams are held weakly: the connections to an address that no pool lists any
+/// more (a discovered address that vanished) close when its last instance goes.
+#[derive(Clone)]
 pub struct Upstreams {
-    by_addr: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
+    shared: Arc<SharedUpstreams>,
+}
+
+struct SharedUpstreams {
+    by_addr: Mutex<AddrMap>,
     instances: Mutex<HashMap<(String, SocketAddr), Arc<Instance>>>,
+    discovery: Arc<Discovery>,
+}
+
+#[derive(Default)]
+struct AddrMap {
+    map: HashMap<SocketAddr, Weak<Upstream>>,
+    /// Size at which dead entries are swept next (amortised: twice the live size).
+    sweep_at: usize,
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Upstreams::new(&DiscoveryConfig::default())
+    }
 }
 
 impl Upstreams {
-    /// The upstream of `addr`, created on first use.
+    /// Host names are resolved as `discovery` says.
+    pub fn new(discovery: &DiscoveryConfig) -> Upstreams {
+        Upstreams {
+            shared: Arc::new(SharedUpstreams {
+                by_addr: Mutex::default(),
+                instances: Mutex::default(),
+                discovery: Arc::new(Discovery::new(discovery)),
+            }),
+        }
+    }
+
+    /// The upstream of `addr`, created on first use (or once the last one is gone).
     pub fn get(&self, addr: SocketAddr) -> Arc<Upstream> {
-        self.by_addr
-            .lock()
-            .entry(addr)
-            .or_insert_with(|| Arc::new(Upstream::new(addr)))
-            .clone()
+        let mut by_addr = self.shared.by_addr.lock();
+        if let Some(upstream) = by_addr.map.get(&addr).and_then(Weak::upgrade) {
+            return upstream;
+        }
+        let upstream = Arc::new(Upstream::new(addr));
+        if by_addr.map.len() >= by_addr.sweep_at {
+            by_addr.map.retain(|_, u| u.strong_count() > 0);
+            by_addr.sweep_at = (by_addr.map.len() * 2).max(64);
+        }
+        by_addr.map.insert(addr, Arc::downgrade(&upstream));
+        upstream
     }
 
     /// The static instance at `addr`, reached with `Host: authority`, created on
@@ -112,11 +154,27 @@ impl Upstreams {
         // Start-up only: the upstream is looked up (and the key built) even when the
         // instance exists already.
         let upstream = self.get(addr);
-        self.instances
+        self.shared
+            .instances
             .lock()
             .entry((authority.to_owned(), addr))
             .or_insert_with(|| Arc::new(Instance::fixed(authority, addr, upstream)))
             .clone()
+    }
+
+    /// A new instance at a discovered `addr` of the host name `authority`, over the
+    /// address's shared upstream. Not shared with other pools, and new each time the
+    /// address joins: an entry's identity then tells a slot taken before the address
+    /// left from one taken after it came back.
+    pub(crate) fn discovered(&self, authority: &str, addr: SocketAddr) -> Arc<Instance> {
+        let mut instance = Instance::fixed(authority, addr, self.get(addr));
+        instance.name = addr.to_string();
+        Arc::new(instance)
+    }
+
+    /// The resolver of host names in `instances`.
+    pub(crate) fn discovery(&self) -> &Arc<Discovery> {
+        &self.shared.discovery
     }
 }
 
@@ -401,7 +459,9 @@ impl Upstream {
         !self.adopted.swap(true, Ordering::AcqRel)
     }
 
-    /// Undoes [`Upstream::adopt`] when the adopting pool closes.
+    /// The tending keeper's instance left its pool, or the pool that adopted the
+    /// address closed: the next pool to list the address adopts it again. (A second
+    /// keeper that finds it tended retires.)
     pub(super) fn disown(&self) {
         self.adopted.store(false, Ordering::Release);
     }
@@ -476,7 +536,12 @@ pub(super) async fn keep(pool: Arc<Pool>, index: usize, instance: Arc<Instance>)
         // Registered before the state is read, so a change in between is not missed.
         let changed = pool.changed.notified();
         match pool.instance_state(index, &instance) {
-            None => return,
+            None => {
+                if tending.is_some() {
+                    upstream.disown();
+                }
+                return;
+            }
             Some(true) => {
                 backoff = PROBE_BACKOFF_MIN;
                 if tending.is_none() {

@@ -7,8 +7,9 @@
 //! scan), or waits in a bounded FIFO queue. A released slot goes straight to the oldest
 //! waiter, so a burst cannot overtake the queue.
 //!
-//! Instances come from a source: a static list (fixed for the pool's life), or a
-//! [`Launcher`] that starts processes on demand (see `scale.rs`). The state is one small
+//! Instances come from a source: a static list (its addresses fixed for the pool's
+//! life, its host names followed in DNS by [`crate::discovery`]), or a [`Launcher`]
+//! that starts processes on demand (see `scale.rs`). The state is one small
 //! mutex per pool, held for a few instructions and never across an await. Instances
 //! that refuse connections are marked down; a keeper task (see [`connection`]) probes
 //! them back in with backoff, and one keeper per address keeps warm keep-alive
@@ -19,6 +20,7 @@ mod scale;
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -28,7 +30,8 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
-use crate::config::{FunctionConfig, InstanceSource};
+use crate::config::{FunctionConfig, InstanceSource, StaticInstance};
+use crate::discovery::{self, Discovery, Name};
 use crate::error::AdmitError;
 use crate::instance::Launcher;
 use crate::metrics::FunctionMetrics;
@@ -67,6 +70,15 @@ pub struct Pool {
     /// launched processes run there, whichever worker's invocation asked for them, so
     /// they outlive the other workers and the shutdown finds them in one place.
     home: OnceLock<Handle>,
+    /// The host names of a static pool's `instances`, followed in DNS.
+    names: Option<Box<Names>>,
+}
+
+/// What a pool following host names needs: the names, the resolver, and the shared
+/// upstreams its discovered instances join.
+struct Names {
+    names: Vec<Name>,
+    upstreams: Upstreams,
 }
 
 /// `repr(C)`: the fields an invocation reads first (see [`Pool`]).
@@ -82,6 +94,9 @@ struct State {
     launch: scale::LaunchState,
     /// What the entries' idle times count from.
     epoch: Instant,
+    /// The pool follows host names that have not been resolved yet: with no instance,
+    /// an invocation waits in the queue for the first answer instead of failing.
+    resolving: bool,
 }
 
 /// 32 bytes: four entries fill two cache lines, and picking an instance reads them all
@@ -100,6 +115,8 @@ struct Entry {
     up: bool,
     /// A keeper task runs for this entry (see [`connection::keep`]).
     keeper: bool,
+    /// An address of a host name: it leaves when the name stops resolving to it.
+    discovered: bool,
 }
 
 impl Entry {
@@ -111,6 +128,7 @@ impl Entry {
             inflight: 0,
             up: true,
             keeper: false,
+            discovered: false,
         }
     }
 
@@ -162,13 +180,32 @@ impl Pool {
         launcher: Option<Arc<Launcher>>,
         upstreams: &Upstreams,
     ) -> Arc<Pool> {
-        let entries: Vec<Option<Entry>> = match &function.source {
-            InstanceSource::Static(list) => list
-                .iter()
-                .map(|i| Some(Entry::new(upstreams.instance(&i.authority, i.addr), 0)))
-                .collect(),
-            InstanceSource::Launch(_) => Vec::new(),
-        };
+        let mut entries: Vec<Option<Entry>> = Vec::new();
+        let mut names = Vec::new();
+        if let InstanceSource::Static(list) = &function.source {
+            for i in list {
+                match i {
+                    StaticInstance::Fixed { authority, addr } => {
+                        entries.push(Some(Entry::new(upstreams.instance(authority, *addr), 0)))
+                    }
+                    StaticInstance::Named {
+                        authority,
+                        host,
+                        port,
+                    } => names.push(Name {
+                        authority: authority.clone(),
+                        host: host.clone(),
+                        port: *port,
+                    }),
+                }
+            }
+        }
+        let names = (!names.is_empty()).then(|| {
+            Box::new(Names {
+                names,
+                upstreams: upstreams.clone(),
+            })
+        });
         let n = entries.len();
         metrics.set_queue_depth(0);
         let pool = Arc::new(Pool {
@@ -188,11 +225,13 @@ impl Pool {
                 next_waiter: 0,
                 launch: scale::LaunchState::default(),
                 epoch: Instant::now(),
+                resolving: names.is_some(),
             }),
             tasks: Mutex::new(Vec::new()),
             changed: Notify::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
             home: OnceLock::new(),
+            names,
         });
         pool.publish_instances(&pool.state.lock());
         pool
@@ -200,13 +239,23 @@ impl Pool {
 
     /// Starts the background work: a keeper for each static instance whose address no
     /// other pool keeps yet (warm connections; a pool's other instances get a keeper
-    /// when they go out of rotation, to probe them); for launched functions the scaler
-    /// and the `min_instances`. Needs a Tokio runtime.
+    /// when they go out of rotation, to probe them), and the DNS discovery of its host
+    /// names; for launched functions the scaler and the `min_instances`. Needs a Tokio
+    /// runtime.
     pub fn start(self: &Arc<Self>) {
         let _ = self.home.set(Handle::current());
         self.adopt_keepers();
         if self.launcher.is_some() {
             let task = self.spawn(scale::supervise(self.clone()));
+            self.tasks.lock().push(task.abort_handle());
+        }
+        if let Some(names) = &self.names {
+            let discovery: Arc<Discovery> = names.upstreams.discovery().clone();
+            let task = self.spawn(discovery::follow(
+                self.clone(),
+                names.names.clone(),
+                discovery,
+            ));
             self.tasks.lock().push(task.abort_handle());
         }
     }
@@ -229,6 +278,92 @@ impl Pool {
         };
         for index in adopted {
             self.spawn_keeper(index);
+        }
+    }
+
+    /// Makes the pool's discovered instances those of `desired` (host name as
+    /// written, address), as the names resolve now: new addresses join (warm: their
+    /// keeper opens connections ahead of invocations, as at start), vanished ones
+    /// take no new invocation and finish those in flight. Fixed instances stay.
+    pub fn set_discovered(self: &Arc<Self>, desired: &[(String, SocketAddr)]) {
+        let Some(names) = &self.names else {
+            return;
+        };
+        let (current, first) = {
+            let state = self.state.lock();
+            let current: Vec<(usize, Arc<Instance>)> = state
+                .entries
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| match e {
+                    Some(e) if e.discovered => Some((i, e.instance.clone())),
+                    _ => None,
+                })
+                .collect();
+            (current, state.resolving)
+        };
+        let keys: Vec<(String, SocketAddr)> = current
+            .iter()
+            .map(|(_, i)| (discovered_name(i), i.addr()))
+            .collect();
+        let (leaving, joining) = discovery::diff(&keys, desired);
+        if leaving.is_empty() && joining.is_empty() && !first {
+            return;
+        }
+        let joining: Vec<Arc<Instance>> = joining
+            .into_iter()
+            .map(|(authority, addr)| names.upstreams.discovered(authority, *addr))
+            .collect();
+        let (joined, dropped_waiters) = {
+            let mut state = self.state.lock();
+            state.resolving = false;
+            for &k in &leaving {
+                state.remove(&current[k].1);
+            }
+            let joined: Vec<(usize, Arc<Instance>)> = joining
+                .into_iter()
+                .map(|instance| {
+                    let index = state.insert(instance.clone());
+                    if let Some(e) = state.entries[index].as_mut() {
+                        e.discovered = true;
+                    }
+                    (index, instance)
+                })
+                .collect();
+            self.publish_instances(&state);
+            // Nothing left to wait for: the queue fails now rather than at its timeout.
+            let dropped = if state.up_count == 0 {
+                self.metrics.set_queue_depth(0);
+                std::mem::take(&mut state.waiters)
+            } else {
+                VecDeque::new()
+            };
+            (joined, dropped)
+        };
+        drop(dropped_waiters);
+        // Keepers of the instances that left see it and end.
+        self.changed.notify_waiters();
+        for &k in &leaving {
+            let instance = &current[k].1;
+            tracing::info!(
+                function = %self.function,
+                name = %discovered_name(instance),
+                instance = %instance.name(),
+                "instance left: its name no longer resolves to it; in-flight invocations finish"
+            );
+        }
+        for (index, instance) in joined {
+            tracing::info!(
+                function = %self.function,
+                name = %discovered_name(&instance),
+                instance = %instance.name(),
+                "instance joined: its name resolves to it"
+            );
+            instance.upstream().want_warm(self.warm_target);
+            if instance.upstream().adopt() {
+                self.spawn_keeper(index);
+            }
+            self.hand_out(index, None);
         }
     }
 
@@ -415,7 +550,12 @@ impl Pool {
             // being started for this invocation by the start itself (`ready_timeout`).
             let mut for_start = None;
             match &self.launcher {
-                None if state.up_count == 0 => return Err(self.none_reachable()),
+                None if state.up_count == 0 && state.live == 0 && !state.resolving => {
+                    return Err(self.no_address())
+                }
+                None if state.up_count == 0 && !state.resolving => {
+                    return Err(self.none_reachable())
+                }
                 None => {}
                 Some(launcher) => match scale::on_demand(self, &mut state, launcher) {
                     scale::Demand::Wait => {}
@@ -457,7 +597,10 @@ impl Pool {
             // The pool dropped every waiter: no instance is left.
             Ok(Err(_)) => {
                 wait.rx = None;
-                Err(self.none_reachable())
+                Err(match self.state.lock().live {
+                    0 if self.names.is_some() => self.no_address(),
+                    _ => self.none_reachable(),
+                })
             }
             Err(_elapsed) => match wait.cancel() {
                 // A slot arrived just as the wait ran out: use it.
@@ -689,6 +832,13 @@ impl Pool {
         }
     }
 
+    fn no_address(&self) -> AdmitError {
+        AdmitError::NoInstance {
+            function: self.function.clone(),
+            reason: "its host names resolve to no address".to_owned(),
+        }
+    }
+
     fn none_reachable(&self) -> AdmitError {
         AdmitError::NoInstance {
             function: self.function.clone(),
@@ -771,6 +921,12 @@ impl State {
     }
 }
 
+/// The host name (as written, with its port) a discovered instance was found under:
+/// the `Host` its invocations carry.
+fn discovered_name(instance: &Instance) -> String {
+    String::from_utf8_lossy(instance.host().as_bytes()).into_owned()
+}
+
 /// A waiter's place in the queue; leaving it (timeout, or the client going away)
 /// removes the place, and a slot that raced in is given back.
 struct QueueWait<'a> {
@@ -834,5 +990,97 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.pool.release(self.index, &self.instance);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FunctionKind;
+    use crate::metrics::Registry;
+
+    const NAME: &str = "svc:80";
+
+    fn followed(addrs: &[SocketAddr]) -> Vec<(String, SocketAddr)> {
+        addrs.iter().map(|a| (NAME.to_owned(), *a)).collect()
+    }
+
+    /// A pool following one host name, with one slot per instance.
+    fn pool_of_a_name(upstreams: &Upstreams) -> Arc<Pool> {
+        let function = FunctionConfig {
+            name: "f".into(),
+            namespace: "default".into(),
+            version: "$LATEST".into(),
+            kind: FunctionKind::Event,
+            memory_mb: 128,
+            timeout: Duration::from_secs(3),
+            instance_concurrency: 1,
+            queue_depth: 10,
+            queue_timeout: Duration::from_secs(5),
+            source: InstanceSource::Static(vec![StaticInstance::Named {
+                authority: NAME.into(),
+                host: "svc".into(),
+                port: 80,
+            }]),
+        };
+        let metrics = Registry::new().function("f", "default");
+        Pool::new(&function, Duration::from_secs(4), metrics, None, upstreams)
+    }
+
+    /// Addresses leave and come back while a slot on one of them is held: the slot is
+    /// given back to nothing, and the address that came back counts from zero.
+    #[tokio::test]
+    async fn discovered_instances_join_and_leave_around_held_slots() {
+        let upstreams = Upstreams::default();
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "10.0.0.1:80".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+        );
+        // Held here, and adopted: no keeper dials these addresses during the test.
+        let kept: Vec<Arc<Upstream>> = [a, b].iter().map(|&x| upstreams.get(x)).collect();
+        for u in &kept {
+            assert!(u.adopt());
+        }
+        let pool = pool_of_a_name(&upstreams);
+
+        // Before the first answer an invocation waits for it.
+        let early = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.acquire().await.map(|s| s.instance().addr()) }
+        });
+        tokio::task::yield_now().await;
+        pool.set_discovered(&followed(&[a]));
+        assert_eq!(early.await.unwrap().unwrap(), a);
+
+        let on_a = pool.acquire().await.unwrap();
+        assert_eq!(on_a.instance().addr(), a);
+        // a leaves, b joins: new invocations go to b only.
+        pool.set_discovered(&followed(&[b]));
+        let on_b = pool.acquire().await.unwrap();
+        assert_eq!(on_b.instance().addr(), b);
+        drop(on_b);
+        assert_eq!(pool.instances().len(), 1);
+
+        // a comes back while its old slot is held; the old slot goes back to nothing.
+        pool.set_discovered(&followed(&[a, b]));
+        drop(on_a);
+        assert_eq!(kept[0].load(), 0);
+        let s1 = pool.acquire().await.unwrap();
+        let s2 = pool.acquire().await.unwrap();
+        let mut got = [s1.instance().addr(), s2.instance().addr()];
+        got.sort();
+        assert_eq!(got, [a, b]);
+        drop((s1, s2));
+
+        // No address at all: invocations fail at once, saying why.
+        pool.set_discovered(&[]);
+        match pool.acquire().await {
+            Err(AdmitError::NoInstance { reason, .. }) => {
+                assert_eq!(reason, "its host names resolve to no address")
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("a slot on an empty pool"),
+        }
+        assert_eq!(pool.instances().len(), 0);
     }
 }

@@ -64,7 +64,7 @@ fn variables_resolve_in_any_string_before_it_is_interpreted() {
     assert_eq!(f.name, "fn");
     assert_eq!(f.timeout, Duration::from_millis(250));
     assert_eq!(f.version, "$LATEST");
-    assert_eq!(static_instances(f)[0].authority, "127.0.0.1:9009");
+    assert_eq!(static_instances(f)[0].authority(), "127.0.0.1:9009");
 }
 
 #[test]

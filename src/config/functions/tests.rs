@@ -1,5 +1,5 @@
 use crate::config::testing::*;
-use crate::config::Location;
+use crate::config::{Location, StaticInstance};
 
 #[test]
 fn duplicate_functions_are_reported_at_the_second_name() {
@@ -96,14 +96,54 @@ fn bad_instances() {
     assert_eq!(all[1].location, at(3, 27));
 }
 
+/// A host name is followed at run time: one that does not resolve yet (a Service
+/// with no pods, a resolver that is down) is no error at load.
 #[test]
-fn an_instance_that_does_not_resolve_is_named() {
-    let e = one_error("[[functions]]\nname = \"a\"\ninstances = [\"no-such-host.invalid:9000\"]\n");
-    assert!(
-        e.message.starts_with(
-            "functions[0].instances[0]: instance \"no-such-host.invalid:9000\" does not resolve"
-        ),
-        "{}",
-        e.message
+fn host_names_are_resolved_at_run_time() {
+    let config = ok("[[functions]]\nname = \"a\"\n\
+         instances = [\"no-such-host.invalid:9000\", \"127.0.0.1:9001\", \"[::1]:9002\", \"svc.ns.svc.cluster.local.:80\"]\n");
+    assert_eq!(
+        static_instances(&config.functions[0]),
+        [
+            StaticInstance::Named {
+                authority: "no-such-host.invalid:9000".into(),
+                host: "no-such-host.invalid".into(),
+                port: 9000,
+            },
+            StaticInstance::Fixed {
+                authority: "127.0.0.1:9001".into(),
+                addr: "127.0.0.1:9001".parse().unwrap(),
+            },
+            StaticInstance::Fixed {
+                authority: "[::1]:9002".into(),
+                addr: "[::1]:9002".parse().unwrap(),
+            },
+            StaticInstance::Named {
+                authority: "svc.ns.svc.cluster.local.:80".into(),
+                host: "svc.ns.svc.cluster.local.".into(),
+                port: 80,
+            },
+        ]
     );
+}
+
+#[test]
+fn malformed_host_names_are_errors_with_a_position() {
+    let all = errors(
+        "[[functions]]\nname = \"a\"\n\
+         instances = [\"a b:1\", \"::1:9000\", \"a..b:1\", \"svc:0\", \":80\"]\n",
+    );
+    let messages: Vec<&str> = all.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            "functions[0].instances[0]: instance \"a b:1\": invalid host name \"a b\": use labels of letters, digits, `-` and `_` separated by dots",
+            "functions[0].instances[1]: instance \"::1:9000\": an IPv6 address goes in brackets: \"[::1]:9000\"",
+            "functions[0].instances[2]: instance \"a..b:1\": invalid host name \"a..b\": use labels of letters, digits, `-` and `_` separated by dots",
+            "functions[0].instances[3]: instance \"svc:0\": port 0 cannot be connected to",
+            "functions[0].instances[4]: instance \":80\" has no port: expected \"host:port\", e.g. \"127.0.0.1:9000\"",
+        ]
+    );
+    assert_eq!(all[0].location, at(3, 14));
+    assert_eq!(all[1].location, at(3, 23));
 }

@@ -3,7 +3,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::testing::*;
-use crate::config::{ConfigError, FunctionKind, Location, StaticInstance};
+use crate::config::{ConfigError, DiscoveryConfig, FunctionKind, Location, StaticInstance};
 
 // ---- defaults and valid files --------------------------------------------------------
 
@@ -45,7 +45,7 @@ fn defaults_from_a_minimal_file() {
     assert_eq!(f.queue_timeout, Duration::from_secs(1));
     assert_eq!(
         static_instances(f),
-        [StaticInstance {
+        [StaticInstance::Fixed {
             authority: "127.0.0.1:9001".to_string(),
             addr: "127.0.0.1:9001".parse().unwrap(),
         }]
@@ -112,9 +112,15 @@ instances = ["127.0.0.1:9001", "localhost:9002"]
     assert_eq!(f.queue_timeout, Duration::from_secs(300));
     let instances = static_instances(f);
     assert_eq!(instances.len(), 2);
-    assert_eq!(instances[1].authority, "localhost:9002");
-    assert_eq!(instances[1].addr.port(), 9002);
-    assert!(instances[1].addr.ip().is_loopback());
+    assert_eq!(
+        instances[1],
+        StaticInstance::Named {
+            authority: "localhost:9002".into(),
+            host: "localhost".into(),
+            port: 9002,
+        }
+    );
+    assert_eq!(config.discovery, DiscoveryConfig::default());
 }
 
 #[test]

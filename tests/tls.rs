@@ -365,6 +365,57 @@ async fn a_reload_serves_the_new_certificate_to_new_connections_and_a_bad_pair_c
     gw.shutdown().await;
 }
 
+/// The way an operator reloads (`SIGHUP`, `POST /admin/reload`): the config file is read
+/// again, and with it the certificate; a pair that no longer matches refuses the reload.
+#[tokio::test]
+async fn a_config_reload_rereads_the_certificate_and_a_bad_pair_refuses_it() {
+    let pki = Pki::new("config-reload");
+    let first = pki.issue();
+    let instance = FakeInstance::start().await;
+    let path = pki.dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+             [[functions]]\nname = \"web\"\ntype = \"http\"\ninstances = [\"{}\"]\n\
+             [[routes]]\npath_prefix = \"/web\"\nfunction = \"web\"\n",
+            instance.addr
+        ),
+    )
+    .unwrap();
+    let config = scf_gateway::Config::load(&path).unwrap();
+    let gw = RunningGateway::start(&config).await.unwrap();
+    let addr = gw.listen_addr();
+    let connector = pki.connector(&[b"http/1.1"], BOTH);
+    assert_eq!(
+        peer_certificate(&connect(&connector, addr).await.unwrap()),
+        first
+    );
+
+    let second = pki.issue();
+    gw.reload().await.unwrap();
+    let after = connect(&connector, addr).await.unwrap();
+    assert_eq!(peer_certificate(&after), second);
+    assert_eq!(get_http1(after, "/web/new").await, 200);
+
+    let (third, _) = pki.make();
+    std::fs::write(pki.dir.join("cert.pem"), third.pem()).unwrap();
+    let errors = gw.reload().await.unwrap_err().to_string();
+    assert!(
+        errors.starts_with("error: ") && errors.contains("gateway.toml:"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("does not match the certificate"),
+        "{errors}"
+    );
+    let still = connect(&connector, addr).await.unwrap();
+    assert_eq!(peer_certificate(&still), second);
+    assert_eq!(get_http1(still, "/web/still").await, 200);
+    gw.shutdown().await;
+}
+
 fn display(path: &Path) -> String {
     path.display().to_string()
 }

@@ -23,6 +23,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod asynchronous;
 pub mod body;
 pub mod config;
 pub mod discovery;

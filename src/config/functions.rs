@@ -80,6 +80,7 @@ pub(super) fn read_function(
         queue_depth: ctx.get_u32(s, "queue_depth", 0..=1_000_000, 100),
         queue_timeout: ctx.get_duration(s, "queue_timeout", Duration::from_secs(1), false),
         source,
+        timers: Vec::new(),
     };
     let ident = match (name, namespace) {
         (Some(name), Some(namespace)) => Some(Ident {

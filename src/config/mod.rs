@@ -58,6 +58,54 @@ pub struct Config {
     pub functions: Vec<FunctionConfig>,
     pub routes: Vec<RouteConfig>,
     pub discovery: DiscoveryConfig,
+    /// `[async]`: where `Event` invocations and timer ticks wait, and how they are
+    /// retried and kept.
+    pub asynchronous: AsyncConfig,
+}
+
+/// `[async]`: the durable store of asynchronous invocations and its policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AsyncConfig {
+    /// True when the file has an `[async]` section: the store is opened at start.
+    /// Without one, the embedded store opens at the first `Event` invocation (or at
+    /// start if its database already exists, so that waiting events resume).
+    pub configured: bool,
+    pub store: AsyncStore,
+    /// Failed attempts are retried this many times. Default 2.
+    pub retries: u32,
+    /// The wait before each retry; the last one repeats when `retries` is larger.
+    /// Default `["1m", "2m"]`.
+    pub retry_delays: Vec<Duration>,
+    /// How long finished events stay queryable. Default 72 h.
+    pub retention: Duration,
+    /// The largest event accepted. Default 128 KiB.
+    pub max_event_bytes: u64,
+}
+
+/// `async.store`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AsyncStore {
+    /// `"embedded"`: a SQLite database (WAL mode) in this folder (absolute; default
+    /// `data/async` beside the config).
+    Embedded { path: PathBuf },
+    /// `"redis"`: Redis Streams at this URL, shared by every replica. The URL may carry
+    /// a password: never print it.
+    Redis { url: Secret },
+}
+
+impl Default for AsyncConfig {
+    fn default() -> Self {
+        AsyncConfig {
+            configured: false,
+            store: AsyncStore::Embedded {
+                path: PathBuf::from("data/async"),
+            },
+            retries: 2,
+            retry_delays: vec![Duration::from_secs(60), Duration::from_secs(120)],
+            retention: Duration::from_secs(72 * 3600),
+            max_event_bytes: 128 * 1024,
+        }
+    }
 }
 
 /// `[discovery]`: how the host names in static pools' `instances` are followed.
@@ -192,6 +240,21 @@ pub struct FunctionConfig {
     pub queue_depth: u32,
     pub queue_timeout: Duration,
     pub source: InstanceSource,
+    /// `[[functions.timers]]`.
+    pub timers: Vec<TimerConfig>,
+}
+
+/// One `[[functions.timers]]` entry: a cron schedule whose every tick is one
+/// asynchronous invocation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimerConfig {
+    pub name: String,
+    /// The expression as written (7 or 5 fields, UTC).
+    pub cron: String,
+    /// `message`: carried in the event's `Message`. Default empty.
+    pub message: String,
+    /// Default true.
+    pub enabled: bool,
 }
 
 /// Where a function's instances come from. A pool receives instances from a source:

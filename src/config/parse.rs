@@ -105,6 +105,7 @@ fn read_config(ctx: &mut Ctx<'_>, root: &DeTable<'_>, path: &Path) -> Config {
         functions,
         routes,
         discovery,
+        asynchronous: crate::config::AsyncConfig::default(),
     }
 }
 

@@ -851,6 +851,7 @@ mod tests {
             queue_depth: 100,
             queue_timeout: Duration::from_secs(1),
             source: InstanceSource::Launch(launch),
+            timers: Vec::new(),
         };
         let platform = PlatformConfig {
             region: "ap-guangzhou".into(),

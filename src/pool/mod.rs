@@ -1022,6 +1022,7 @@ mod tests {
                 host: "svc".into(),
                 port: 80,
             }]),
+            timers: Vec::new(),
         };
         let metrics = Registry::new().function("f", "default");
         Pool::new(&function, Duration::from_secs(4), metrics, None, upstreams)

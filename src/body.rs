@@ -403,8 +403,31 @@ pub async fn discard(mut body: Incoming) {
     }
 }
 
-/// What a request to an instance carries: the client's body, cut at the limit.
-pub type UpstreamBody = LimitedBody;
+/// What a request to an instance carries: the client's body, cut at the limit; or, for
+/// an asynchronous event run from the store, nothing streams: the stored event is the
+/// body's data in hand ([`LimitedBody::stored`]).
+pub type UpstreamBody = LimitedBody<ClientBody>;
+
+/// The body under an [`UpstreamBody`]: the client's, or none.
+pub type ClientBody = http_body_util::Either<Incoming, http_body_util::Empty<Bytes>>;
+
+impl LimitedBody<ClientBody> {
+    /// A client's body, cut at `limit`.
+    pub fn client(body: Incoming, limit: u64) -> UpstreamBody {
+        LimitedBody::new(http_body_util::Either::Left(body), limit)
+    }
+
+    /// A body that is all in hand: an event kept in the asynchronous store.
+    pub fn stored(data: Bytes) -> UpstreamBody {
+        let limit = data.len() as u64;
+        let mut body = LimitedBody::new(
+            http_body_util::Either::Right(http_body_util::Empty::new()),
+            limit,
+        );
+        body.put_back(data);
+        body
+    }
+}
 
 /// A request found unsent on a dead pooled connection comes back whole for its next try.
 impl<B> h1::RequestBody for LimitedBody<B>

@@ -165,6 +165,26 @@ pub enum ForwardError {
     OutOfMemory { instance: String, memory_mb: u32 },
 }
 
+/// An asynchronous invocation could not be accepted, or a question about one answered.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AsyncError {
+    #[error(
+        "The event exceeds the limit of {limit} bytes for asynchronous invocations \
+         (async.max_event_bytes)"
+    )]
+    EventTooLarge { limit: u64 },
+    /// The store could not keep or read the event (Redis down, a disk error): nothing
+    /// was accepted.
+    #[error(transparent)]
+    Store(#[from] crate::asynchronous::StoreError),
+    #[error("Request [{id}] not found")]
+    RequestNotFound { id: String },
+    #[error("Request [{id}] is {status}: only a queued event can be aborted")]
+    NotQueued { id: String, status: &'static str },
+    #[error("{0}")]
+    BadQuery(String),
+}
+
 /// Everything the gateway itself answers with an error body.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -180,6 +200,8 @@ pub enum GatewayError {
     Admit(#[from] AdmitError),
     #[error(transparent)]
     Forward(#[from] ForwardError),
+    #[error(transparent)]
+    Async(#[from] AsyncError),
 }
 
 #[derive(Serialize)]
@@ -225,6 +247,13 @@ impl GatewayError {
             GatewayError::Forward(ForwardError::OutOfMemory { .. }) => {
                 (StatusCode::BAD_GATEWAY, 434)
             }
+            GatewayError::Async(AsyncError::EventTooLarge { .. }) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, 406)
+            }
+            GatewayError::Async(AsyncError::Store(_)) => (StatusCode::SERVICE_UNAVAILABLE, 503),
+            GatewayError::Async(AsyncError::RequestNotFound { .. }) => (StatusCode::NOT_FOUND, 404),
+            GatewayError::Async(AsyncError::NotQueued { .. }) => (StatusCode::CONFLICT, 409),
+            GatewayError::Async(AsyncError::BadQuery(_)) => (StatusCode::BAD_REQUEST, 400),
         }
     }
 
@@ -244,6 +273,9 @@ impl GatewayError {
             GatewayError::Forward(ForwardError::InstanceFailed { .. }) => Outcome::InstanceError,
             GatewayError::Forward(ForwardError::ResponseTooLarge) => Outcome::ResponseTooLarge,
             GatewayError::Forward(ForwardError::OutOfMemory { .. }) => Outcome::OutOfMemory,
+            GatewayError::Async(AsyncError::EventTooLarge { .. }) => Outcome::BodyTooLarge,
+            GatewayError::Async(AsyncError::Store(_)) => Outcome::Throttled,
+            GatewayError::Async(_) => Outcome::NotFound,
         }
     }
 

@@ -417,6 +417,11 @@ fn gateway_view(req: &Request<()>) {
             );
             Some(strip)
         }
+        Target::Query => {
+            assert_ne!(req.method(), Method::POST);
+            assert!(crate::asynchronous::api::is_query_path(uri.path()));
+            return;
+        }
     };
     let mut headers = headers::strip_request(req.headers().clone(), 4).headers;
     check_stripped(req.headers(), &headers);

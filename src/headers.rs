@@ -278,6 +278,10 @@ fn is_listed(listed: &[String], name: &str) -> bool {
 /// The client's header asking for the tail of the invocation's log (`Tail`), which the
 /// gateway answers itself: like every `X-Scf-*` header, it never reaches the instance.
 pub const LOG_TYPE: HeaderName = HeaderName::from_static("x-scf-log-type");
+/// `RequestResponse` (the default) or `Event`.
+pub const INVOCATION_TYPE: HeaderName = HeaderName::from_static("x-scf-invocation-type");
+/// On a timer's invocations: `timer`.
+pub const TRIGGER_SRC: HeaderName = HeaderName::from_static("x-scf-trigger-src");
 
 /// A client's headers cleaned for the instance, and what its stripped `X-Scf-*` headers
 /// asked of the gateway.
@@ -285,6 +289,8 @@ pub struct Stripped {
     pub headers: HeaderMap,
     /// `X-Scf-Log-Type: Tail`: the response carries the invocation's log tail.
     pub log_tail: bool,
+    /// `X-Scf-Invocation-Type: Event`: an asynchronous invocation.
+    pub event: bool,
 }
 
 /// HTTP/2 lets a client split `cookie` into several fields (RFC 9113 §8.2.3); on the
@@ -316,12 +322,16 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 pub fn strip_request(mut headers: HeaderMap, extra: usize) -> Stripped {
     let doomed = |n: &str| is_scf(n) || is_hop_by_hop_or_alias(n) || n == "expect";
     let mut log_tail = false;
-    // Most requests carry nothing to strip, and so no `X-Scf-Log-Type` either: the scan
-    // that finds out spares them the lookup.
+    let mut event = false;
+    // Most requests carry nothing to strip, and so no `X-Scf-Log-Type` or
+    // `X-Scf-Invocation-Type` either: the scan that finds out spares them the lookups.
     if headers.keys().any(|n| doomed(n.as_str())) {
         log_tail = headers
             .get(LOG_TYPE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"tail"));
+        event = headers
+            .get(INVOCATION_TYPE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"event"));
         let listed = connection_tokens(&headers);
         let names: Vec<HeaderName> = headers
             .keys()
@@ -333,7 +343,11 @@ pub fn strip_request(mut headers: HeaderMap, extra: usize) -> Stripped {
         }
     }
     headers.reserve(extra);
-    Stripped { headers, log_tail }
+    Stripped {
+        headers,
+        log_tail,
+        event,
+    }
 }
 
 /// Cleans a function's response headers for the client: hop-by-hop headers and those
@@ -387,7 +401,20 @@ pub fn add_forwarded(
 
 /// A fresh UUID v4 request id as a header value.
 pub fn new_request_id() -> HeaderValue {
-    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_ne_bytes()).into_uuid();
+    request_id_value(new_uuid())
+}
+
+/// A UUID v4 from a cryptographic random source: request ids are the keys of the
+/// asynchronous query API, so they must not be guessable. rand's thread-local ChaCha12
+/// is seeded and periodically reseeded from the operating system: no system call per
+/// request.
+pub fn new_uuid() -> uuid::Uuid {
+    use rand::Rng;
+    uuid::Builder::from_random_bytes(rand::rng().random::<[u8; 16]>()).into_uuid()
+}
+
+/// `id` as a request id header value.
+pub fn request_id_value(id: uuid::Uuid) -> HeaderValue {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     id.hyphenated().encode_lower(&mut buf);
     // Owned by one shared allocation from the start, so the clones for the response and
@@ -508,6 +535,16 @@ mod tests {
         }
         let plain = strip_request(map(&[("accept", "a")]), 0);
         assert!(!plain.log_tail);
+        assert!(!plain.event);
+    }
+
+    #[test]
+    fn the_invocation_type_is_read_before_it_is_stripped() {
+        for (value, event) in [("Event", true), ("event", true), ("RequestResponse", false)] {
+            let out = strip_request(map(&[("X-Scf-Invocation-Type", value)]), 0);
+            assert_eq!(out.event, event, "{value}");
+            assert!(out.headers.is_empty());
+        }
     }
 
     #[test]

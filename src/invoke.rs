@@ -28,19 +28,22 @@ use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
+use crate::asynchronous::store::Claimed;
+use crate::asynchronous::{FunctionKey, NewEvent, Service, StoreError, Trigger};
 use crate::body::{
     self, GatewayBody, InvocationBody, LimitedBody, Reservation, ResponseBody, UpstreamBody,
 };
 use crate::config::{Config, FunctionKind, EVENT_RESPONSE_LIMIT};
 use crate::error::{
-    seconds_text, BadRequest, BodyTooLarge, ClientBodyError, ForwardError, GatewayError, MAX_TARGET,
+    seconds_text, AsyncError, BadRequest, BodyTooLarge, ClientBodyError, ForwardError,
+    GatewayError, MAX_TARGET,
 };
 use crate::function::Function;
 use crate::headers::{self, Scheme, StampValues, Stripped};
 use crate::instance::logs;
 use crate::invocation::{AccessLog, Invocation};
 use crate::metrics::{Outcome, Registry};
-use crate::pool::{Instance, Pool, PooledConn, Upstreams};
+use crate::pool::{Instance, Pool, PooledConn, Slot, Upstreams};
 use crate::routing::{Router, Target};
 use crate::upstream::h1::{self, UpstreamError};
 
@@ -75,6 +78,10 @@ pub struct Gateway {
     /// Static instances at the same address share their keep-alive connections, across
     /// functions and across reloads.
     upstreams: Upstreams,
+    /// Asynchronous invocations: where `Event` invocations are kept and what runs
+    /// them. Shared by every snapshot of a running gateway; `None` in a gateway built
+    /// without one (tests, benchmarks), which answers `Event` with 503.
+    events: Option<Arc<Service>>,
     /// Dropped with the gateway, which tells a reload that no request still runs on it.
     _in_use: oneshot::Sender<()>,
 }
@@ -150,6 +157,7 @@ impl Gateway {
             event_uri: Uri::from_static(EVENT_INVOKE),
             upstreams,
             config,
+            events: previous.and_then(|p| p.events.clone()),
             _in_use: in_use,
         };
         Built {
@@ -158,6 +166,23 @@ impl Gateway {
             new_pools,
             retired_pools,
         }
+    }
+
+    /// Gives the gateway its asynchronous side (before it serves).
+    pub fn set_events(&mut self, events: Arc<Service>) {
+        self.events = Some(events);
+    }
+
+    /// The asynchronous side, if the gateway has one.
+    pub fn events(&self) -> Option<&Arc<Service>> {
+        self.events.as_ref()
+    }
+
+    /// The function `namespace/name`.
+    pub fn function(&self, key: &FunctionKey) -> Option<&Arc<Function>> {
+        self.functions
+            .iter()
+            .find(|f| f.name == key.name && f.namespace == key.namespace)
     }
 
     /// The config this gateway serves.
@@ -201,6 +226,7 @@ impl Gateway {
         };
         let function = match target {
             Target::Invoke { function } | Target::Web { function, .. } => &self.functions[function],
+            Target::Query => return Box::pin(self.query(req, request_id)).await,
         };
         let access = self.access_log.then(|| AccessLog {
             method: req.method().clone(),
@@ -211,6 +237,7 @@ impl Gateway {
         let Prepared {
             mut upstream,
             wants_tail,
+            event,
         } = match self.prepare(req, target, client, scheme) {
             Ok(prepared) => prepared,
             Err(refused) => {
@@ -220,6 +247,11 @@ impl Gateway {
                 return error_response(e, &request_id);
             }
         };
+
+        // An asynchronous invocation is kept, not forwarded: rare here, so boxed.
+        if event {
+            return Box::pin(self.accept_event(function, upstream, request_id)).await;
+        }
 
         // Read a small body whole, so that a slow client holds no instance. What fails
         // here is the client's alone: not yet an invocation.
@@ -234,7 +266,13 @@ impl Gateway {
 
         // Queue, pick an instance, forward.
         let exchange = match self
-            .forward(function, upstream, &request_id, &mut invocation)
+            .forward(
+                function,
+                upstream,
+                &request_id,
+                &mut invocation,
+                Admission::Queue,
+            )
             .await
         {
             Ok(exchange) => exchange,
@@ -283,7 +321,7 @@ impl Gateway {
         // keep the host they were routed by (read before stripping: `Connection` may
         // name `Host`), which is the URI's when it has one (see `request_host`).
         let original_host = match target {
-            Target::Invoke { .. } => None,
+            Target::Invoke { .. } | Target::Query => None,
             Target::Web { .. } => match parts.uri.authority() {
                 Some(a) => HeaderValue::from_str(a.as_str()).ok(),
                 None => parts.headers.get(HOST).cloned(),
@@ -293,18 +331,19 @@ impl Gateway {
         // Room for what is added: events only replace `Host`; web requests add up to
         // four (a map at capacity would otherwise be rehashed for them).
         let room = match target {
-            Target::Invoke { .. } => 0,
+            Target::Invoke { .. } | Target::Query => 0,
             Target::Web { .. } => 4,
         };
         let Stripped {
             mut headers,
             log_tail,
+            event,
         } = headers::strip_request(parts.headers, room);
         if parts.version == Version::HTTP_2 {
             headers::join_cookies(&mut headers);
         }
         let (method, uri) = match target {
-            Target::Invoke { .. } => (Method::POST, self.event_uri.clone()),
+            Target::Invoke { .. } | Target::Query => (Method::POST, self.event_uri.clone()),
             Target::Web { strip, .. } => {
                 if let Some(host) = &original_host {
                     headers.insert(HOST, host.clone());
@@ -313,7 +352,7 @@ impl Gateway {
                 (parts.method, web_uri(&parts.uri, strip))
             }
         };
-        let mut upstream = Request::new(LimitedBody::new(body, self.max_body_bytes));
+        let mut upstream = Request::new(LimitedBody::client(body, self.max_body_bytes));
         *upstream.method_mut() = method;
         *upstream.uri_mut() = uri;
         *upstream.version_mut() = Version::HTTP_11;
@@ -321,6 +360,9 @@ impl Gateway {
         Ok(Prepared {
             upstream,
             wants_tail: log_tail,
+            // Only the invocation API has asynchronous invocations; a web request's
+            // header is stripped like any other.
+            event: event && matches!(target, Target::Invoke { .. }),
         })
     }
 
@@ -333,6 +375,7 @@ impl Gateway {
         mut upstream: Request<UpstreamBody>,
         request_id: &HeaderValue,
         invocation: &mut Invocation,
+        admission: Admission,
     ) -> Result<Exchange, GatewayError> {
         let stamp = &function.stamp.lines(request_id);
         let pool = function.pool();
@@ -340,8 +383,18 @@ impl Gateway {
         // attempt nearly always succeeds, so the limit is not read (under the pool's
         // lock) before it is needed.
         let mut attempts: Option<usize> = None;
+        let (spare, mut given) = match admission {
+            Admission::Queue => (false, None),
+            Admission::Spare(slot) => (true, Some(slot)),
+        };
         loop {
-            let slot = pool.acquire().await?;
+            let slot = match given.take() {
+                Some(slot) => slot,
+                // An asynchronous event that must move on after a refusal takes another
+                // spare slot, never a place in the queue.
+                None if spare => Box::pin(pool.acquire_spare()).await?,
+                None => pool.acquire().await?,
+            };
             // An instance that refuses the connection got nothing, so the invocation
             // moves on to another one.
             let (conn, handed_over) = match connection(slot.instance(), pool).await {
@@ -396,6 +449,239 @@ impl Gateway {
             }
         }
     }
+}
+
+// === Asynchronous invocations ===
+
+impl Gateway {
+    /// The query API of asynchronous invocations. The request's body, if any, is
+    /// not read: the answer closes an HTTP/1.1 connection that still has one.
+    async fn query(
+        &self,
+        req: Request<Incoming>,
+        request_id: HeaderValue,
+    ) -> Response<GatewayBody> {
+        match crate::asynchronous::api::handle(self, &req, &request_id).await {
+            Ok(response) => response.map(GatewayBody::full),
+            Err(e) => error_response(e, &request_id),
+        }
+    }
+
+    /// Accept: the event is read whole (at most `async.max_event_bytes`) and kept
+    /// durably by the store; only then is the answer 202 with its request id.
+    async fn accept_event(
+        &self,
+        function: &Arc<Function>,
+        upstream: Request<UpstreamBody>,
+        request_id: HeaderValue,
+    ) -> Response<GatewayBody> {
+        match self.keep_event(function, upstream, &request_id).await {
+            Ok(()) => {
+                let id = request_id.to_str().unwrap_or_default();
+                let body = serde_json::json!({ "requestId": id }).to_string();
+                let mut response = Response::new(GatewayBody::full(body.into()));
+                *response.status_mut() = http::StatusCode::ACCEPTED;
+                let headers = response.headers_mut();
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                headers.insert(headers::REQUEST_ID, request_id);
+                response
+            }
+            Err(e) => {
+                function.metrics().error(e.recent(&request_id));
+                error_response(e, &request_id)
+            }
+        }
+    }
+
+    async fn keep_event(
+        &self,
+        function: &Function,
+        upstream: Request<UpstreamBody>,
+        request_id: &HeaderValue,
+    ) -> Result<(), GatewayError> {
+        let Some(events) = &self.events else {
+            return Err(AsyncError::Store(StoreError::Unavailable(
+                "this gateway has no asynchronous event store".into(),
+            ))
+            .into());
+        };
+        let limit = events.max_event_bytes();
+        let (parts, body) = upstream.into_parts();
+        if body.size_hint().exact().is_some_and(|len| len > limit) {
+            return Err(AsyncError::EventTooLarge { limit }.into());
+        }
+        let read = tokio::time::timeout(self.body_wait, read_event(body, limit));
+        let data = match read.await {
+            Ok(read) => read?,
+            Err(_) => {
+                return Err(ClientBodyError::TooSlow {
+                    seconds: seconds_text(self.body_wait),
+                }
+                .into())
+            }
+        };
+        let id = request_id
+            .to_str()
+            .ok()
+            .and_then(|id| uuid::Uuid::parse_str(id).ok())
+            .unwrap_or_else(headers::new_uuid);
+        let content_type = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let event = NewEvent {
+            id,
+            function: FunctionKey::new(function.namespace.clone(), function.name.clone()),
+            qualifier: self.qualifier_of(function),
+            body: data,
+            content_type,
+            trigger: Trigger::Invoke,
+            enqueued_at: std::time::SystemTime::now(),
+        };
+        events.submit(event).await.map_err(AsyncError::from)?;
+        Ok(())
+    }
+
+    /// The version events of `function` run as.
+    fn qualifier_of(&self, function: &Function) -> String {
+        self.config
+            .functions
+            .iter()
+            .find(|f| f.name == function.name && f.namespace == function.namespace)
+            .map_or_else(|| "$LATEST".to_owned(), |f| f.version.clone())
+    }
+
+    /// Runs one attempt of an asynchronous event on `slot`, through the life cycle of
+    /// a synchronous invocation (stamping with the event's request id, the timeout,
+    /// logs, metrics); the response is read whole (at most 6 MB) to be kept.
+    pub async fn run_event(
+        &self,
+        function: &Arc<Function>,
+        slot: Slot,
+        event: &Claimed,
+    ) -> EventOutcome {
+        let request_id = headers::request_id_value(event.id);
+        let mut upstream = Request::new(LimitedBody::stored(event.body.clone()));
+        *upstream.method_mut() = Method::POST;
+        *upstream.uri_mut() = self.event_uri.clone();
+        *upstream.version_mut() = Version::HTTP_11;
+        let headers = upstream.headers_mut();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(event.body.len()));
+        if let Some(value) = event
+            .content_type
+            .as_deref()
+            .and_then(|t| HeaderValue::from_str(t).ok())
+        {
+            headers.insert(http::header::CONTENT_TYPE, value);
+        }
+        if event.trigger == Trigger::Timer {
+            headers.insert(headers::TRIGGER_SRC, HeaderValue::from_static("timer"));
+        }
+        let access = self.access_log.then(|| AccessLog {
+            method: Method::POST,
+            path: EVENT_INVOKE.to_owned(),
+        });
+        let mut invocation = Invocation::begin(function.clone(), &request_id, access);
+        let exchange = match self
+            .forward(
+                function,
+                upstream,
+                &request_id,
+                &mut invocation,
+                Admission::Spare(slot),
+            )
+            .await
+        {
+            Ok(exchange) => exchange,
+            Err(e) => {
+                invocation.fail(&e);
+                return EventOutcome::error(e, &request_id);
+            }
+        };
+        let limit = function.response_limit.min(EVENT_RESPONSE_LIMIT);
+        let announced = exchange.response.body().size_hint().exact();
+        if announced.is_some_and(|len| len > limit) {
+            let e = GatewayError::from(ForwardError::ResponseTooLarge);
+            invocation.fail(&e);
+            return EventOutcome::error(e, &request_id);
+        }
+        let (parts, incoming) = exchange.response.into_parts();
+        invocation.responded(parts.status);
+        let instance = invocation
+            .instance()
+            .map(|i| i.name().to_owned())
+            .unwrap_or_default();
+        let body = InvocationBody::new(incoming, exchange.deadline, limit, invocation);
+        use http_body_util::BodyExt;
+        match GatewayBody::invocation(body).collect().await {
+            Ok(collected) => EventOutcome::Answered {
+                status: parts.status.as_u16(),
+                body: collected.to_bytes(),
+            },
+            Err(e) => {
+                let error = match e.downcast::<ForwardError>() {
+                    Ok(e) => GatewayError::from(*e),
+                    Err(e) => GatewayError::from(ForwardError::InstanceFailed {
+                        instance,
+                        what: format!("failed while sending the response: {e}"),
+                    }),
+                };
+                EventOutcome::error(error, &request_id)
+            }
+        }
+    }
+}
+
+/// How one attempt of an asynchronous event ended.
+#[derive(Debug)]
+pub enum EventOutcome {
+    /// The function answered, with this status and body.
+    Answered { status: u16, body: bytes::Bytes },
+    /// The gateway failed the attempt: its error response's status and body.
+    Failed { status: u16, body: String },
+}
+
+impl EventOutcome {
+    /// The attempt failed before the instance answered: no slot, an instance that
+    /// could not start, refused or crashed, a timeout.
+    pub fn error(e: GatewayError, request_id: &HeaderValue) -> EventOutcome {
+        let response = e.into_response(request_id);
+        EventOutcome::Failed {
+            status: response.status().as_u16(),
+            body: String::from_utf8_lossy(response.body()).into_owned(),
+        }
+    }
+}
+
+/// Reads an event whole, refusing it past `limit` bytes.
+async fn read_event(mut body: UpstreamBody, limit: u64) -> Result<bytes::Bytes, GatewayError> {
+    use http_body_util::BodyExt;
+    let mut data = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| match e.downcast::<BodyTooLarge>() {
+            Ok(too_large) => GatewayError::from(*too_large),
+            Err(e) => GatewayError::from(ClientBodyError::of(&*e)),
+        })?;
+        if let Some(chunk) = frame.data_ref() {
+            if (data.len() + chunk.len()) as u64 > limit {
+                return Err(AsyncError::EventTooLarge { limit }.into());
+            }
+            data.extend_from_slice(chunk);
+        }
+    }
+    Ok(data.freeze())
+}
+
+/// How an invocation gets its slot.
+enum Admission {
+    /// A synchronous invocation: a free slot, or a place in the queue.
+    Queue,
+    /// An asynchronous event, with the spare slot its dispatcher took for it.
+    Spare(Slot),
 }
 
 /// The deadline passed before the response head arrived.
@@ -620,6 +906,8 @@ struct Exchange {
 struct Prepared {
     upstream: Request<UpstreamBody>,
     wants_tail: bool,
+    /// `X-Scf-Invocation-Type: Event` on the invocation API.
+    event: bool,
 }
 
 /// A request refused at admission for its announced body size.

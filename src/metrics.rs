@@ -37,6 +37,9 @@ const COLD_START_SECONDS: &str = "scf_gateway_cold_start_seconds";
 const UPSTREAM_CONNECTIONS: &str = "scf_gateway_upstream_connections_total";
 const BILLED: &str = "scf_gateway_billed_gb_seconds_total";
 const WORKER_CONNECTIONS: &str = "scf_gateway_worker_connections_total";
+const ASYNC_EVENTS: &str = "scf_gateway_async_events";
+const ASYNC_ATTEMPTS: &str = "scf_gateway_async_attempts_total";
+const ASYNC_OLDEST: &str = "scf_gateway_async_oldest_queued_seconds";
 
 /// The duration buckets' upper bounds (inclusive), in nanoseconds so that a sample is
 /// placed by integer comparison; from sub-millisecond proxy hops to the longest
@@ -321,6 +324,23 @@ struct Shared {
     workers: Mutex<Vec<Arc<AtomicU64>>>,
     /// Touched only to register (at start-up) and to render (on scrape).
     functions: Mutex<Functions>,
+    /// Asynchronous invocations: written per attempt and by the store's periodic
+    /// count, never on the synchronous path.
+    asynchronous: Mutex<AsyncSeries>,
+}
+
+/// The asynchronous series, by `function` label (summed over namespaces, like the
+/// other series labelled by `function` alone).
+#[derive(Default)]
+struct AsyncSeries {
+    /// Set once the gateway has a store: the families are rendered from then on.
+    active: bool,
+    /// Events by status, as the store last counted them.
+    events: std::collections::BTreeMap<String, [u64; 5]>,
+    /// Seconds the oldest queued event has waited, as last counted.
+    oldest: std::collections::BTreeMap<String, f64>,
+    /// Attempts by result: `[succeeded, failed]`.
+    attempts: std::collections::BTreeMap<String, [u64; 2]>,
 }
 
 /// The registered functions, grouped by name: the series labelled only by `function`
@@ -377,6 +397,33 @@ impl Registry {
         let cells = Arc::new(FunctionCells::default());
         named.members.push((namespace, cells.clone()));
         FunctionMetrics { cells }
+    }
+
+    /// The store's latest count of asynchronous events, by function and status
+    /// (indexed like `Status::ALL`), with the age of each function's oldest queued one.
+    pub fn set_async_events(&self, counts: Vec<(String, [u64; 5], Option<Duration>)>) {
+        let mut series = self.shared.asynchronous.lock();
+        series.active = true;
+        series.events.clear();
+        series.oldest.clear();
+        for (function, by_status, oldest) in counts {
+            let label = escape(&function);
+            let cells = series.events.entry(label.clone()).or_default();
+            for (cell, n) in cells.iter_mut().zip(by_status) {
+                *cell += n;
+            }
+            let age = oldest.map_or(0.0, |d| d.as_secs_f64());
+            let kept = series.oldest.entry(label).or_default();
+            *kept = kept.max(age);
+        }
+    }
+
+    /// Counts an attempt of an asynchronous event of `function`.
+    pub fn async_attempt(&self, function: &str, succeeded: bool) {
+        let mut series = self.shared.asynchronous.lock();
+        series.active = true;
+        let cells = series.attempts.entry(escape(function)).or_default();
+        cells[usize::from(!succeeded)] += 1;
     }
 
     /// Prometheus text exposition (format 0.0.4) of every series.
@@ -460,6 +507,8 @@ impl Registry {
             );
         }
 
+        render_async(&mut out, &self.shared.asynchronous.lock());
+
         let workers = self.shared.workers.lock();
         if !workers.is_empty() {
             out.push('\n');
@@ -497,6 +546,43 @@ impl Counter {
         if let Some(cell) = &self.0 {
             cell.fetch_add(n, Ordering::Relaxed);
         }
+    }
+}
+
+/// `scf_gateway_async_events{function,status}`,
+/// `scf_gateway_async_attempts_total{function,result}` and
+/// `scf_gateway_async_oldest_queued_seconds{function}`, once the gateway has a store.
+fn render_async(out: &mut String, series: &AsyncSeries) {
+    if !series.active {
+        return;
+    }
+    const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "aborted"];
+    out.push('\n');
+    family(out, ASYNC_EVENTS, "gauge");
+    for (label, counts) in &series.events {
+        for (status, n) in STATUSES.iter().zip(counts) {
+            let _ = writeln!(
+                out,
+                "{ASYNC_EVENTS}{{function=\"{label}\",status=\"{status}\"}} {n}"
+            );
+        }
+    }
+    out.push('\n');
+    family(out, ASYNC_ATTEMPTS, "counter");
+    for (label, [succeeded, failed]) in &series.attempts {
+        let _ = writeln!(
+            out,
+            "{ASYNC_ATTEMPTS}{{function=\"{label}\",result=\"succeeded\"}} {succeeded}"
+        );
+        let _ = writeln!(
+            out,
+            "{ASYNC_ATTEMPTS}{{function=\"{label}\",result=\"failed\"}} {failed}"
+        );
+    }
+    out.push('\n');
+    family(out, ASYNC_OLDEST, "gauge");
+    for (label, age) in &series.oldest {
+        let _ = writeln!(out, "{ASYNC_OLDEST}{{function=\"{label}\"}} {age:.3}");
     }
 }
 

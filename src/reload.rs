@@ -239,6 +239,10 @@ impl Reloader {
             restart_needed,
         };
         self.current.store(Arc::new(built.gateway));
+        // Dispatchers for added event functions, none for removed ones.
+        if let Some(events) = self.current.load().events() {
+            events.reconcile();
+        }
         let previous_unused = std::mem::replace(&mut *unused, built.unused);
         drop(unused);
 

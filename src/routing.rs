@@ -29,6 +29,9 @@ pub enum Target {
     /// A web request for the function at this index; `strip` leading bytes of the path
     /// are removed before it is forwarded (0 unless the route says `strip_prefix`).
     Web { function: usize, strip: usize },
+    /// The query API of asynchronous invocations (`/v1/requests/{id}`,
+    /// `/v1/functions/{name}/requests`): the gateway answers it.
+    Query,
 }
 
 #[derive(Debug)]
@@ -125,6 +128,8 @@ impl Router {
             if let Some(name) = invocation_name(path) {
                 return self.invocation(name, query);
             }
+        } else if path.starts_with("/v1/") && crate::asynchronous::api::is_query_path(path) {
+            return Ok(Target::Query);
         }
         self.web(path, host)
     }
@@ -208,7 +213,7 @@ fn lowercase(host: &str) -> Cow<'_, str> {
 /// Query values as browsers and SDKs send them (`%24LATEST`, `+` for space). By hand
 /// rather than with `form_urlencoded`, which costs the invocation path more: see
 /// docs/adr/0007-query-decoding.md.
-fn percent_decode(value: &str) -> Cow<'_, str> {
+pub(crate) fn percent_decode(value: &str) -> Cow<'_, str> {
     if !value.contains(['%', '+']) {
         return Cow::Borrowed(value);
     }

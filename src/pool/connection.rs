@@ -744,7 +744,7 @@ mod tests {
             .unwrap();
         let incoming = body_rx.await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut req = http::Request::new(crate::body::LimitedBody::new(incoming, 1 << 20));
+        let mut req = http::Request::new(crate::body::LimitedBody::client(incoming, 1 << 20));
         *req.method_mut() = http::Method::POST;
 
         // A pooled connection the instance has reset, not yet noticed.

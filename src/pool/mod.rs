@@ -72,6 +72,11 @@ pub struct Pool {
     home: OnceLock<Handle>,
     /// The host names of a static pool's `instances`, followed in DNS.
     names: Option<Box<Names>>,
+    /// Wakes the asynchronous dispatcher waiting in [`Pool::acquire_spare`] when a slot
+    /// may have become free; only signalled while `spare_wanted` is set, so a pool
+    /// without asynchronous work pays one relaxed load per release.
+    spare: Notify,
+    spare_wanted: std::sync::atomic::AtomicBool,
 }
 
 /// What a pool following host names needs: the names, the resolver, and the shared
@@ -232,6 +237,8 @@ impl Pool {
             closed: std::sync::atomic::AtomicBool::new(false),
             home: OnceLock::new(),
             names,
+            spare: Notify::new(),
+            spare_wanted: std::sync::atomic::AtomicBool::new(false),
         });
         pool.publish_instances(&pool.state.lock());
         pool
@@ -624,6 +631,64 @@ impl Pool {
         }
     }
 
+    /// Takes a free slot for an asynchronous event, never a place in the queue:
+    /// synchronous callers come first. Only when none waits is a free slot taken; else
+    /// this waits, outside the queue, until a release finds no synchronous waiter. A
+    /// launched function with no free slot is scaled as for a synchronous invocation
+    /// (one start at a time for this demand). Fails, like a synchronous acquire, when
+    /// the function has no reachable instance or cannot start one.
+    pub async fn acquire_spare(self: &Arc<Self>) -> Result<Slot, AdmitError> {
+        use std::sync::atomic::Ordering;
+        /// A slot freed by a path that does not signal (an instance joining) is seen
+        /// after this at the latest.
+        const RECHECK: Duration = Duration::from_millis(200);
+        struct Wanted<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Wanted<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Relaxed);
+            }
+        }
+        self.spare_wanted.store(true, Ordering::Relaxed);
+        let _wanted = Wanted(&self.spare_wanted);
+        loop {
+            {
+                let mut state = self.state.lock();
+                if state.waiters.is_empty() {
+                    if let Some(slot) = state
+                        .pick(self.per_instance)
+                        .and_then(|index| self.take_slot(&mut state, index))
+                    {
+                        return Ok(slot);
+                    }
+                    match &self.launcher {
+                        None if state.up_count == 0 && state.live == 0 && !state.resolving => {
+                            return Err(self.no_address())
+                        }
+                        None if state.up_count == 0 && !state.resolving => {
+                            return Err(self.none_reachable())
+                        }
+                        None => {}
+                        Some(launcher) => {
+                            if let scale::Demand::FailFast(e) =
+                                scale::on_demand(self, &mut state, launcher)
+                            {
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
+            }
+            let _ = tokio::time::timeout(RECHECK, self.spare.notified()).await;
+        }
+    }
+
+    /// A slot may be free for [`Pool::acquire_spare`]. Called outside the lock.
+    fn spare_freed(&self) {
+        if self.spare_wanted.load(std::sync::atomic::Ordering::Relaxed) {
+            self.spare.notify_one();
+        }
+    }
+
     fn take_slot(self: &Arc<Self>, state: &mut State, index: usize) -> Option<Slot> {
         let entry = state.entries.get_mut(index)?.as_mut()?;
         entry.inflight += 1;
@@ -665,6 +730,8 @@ impl Pool {
                             entry.idle_since_ms = ms_since(epoch, Instant::now());
                         }
                     }
+                    drop(state);
+                    self.spare_freed();
                     return;
                 }
             }
@@ -754,6 +821,8 @@ impl Pool {
                     None => false,
                 };
                 if !free || state.waiters.is_empty() {
+                    drop(state);
+                    self.spare_freed();
                     return;
                 }
                 let Some(w) = state.waiters.pop_front() else {

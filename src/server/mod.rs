@@ -23,6 +23,7 @@ use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::admin;
+use crate::asynchronous;
 use crate::config::{Config, ConfigErrors};
 use crate::headers::Scheme;
 use crate::invoke::Gateway;
@@ -157,12 +158,15 @@ impl RunningGateway {
             // The first cold start then finds its namespace built.
             crate::instance::netns::keep_spare();
         }
-        let built = Gateway::build(Arc::new(config.clone()), None);
+        let events = Arc::new(asynchronous::Service::new(&config.asynchronous));
+        let mut built = Gateway::build(Arc::new(config.clone()), None);
+        built.gateway.set_events(events.clone());
         for pool in &built.new_pools {
             pool.start();
         }
         let reloader = Arc::new(Reloader::new(config, built, tls.clone()));
         let current = reloader.current().clone();
+        events.start(&current).await;
         let gateway = current.load_full();
         let ready = Arc::new(AtomicBool::new(false));
         let grace = config.server.shutdown_grace;
@@ -308,6 +312,11 @@ impl RunningGateway {
         let _ = self.stop_admin.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(1), self.admin).await;
         self.upkeep.abort();
+        // Asynchronous attempts under way finish within the same grace; the events
+        // not begun wait in the store for the next start.
+        if let Some(events) = self.reloader.current().load().events() {
+            events.stop(self.grace).await;
+        }
         self.reloader.close_retiring().await;
         let stops: Vec<_> = self
             .reloader

@@ -12,6 +12,7 @@
 
 #![allow(dead_code)]
 
+pub mod events;
 pub mod image;
 
 use std::collections::HashMap;

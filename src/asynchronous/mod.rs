@@ -2,6 +2,7 @@
 //! store, run later on the function's instances through the same invocation life
 //! cycle as synchronous ones, retried on failure, and kept for inspection.
 
+pub mod cron;
 pub mod embedded;
 pub mod redis_streams;
 pub mod store;

@@ -6,6 +6,7 @@ pub mod cron;
 pub mod embedded;
 pub mod redis_streams;
 pub mod store;
+pub mod timers;
 
 pub use store::{FunctionKey, NewEvent, Status, Store, StoreError, Trigger};
 

@@ -82,9 +82,22 @@ fn has(bits: &Bits, n: u32) -> bool {
         .is_some_and(|word| word & (1u128 << (n % 128)) != 0)
 }
 
+/// Which field a [`Kind`] describes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Second,
+    Minute,
+    Hour,
+    Day,
+    Month,
+    Week,
+    Year,
+}
+
 /// What one field accepts.
 #[derive(Clone, Copy)]
 struct Kind {
+    slot: Slot,
     name: &'static str,
     min: u32,
     max: u32,
@@ -92,24 +105,28 @@ struct Kind {
 }
 
 const SECOND: Kind = Kind {
+    slot: Slot::Second,
     name: "second",
     min: 0,
     max: 59,
     names: &[],
 };
 const MINUTE: Kind = Kind {
+    slot: Slot::Minute,
     name: "minute",
     min: 0,
     max: 59,
     names: &[],
 };
 const HOUR: Kind = Kind {
+    slot: Slot::Hour,
     name: "hour",
     min: 0,
     max: 23,
     names: &[],
 };
 const DAY: Kind = Kind {
+    slot: Slot::Day,
     name: "day",
     min: 1,
     max: 31,
@@ -117,6 +134,7 @@ const DAY: Kind = Kind {
 };
 /// `names[i]` is month `i + 1`.
 const MONTH: Kind = Kind {
+    slot: Slot::Month,
     name: "month",
     min: 1,
     max: 12,
@@ -126,12 +144,14 @@ const MONTH: Kind = Kind {
 };
 /// `names[i]` is week day `i`.
 const WEEK: Kind = Kind {
+    slot: Slot::Week,
     name: "week",
     min: 0,
     max: 6,
     names: &["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"],
 };
 const YEAR: Kind = Kind {
+    slot: Slot::Year,
     name: "year",
     min: FIRST_YEAR,
     max: LAST_YEAR,
@@ -229,7 +249,7 @@ impl Field<'_> {
         }
         if text.bytes().all(|b| b.is_ascii_digit()) {
             let range = || {
-                let sunday = if self.kind.name == "week" {
+                let sunday = if self.kind.slot == Slot::Week {
                     " (0 = Sunday)"
                 } else {
                     ""
@@ -332,20 +352,20 @@ impl Schedule {
             let (bits, any) = field.parse()?;
             // The bit sets fit their fields by construction (value - min <= max - min).
             let low = bits[0];
-            match kind.name {
-                "second" => schedule.seconds = low as u64,
-                "minute" => schedule.minutes = low as u64,
-                "hour" => schedule.hours = low as u32,
-                "day" => {
+            match kind.slot {
+                Slot::Second => schedule.seconds = low as u64,
+                Slot::Minute => schedule.minutes = low as u64,
+                Slot::Hour => schedule.hours = low as u32,
+                Slot::Day => {
                     schedule.days = (low as u32) << 1;
                     schedule.any_day = any;
                 }
-                "month" => schedule.months = (low as u16) << 1,
-                "week" => {
+                Slot::Month => schedule.months = (low as u16) << 1,
+                Slot::Week => {
                     schedule.weekdays = low as u8;
                     schedule.any_weekday = any;
                 }
-                _ => schedule.years = bits,
+                Slot::Year => schedule.years = bits,
             }
         }
         Ok(schedule)

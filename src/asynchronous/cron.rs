@@ -236,7 +236,7 @@ impl Field<'_> {
             (first, last)
         } else {
             let value = self.value(base, base_at)?;
-            // `V/STEP` runs from V to the end of the field, as in Vixie cron and Quartz.
+            // `V/STEP` runs from V to the end of the field, as in Quartz.
             (value, if step.is_some() { self.kind.max } else { value })
         };
         Ok(self.range_bits(first, last, step.unwrap_or(1)))

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use scf_gateway::config::{Config, FunctionKind, InstanceSource, Network};
+use scf_gateway::asynchronous::cron;
+use scf_gateway::config::{AsyncStore, Config, FunctionKind, InstanceSource, Network};
 
 /// jemalloc rather than glibc's malloc (docs/adr/0004-jemalloc.md): many idle keep-alive
 /// connections leave glibc's heap fragmented, each parked connection's few long-lived
@@ -172,6 +173,28 @@ fn print_summary(config: &Config) {
             "  {}/{} ({kind}, version {}, {} MB, timeout {:?}, {pool})",
             f.namespace, f.name, f.version, f.memory_mb, f.timeout
         );
+        let now = std::time::SystemTime::now();
+        for t in &f.timers {
+            let next = match t.schedule.next_after(now) {
+                _ if !t.enabled => "disabled".to_string(),
+                Some(next) => format!("next {}", cron::rfc3339(next)),
+                None => "no tick to come".to_string(),
+            };
+            println!("    timer {}: {} ({next})", t.name, t.cron);
+        }
+    }
+    // The Redis URL may carry a password: only the store's kind is shown.
+    match &config.asynchronous.store {
+        AsyncStore::Embedded { path } => println!(
+            "async: embedded store in {}, {} retries, retention {:?}",
+            path.display(),
+            config.asynchronous.retries,
+            config.asynchronous.retention
+        ),
+        AsyncStore::Redis { .. } => println!(
+            "async: redis store, {} retries, retention {:?}",
+            config.asynchronous.retries, config.asynchronous.retention
+        ),
     }
     println!("routes: {}", config.routes.len());
     for r in &config.routes {

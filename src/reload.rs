@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::{
-    Config, ConfigErrors, FunctionConfig, InstanceSource, ServerConfig, StaticInstance,
+    AsyncStore, Config, ConfigErrors, FunctionConfig, InstanceSource, ServerConfig, StaticInstance,
 };
 use crate::invoke::{Built, Gateway};
 use crate::pool::Pool;
@@ -116,6 +116,21 @@ fn restart_needed(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static st
     keys
 }
 
+/// The `[async]` store keys a running gateway opened its store with at start.
+fn async_restart_needed(running: &AsyncStore, new: &AsyncStore) -> Vec<&'static str> {
+    match (running, new) {
+        (AsyncStore::Embedded { path: a }, AsyncStore::Embedded { path: b }) if a != b => {
+            vec!["async.path"]
+        }
+        (AsyncStore::Redis { url: a }, AsyncStore::Redis { url: b }) if a != b => {
+            vec!["async.url"]
+        }
+        (AsyncStore::Embedded { .. }, AsyncStore::Redis { .. })
+        | (AsyncStore::Redis { .. }, AsyncStore::Embedded { .. }) => vec!["async.store"],
+        _ => Vec::new(),
+    }
+}
+
 /// What a successful reload did.
 #[derive(Debug, Clone, Default)]
 pub struct Reloaded {
@@ -137,6 +152,8 @@ pub struct Reloader {
     path: PathBuf,
     /// The `[server]` the listeners and workers were started with.
     running: ServerConfig,
+    /// The asynchronous store opened at start.
+    running_store: AsyncStore,
     /// The certificate of `server.listen`, with `[server.tls]`.
     tls: Option<TlsHandle>,
     /// The current gateway's drop signal; the lock makes reloads take turns.
@@ -158,6 +175,7 @@ impl Reloader {
             current: Arc::new(ArcSwap::from_pointee(built.gateway)),
             path: config.path.clone(),
             running: config.server.clone(),
+            running_store: config.asynchronous.store.clone(),
             tls,
             unused: tokio::sync::Mutex::new(built.unused),
             retiring: Mutex::new(Vec::new()),
@@ -215,7 +233,11 @@ impl Reloader {
             }
         }
         let previous = self.current.load_full();
-        let restart_needed = restart_needed(&self.running, &config.server);
+        let mut restart_needed = restart_needed(&self.running, &config.server);
+        restart_needed.extend(async_restart_needed(
+            &self.running_store,
+            &config.asynchronous.store,
+        ));
         // The longest a retired pool may still be busy: its function's timeout, after
         // a small body read bounded by the request head time, then the response.
         let drain_limit = previous

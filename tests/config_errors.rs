@@ -320,19 +320,23 @@ fn neither_instances_nor_launch() {
 }
 
 #[test]
-fn features_not_built_yet_are_refused() {
-    let text =
-        format!("{HELLO}[[functions.timers]]\nname = \"t\"\n\n[async]\nstore = \"embedded\"\n");
-    let run = check("not-built", &text);
+fn timer_and_async_errors_have_positions() {
+    let text = format!(
+        "{HELLO}[[functions.timers]]\nname = \"t\"\ncron = \"0 0 25 * * * *\"\n\n\
+         [async]\nretries = 11\n"
+    );
+    let run = check("timers-async", &text);
     let lines = run.error_lines();
     assert_eq!(lines.len(), 2, "{}", run.stderr);
     assert!(
-        lines[0].contains(":4:13: timer triggers are not supported yet"),
+        lines[0].contains(
+            ":6:13: functions[0].timers[0].cron: field 3 (hour): `25` is out of range 0-23"
+        ),
         "{}",
         lines[0]
     );
     assert!(
-        lines[1].contains(":7:2: asynchronous invocations are not supported yet"),
+        lines[1].contains(":9:11: async.retries: must be between 0 and 10, found 11"),
         "{}",
         lines[1]
     );

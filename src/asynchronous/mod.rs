@@ -21,10 +21,12 @@ use crate::config::{AsyncConfig, AsyncStore, FunctionKind};
 use crate::invoke::Gateway;
 
 pub mod api;
+pub mod cron;
 mod dispatch;
 pub mod embedded;
 pub mod redis_streams;
 pub mod store;
+pub mod timers;
 
 pub use store::{FunctionKey, NewEvent, Status, Store, StoreError, Trigger};
 
@@ -58,6 +60,8 @@ struct Tasks {
     /// One dispatcher per event function, with what wakes it.
     dispatchers: HashMap<FunctionKey, (Arc<Notify>, AbortHandle)>,
     upkeep: Option<AbortHandle>,
+    /// The current config's timers, started again after each reload.
+    timers: Option<timers::Timers>,
     stopped: bool,
 }
 
@@ -81,13 +85,19 @@ impl Service {
     }
 
     /// Starts serving: opens the store now when the config asks for it (an `[async]`
-    /// section, or an embedded store that already exists, so that waiting events
-    /// resume), then runs the dispatchers. A store that cannot be opened now is
+    /// section, timers, or an embedded store that already exists, so that waiting
+    /// events resume), then runs the dispatchers and the timers. A store that cannot be opened now is
     /// reported and opened again at the next `Event` invocation.
     pub async fn start(self: &Arc<Self>, current: &Arc<ArcSwap<Gateway>>) {
         let _ = self.current.set(Arc::downgrade(current));
         let _ = self.home.set(tokio::runtime::Handle::current());
-        if self.wanted_at_start() {
+        let timers = current
+            .load()
+            .config()
+            .functions
+            .iter()
+            .any(|f| f.timers.iter().any(|t| t.enabled));
+        if timers || self.wanted_at_start() {
             match self.store().await {
                 Ok(_) => {}
                 Err(e) => tracing::error!("cannot open the asynchronous event store: {e}"),
@@ -119,10 +129,24 @@ impl Service {
         Ok(store)
     }
 
-    /// Keeps `event` durably, then wakes its function's dispatcher.
+    /// The store if it is open.
+    fn opened(&self) -> Result<&Store, StoreError> {
+        self.store
+            .get()
+            .ok_or_else(|| StoreError::Unavailable("the store is not open".into()))
+    }
+
+    /// Keeps `event` durably (opening the store if need be), then wakes its function's
+    /// dispatcher.
     pub async fn submit(self: &Arc<Self>, event: NewEvent) -> Result<(), StoreError> {
+        self.store().await?;
+        self.enqueue(event).await
+    }
+
+    /// [`Service::submit`] on a store already open.
+    pub async fn enqueue(&self, event: NewEvent) -> Result<(), StoreError> {
         let key = event.function.clone();
-        self.store().await?.enqueue(event).await?;
+        self.opened()?.enqueue(event).await?;
         if let Some((wake, _)) = self.tasks.lock().dispatchers.get(&key) {
             wake.notify_one();
         }
@@ -173,6 +197,11 @@ impl Service {
             ));
             tasks.dispatchers.insert(key, (wake, task.abort_handle()));
         }
+        // Timers keep no state: the new config's replace the old ones, and a tick
+        // already fired is not fired again (the next is the first after now).
+        tasks.timers = None;
+        let _runtime = home.enter();
+        tasks.timers = Some(timers::start(&gateway.config().functions, self.clone()));
         if tasks.upkeep.is_none() {
             let task = home.spawn(upkeep(self.clone(), store.clone()));
             tasks.upkeep = Some(task.abort_handle());
@@ -191,6 +220,7 @@ impl Service {
             if let Some(task) = tasks.upkeep.take() {
                 task.abort();
             }
+            tasks.timers = None;
         }
         let deadline = tokio::time::Instant::now() + grace;
         loop {

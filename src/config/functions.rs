@@ -11,8 +11,9 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use super::launch::{read_launch, PinnedPort};
+use super::timers::read_timers;
 use super::walk::{Ctx, Section, Str};
-use super::{unbuilt, FunctionConfig, FunctionKind, ImagesConfig, InstanceSource, StaticInstance};
+use super::{FunctionConfig, FunctionKind, ImagesConfig, InstanceSource, StaticInstance};
 
 const FUNCTION_KEYS: &[&str] = &[
     "name",
@@ -68,6 +69,7 @@ pub(super) fn read_function(
     let version = ctx.get_token(s, "version", "$LATEST");
     let kind = read_kind(ctx, s);
     let (source, pinned) = read_source(ctx, s, config_dir, images);
+    let timers = read_timers(ctx, s, kind);
 
     let function = FunctionConfig {
         name: name.as_ref().map(|n| n.value.clone()).unwrap_or_default(),
@@ -80,7 +82,7 @@ pub(super) fn read_function(
         queue_depth: ctx.get_u32(s, "queue_depth", 0..=1_000_000, 100),
         queue_timeout: ctx.get_duration(s, "queue_timeout", Duration::from_secs(1), false),
         source,
-        timers: Vec::new(),
+        timers,
     };
     let ident = match (name, namespace) {
         (Some(name), Some(namespace)) => Some(Ident {
@@ -129,14 +131,13 @@ fn read_kind(ctx: &mut Ctx<'_>, s: &Section<'_, '_>) -> Option<FunctionKind> {
     }
 }
 
-/// `instances` or `launch` (exactly one of them), plus the refused `timers`.
+/// `instances` or `launch` (exactly one of them).
 fn read_source(
     ctx: &mut Ctx<'_>,
     s: &Section<'_, '_>,
     config_dir: &Path,
     images: &ImagesConfig,
 ) -> (InstanceSource, Option<PinnedPort>) {
-    unbuilt::function(ctx, s);
     // Read even next to `instances`, so that its own problems are reported as well.
     let launch = ctx
         .table(s, "launch", "[functions.launch]")

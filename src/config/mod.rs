@@ -11,10 +11,11 @@
 //! - `walk`: the walking context, positions and the collected problems;
 //! - `values`: typed values (integers in range, durations, addresses, secrets);
 //! - `env`: `${VAR}` resolution;
-//! - `server` (with `tls`), `platform` (with `[credentials]`), `images`, `functions`,
-//!   `launch`, `routes`, `discovery`: one section each, with its keys, defaults and rules;
-//! - `unbuilt`: keys of features that are not built yet, refused as such.
+//! - `server` (with `tls`), `platform` (with `[credentials]`), `images`, `functions`
+//!   (with `timers`), `launch`, `routes`, `discovery`, `asynchronous` (`[async]`): one
+//!   section each, with its keys, defaults and rules.
 
+mod asynchronous;
 mod discovery;
 mod env;
 mod functions;
@@ -24,8 +25,8 @@ mod parse;
 mod platform;
 mod routes;
 mod server;
+mod timers;
 mod tls;
-mod unbuilt;
 mod values;
 mod walk;
 
@@ -38,6 +39,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use crate::asynchronous::cron::Schedule;
 
 pub use launch::ISOLATED_PORT;
 pub use parse::parse;
@@ -251,6 +254,8 @@ pub struct TimerConfig {
     pub name: String,
     /// The expression as written (7 or 5 fields, UTC).
     pub cron: String,
+    /// `cron`, parsed.
+    pub schedule: Schedule,
     /// `message`: carried in the event's `Message`. Default empty.
     pub message: String,
     /// Default true.

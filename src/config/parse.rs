@@ -7,6 +7,7 @@ use std::path::Path;
 
 use toml::de::DeTable;
 
+use super::asynchronous::read_async;
 use super::discovery::read_discovery;
 use super::env::Env;
 use super::functions::{check_duplicate_function, read_function, Ident};
@@ -16,7 +17,7 @@ use super::platform::{read_credentials, read_platform};
 use super::routes::read_route;
 use super::server::read_server;
 use super::walk::{Ctx, Section};
-use super::{unbuilt, Config, ConfigErrors, FunctionConfig};
+use super::{Config, ConfigErrors, FunctionConfig};
 
 const TOP_KEYS: &[&str] = &[
     "server",
@@ -52,7 +53,6 @@ fn read_config(ctx: &mut Ctx<'_>, root: &DeTable<'_>, path: &Path) -> Config {
         name: "",
     };
     ctx.check_keys(&top, TOP_KEYS);
-    unbuilt::top_level(ctx, &top);
 
     let empty = DeTable::new();
     let config_dir = config_dir(path);
@@ -65,6 +65,15 @@ fn read_config(ctx: &mut Ctx<'_>, root: &DeTable<'_>, path: &Path) -> Config {
 
     let discovery = ctx.table(&top, "discovery", "[discovery]");
     let discovery = read_discovery(ctx, &or_empty(discovery, &empty, "[discovery]"));
+
+    let section = ctx.table(&top, "async", "[async]");
+    let present = section.is_some();
+    let asynchronous = read_async(
+        ctx,
+        &or_empty(section, &empty, "[async]"),
+        present,
+        &config_dir,
+    );
 
     let images = ctx.table(&top, "images", "[images]");
     let images = read_images(ctx, &or_empty(images, &empty, "[images]"), &config_dir);
@@ -105,7 +114,7 @@ fn read_config(ctx: &mut Ctx<'_>, root: &DeTable<'_>, path: &Path) -> Config {
         functions,
         routes,
         discovery,
-        asynchronous: crate::config::AsyncConfig::default(),
+        asynchronous,
     }
 }
 

@@ -112,6 +112,11 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// The text of the file at `span`, as written (before `${VAR}` resolution).
+    pub(super) fn source(&self, span: Range<usize>) -> Option<&'a str> {
+        self.text.get(span)
+    }
+
     /// A problem at a span of the text.
     pub(super) fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
         let location = self.position(span.start);

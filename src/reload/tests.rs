@@ -71,3 +71,27 @@ fn listener_and_worker_changes_need_a_restart() {
     );
     assert!(restart_needed(&old.server, &old.server).is_empty());
 }
+
+#[test]
+fn async_store_changes_need_a_restart() {
+    let embedded = config("[async]\npath = \"q1\"\n");
+    let moved = config("[async]\npath = \"q2\"\nretries = 5\n");
+    let redis = config("[async]\nstore = \"redis\"\nurl = \"redis://a\"\n");
+    let other_redis = config("[async]\nstore = \"redis\"\nurl = \"redis://b\"\n");
+    let store = |c: &Config| c.asynchronous.store.clone();
+    assert_eq!(
+        async_restart_needed(&store(&embedded), &store(&moved)),
+        ["async.path"]
+    );
+    assert_eq!(
+        async_restart_needed(&store(&embedded), &store(&redis)),
+        ["async.store"]
+    );
+    assert_eq!(
+        async_restart_needed(&store(&redis), &store(&other_redis)),
+        ["async.url"]
+    );
+    assert!(async_restart_needed(&store(&redis), &store(&redis)).is_empty());
+    // Without a section, the default path beside the file: the same store.
+    assert!(async_restart_needed(&store(&config("")), &store(&config("[async]\n"))).is_empty());
+}

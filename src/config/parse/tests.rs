@@ -248,7 +248,7 @@ fn several_errors_are_reported_at_once_in_file_order() {
     let text = "[[routes]]\npath_prefix = \"/\"\nfunction = \"nope\"\n\
                 [server]\nworkers = \"2\"\n\
                 [[functions]]\nname = \"a\"\ntimeout = \"3\"\n\
-                [async]\n";
+                [async]\nretries = 11\n";
     let all = errors(text);
     let lines: Vec<Location> = all.iter().map(|e| e.location.clone()).collect();
     assert_eq!(
@@ -258,7 +258,7 @@ fn several_errors_are_reported_at_once_in_file_order() {
             at(5, 11),
             path("functions[0]"),
             at(8, 11),
-            at(9, 2)
+            at(10, 11)
         ],
         "{all:#?}"
     );

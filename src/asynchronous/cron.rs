@@ -492,18 +492,7 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 /// `t` as RFC 3339 UTC to the second, e.g. `2026-12-08T03:00:00Z` (times before 1970
 /// print as the epoch).
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2))
-        .unwrap_or(0);
-    let (year, month, day) = civil_from_days(secs.div_euclid(SECONDS_PER_DAY));
-    let time = secs.rem_euclid(SECONDS_PER_DAY);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        time / 3600,
-        time / 60 % 60,
-        time % 60
-    )
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 #[cfg(test)]

@@ -69,16 +69,12 @@ trait Sink: Send + Sync + 'static {
 }
 
 impl Sink for Service {
-    fn once(
-        &self,
-        key: &str,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        async move { self.opened()?.once(key, ttl).await }
+    async fn once(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.opened()?.once(key, ttl).await
     }
 
-    fn submit(&self, event: NewEvent) -> impl Future<Output = Result<(), StoreError>> + Send {
-        Service::enqueue(self, event)
+    async fn submit(&self, event: NewEvent) -> Result<(), StoreError> {
+        Service::enqueue(self, event).await
     }
 }
 

@@ -767,6 +767,130 @@ def compare(args):
     return report
 
 
+# ------------------------------------------------------------------------------- events
+
+def async_counts(admin_port, function="hello"):
+    """queued + running asynchronous events of `function`, from /metrics (counted by the
+    gateway every 2 s)."""
+    _, _, body = request(admin_port, "GET", "/metrics")
+    n = 0
+    for status in ("queued", "running"):
+        m = re.search(rf'^scf_gateway_async_events{{function="{function}",status="{status}"}} (\d+)',
+                      body.decode(), re.M)
+        n += int(m.group(1)) if m else 0
+    return n
+
+
+def drain(admin_port, limit_s):
+    """Waits until the gateway's store has no queued or running event; the seconds it
+    took (None past `limit_s`)."""
+    t0 = time.time()
+    # The count is refreshed every 2 s: wait for a fresh one first.
+    time.sleep(2.5)
+    while time.time() - t0 < limit_s:
+        if async_counts(admin_port) == 0:
+            return time.time() - t0
+        time.sleep(0.5)
+    return None
+
+
+def start_redis(procs, workdir):
+    port = free_port()
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    # Redis's own durability with the append-only file: fsync every second.
+    p = procs.start("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "yes", "--appendfsync", "everysec", "--dir", workdir],
+                    workdir)
+    wait_port(port, p)
+    return port
+
+
+def events(args):
+    """Event submission, side by side with synchronous invocations of the same function:
+    accepted events per second into the embedded store and into Redis, then how long the
+    dispatcher took to run the backlog (executed events per second). Rounds alternate
+    sync, embedded, Redis; each event phase is drained before the next phase."""
+    procs = Procs()
+    workdir = tempfile.mkdtemp(prefix="scf-events-")
+    out_dir = results_dir(args)
+    raise_nofile()
+    report = {"machine": machine_info(), "settings": {
+        "rounds": args.rounds, "duration_s": args.duration, "connections": args.connections}}
+    try:
+        fn_port, _ = start_function(procs, workdir)
+        redis_port = start_redis(procs, workdir)
+        gateways = {}
+        for mode, store in (("sync", None),
+                            ("embedded", f'store = "embedded"\npath = "{workdir}/events"'),
+                            ("redis", f'store = "redis"\nurl = "redis://127.0.0.1:{redis_port}/0"')):
+            listen, admin = free_port(), free_port()
+            toml = gateway_toml(listen, admin, [fn_port], functions=[("hello", "event")], routes=[])
+            if store:
+                toml += f"[async]\n{store}\n"
+            proc = start_gateway(procs, workdir, toml, listen, name=f"gateway-{mode}")
+            gateways[mode] = (listen, admin, proc)
+        extra = {"sync": None, "embedded": ["event=1"], "redis": ["event=1"]}
+        for mode, (listen, _, _) in gateways.items():
+            run_wrk(f"http://127.0.0.1:{listen}/v1/functions/hello/invocations", 1, args.connections, 1,
+                    extra=extra[mode])
+        for mode in ("embedded", "redis"):
+            drain(gateways[mode][1], 120)
+        rounds = []
+        for r in range(args.rounds):
+            row = {}
+            for mode, (listen, admin, proc) in gateways.items():
+                url = f"http://127.0.0.1:{listen}/v1/functions/hello/invocations"
+                pids = proc_tree(proc.pid)
+                u0, s0 = cpu_ticks(pids)
+                w = run_wrk(url, args.duration, args.connections, 1, extra=extra[mode])
+                u1, s1 = cpu_ticks(pids)
+                figures = wrk_figures(w)
+                figures["gateway_cpu_s_100k"] = (u1 - u0 + s1 - s0) * 100_000 / max(w["requests"], 1)
+                if mode != "sync":
+                    took = drain(admin, args.drain_limit)
+                    figures["drain_s"] = took
+                    figures["executed_per_s"] = (w["requests"] / took) if took else None
+                row[mode] = figures
+                log(f"round {r+1}/{args.rounds} {mode:8s} {figures['rps']:9.0f} req/s  p50 {figures['p50_us']:6d} µs  "
+                    f"p99 {figures['p99_us']:6d} µs  errors {figures['errors']}"
+                    + (f"  backlog run in {figures['drain_s']:.1f} s" if figures.get("drain_s") else ""))
+            rounds.append(row)
+        med = {m: {k: median([row[m][k] for row in rounds if row[m].get(k) is not None] or [0])
+                   for k in ("rps", "p50_us", "p99_us", "errors", "gateway_cpu_s_100k", "executed_per_s")}
+               for m in gateways}
+        report.update({"rounds": rounds, "median": med})
+    except BaseException:
+        log(f"events failed; process logs kept in {workdir}")
+        raise
+    finally:
+        procs.stop_all()
+
+    sync = med["sync"]["rps"] or 1
+    lines = [f"# events results", "",
+             f"{time.strftime('%Y-%m-%d %H:%M:%S')}, {report['machine'].get('cpu')} x{report['machine']['nproc']}; "
+             f"{args.rounds} round(s) x {args.duration}s per mode, wrk -t1 -c{args.connections}, "
+             f"POST {len(EVENT)}-byte JSON to one function on the Rust example instance. Medians over rounds.", "",
+             "| mode | req/s | of sync | p50 µs | p99 µs | gateway CPU s/100k | backlog run, events/s |",
+             "|---|---|---|---|---|---|---|"]
+    names = {"sync": "synchronous invocation", "embedded": "Event, embedded store",
+             "redis": "Event, Redis store"}
+    for mode in gateways:
+        m = med[mode]
+        run = f"{m['executed_per_s']:,.0f}" if mode != "sync" and m["executed_per_s"] else "-"
+        lines.append(f"| {names[mode]} | {m['rps']:,.0f} | {m['rps'] / sync:.2f} | {m['p50_us']:,.0f} | "
+                     f"{m['p99_us']:,.0f} | {m['gateway_cpu_s_100k']:.2f} | {run} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    tag = "smoke-events" if args.smoke else "latest-events"
+    with open(os.path.join(out_dir, f"{tag}.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(out_dir, f"{tag}.json"), "w") as f:
+        json.dump(rounded(report), f, separators=(",", ":"))
+    log(f"results written to {out_dir}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return report
+
+
 def k6_figs(s):
     m = s["metrics"]
     d = m.get("http_req_duration", {})
@@ -1601,6 +1725,16 @@ def main():
     rt.add_argument("--out", default=None)
     rt.add_argument("--publish", action="store_true",
                     help="write the results to loadtests/results/ (the published ones) instead of results/local/")
+    ev = sub.add_parser("events")
+    ev.add_argument("--rounds", type=int, default=3)
+    ev.add_argument("--duration", type=int, default=5)
+    ev.add_argument("--connections", type=int, default=64)
+    ev.add_argument("--drain-limit", type=int, default=300,
+                    help="longest wait for a phase's events to run, in seconds")
+    ev.add_argument("--smoke", action="store_true")
+    ev.add_argument("--out", default=None)
+    ev.add_argument("--publish", action="store_true",
+                    help="write the results to loadtests/results/ (the published ones) instead of results/local/")
     args = ap.parse_args()
     if args.cmd == "profile":
         args.server_cpus = None
@@ -1624,6 +1758,10 @@ def main():
         scale(args)
     elif args.cmd == "instructions":
         instructions(args)
+    elif args.cmd == "events":
+        if args.smoke:
+            args.rounds, args.duration = 1, 2
+        events(args)
     elif args.cmd == "runtime":
         if args.smoke:
             args.rounds, args.duration = 1, 2

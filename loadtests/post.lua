@@ -4,6 +4,8 @@
 -- Optional environment-free configuration through wrk's script args (after `--`):
 --   wrk ... -s post.lua URL -- paths=/a,/b,/c   spread requests over these paths
 --                                               (random choice per request)
+--   wrk ... -s post.lua URL -- event=1          asynchronous invocations
+--                                               (X-Scf-Invocation-Type: Event)
 -- Optional environment: WRK_ADDRS=127.0.0.1:P1,127.0.0.1:P2 gives the threads their
 -- target addresses in turn (thread 1 the first, thread 2 the second, ...), the way
 -- SO_REUSEPORT splits connections between per-thread listeners; the URL still names the
@@ -40,6 +42,8 @@ function init(args)
       for p in v:gmatch("[^,]+") do
         paths[#paths + 1] = wrk.format(nil, p)
       end
+    elseif k == "event" then
+      wrk.headers["X-Scf-Invocation-Type"] = "Event"
     elseif k == "pathfile" then
       paths = {}
       for p in io.lines(v) do

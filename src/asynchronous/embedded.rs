@@ -58,6 +58,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_claim ON events (namespace, function, status, due_at, enqueued_at);
     -- list: a function's events by acceptance (the rowid breaks ties).
     CREATE INDEX events_list ON events (namespace, function, enqueued_at);
+    -- recovery at open: the few running events.
+    CREATE INDEX events_running ON events (status) WHERE status = 'running';
     -- purge: final events by end.
     CREATE INDEX events_purge ON events (ended_at) WHERE ended_at IS NOT NULL;",
 ];
@@ -416,7 +418,7 @@ fn claim(
             "SELECT seq, id, qualifier, trigger, content_type, body, attempts, enqueued_at
              FROM events
              WHERE namespace = ?1 AND function = ?2 AND status = 'queued' AND due_at <= ?3
-             ORDER BY due_at, seq LIMIT 1",
+             ORDER BY due_at, enqueued_at, seq LIMIT 1",
         )?
         .query_row(params![function.namespace, function.name, now], |row| {
             Ok((
@@ -592,7 +594,7 @@ fn abort(conn: &mut Connection, id: Uuid, now: i64) -> rusqlite::Result<Aborted>
 fn counts(conn: &Connection) -> rusqlite::Result<Vec<FunctionCounts>> {
     let mut statement = conn.prepare_cached(
         "SELECT namespace, function, status, count(*), min(enqueued_at)
-         FROM events GROUP BY namespace, function, status ORDER BY namespace, function",
+         FROM events GROUP BY namespace, function, status",
     )?;
     let mut rows = statement.query([])?;
     let mut counts: Vec<FunctionCounts> = Vec::new();
@@ -601,18 +603,18 @@ fn counts(conn: &Connection) -> rusqlite::Result<Vec<FunctionCounts>> {
         let status = status(row, 2)?;
         let count: i64 = row.get(3)?;
         let oldest: Option<i64> = row.get(4)?;
-        let entry = match counts.last_mut() {
-            Some(last) if last.function == function => last,
-            _ => {
+        let index = match counts.iter().position(|c| c.function == function) {
+            Some(index) => index,
+            None => {
                 counts.push(FunctionCounts {
                     function,
                     by_status: [0; 5],
                     oldest_queued: None,
                 });
-                let pushed = counts.len() - 1;
-                &mut counts[pushed]
+                counts.len() - 1
             }
         };
+        let entry = &mut counts[index];
         entry.by_status[status.index()] = u64::try_from(count).unwrap_or_default();
         if status == Status::Queued {
             entry.oldest_queued = oldest.map(from_ms);

@@ -6,7 +6,8 @@
 //!
 //! SQLite calls block, so each one runs in `spawn_blocking`: writes on one connection
 //! (SQLite has one writer at a time anyway), reads on a second one, which WAL lets run
-//! beside the writer. A lock file (`flock`) keeps a second gateway off the same folder.
+//! beside the writer. Events accepted while a commit is under way share the next one
+//! (group commit), so concurrent submissions are not held to one fsync each. A lock file (`flock`) keeps a second gateway off the same folder.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::store::{
@@ -91,6 +93,8 @@ struct Inner {
     writer: Mutex<Connection>,
     /// `get`, `list` and `counts`, which WAL lets run beside a write.
     reader: Mutex<Connection>,
+    /// Events waiting for the next group commit.
+    pending: Mutex<Pending>,
     /// Holds the folder's `flock` until the connections are closed (fields drop in
     /// order).
     _lock: File,
@@ -110,10 +114,26 @@ impl EmbeddedStore {
         })
     }
 
-    /// Commits the event (fsync'd) before returning.
+    /// Commits the event (fsync'd) before returning. Events accepted while a commit is
+    /// under way are committed together by the next one: one fsync for the group.
     pub async fn enqueue(&self, event: NewEvent) -> Result<(), StoreError> {
-        self.write("enqueue", move |conn, _| insert(conn, &event))
-            .await
+        let (done, committed) = oneshot::channel();
+        let schedule = {
+            let mut pending = self.inner.pending.lock();
+            pending.events.push((event, done));
+            !std::mem::replace(&mut pending.scheduled, true)
+        };
+        if schedule {
+            let inner = self.inner.clone();
+            // Detached: every waiting event's sender is answered or dropped by it.
+            drop(tokio::task::spawn_blocking(move || inner.commit_pending()));
+        }
+        committed.await.map_err(|_| {
+            StoreError::Failed(format!(
+                "enqueue in {}: the commit was abandoned",
+                self.inner.database.display()
+            ))
+        })?
     }
 
     /// The function's next due queued event, now `running` with its attempt counted
@@ -274,6 +294,7 @@ impl Inner {
             policy,
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
+            pending: Mutex::new(Pending::default()),
             _lock: lock,
         })
     }
@@ -281,6 +302,76 @@ impl Inner {
     fn failed(&self, what: &str, e: rusqlite::Error) -> StoreError {
         StoreError::Failed(format!("{what} in {}: {e}", self.database.display()))
     }
+
+    /// Commits the pending events, at most [`MAX_GROUP`] per transaction, and answers
+    /// each one's sender. Taking the batch only once the writer is ours gathers every
+    /// event that arrived during the previous commit.
+    fn commit_pending(&self) {
+        let mut conn = self.writer.lock();
+        loop {
+            let (batch, more) = {
+                let mut pending = self.pending.lock();
+                let take = pending.events.len().min(MAX_GROUP);
+                let batch: Vec<_> = pending.events.drain(..take).collect();
+                let more = !pending.events.is_empty();
+                // Nothing left: the next `enqueue` schedules a new commit.
+                pending.scheduled = more;
+                (batch, more)
+            };
+            if batch.is_empty() {
+                return;
+            }
+            match insert_group(&mut conn, &batch) {
+                Ok(outcomes) => {
+                    for ((_, done), outcome) in batch.into_iter().zip(outcomes) {
+                        let _ = done.send(outcome.map_err(|e| self.failed("enqueue", e)));
+                    }
+                }
+                Err(e) => {
+                    let error = self.failed("enqueue", e);
+                    for (_, done) in batch {
+                        let _ = done.send(Err(error.clone()));
+                    }
+                }
+            }
+            if !more {
+                return;
+            }
+        }
+    }
+}
+
+/// Events accepted and not yet committed.
+#[derive(Default)]
+struct Pending {
+    events: Vec<(NewEvent, oneshot::Sender<Result<(), StoreError>>)>,
+    /// A blocking task will commit `events`.
+    scheduled: bool,
+}
+
+/// The most events one group commit inserts.
+const MAX_GROUP: usize = 512;
+
+/// Inserts `batch` in one transaction. An event the database refuses (a duplicate id)
+/// fails alone; any other error fails the whole group, since SQLite may have rolled the
+/// transaction back.
+fn insert_group(
+    conn: &mut Connection,
+    batch: &[(NewEvent, oneshot::Sender<Result<(), StoreError>>)],
+) -> rusqlite::Result<Vec<rusqlite::Result<()>>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (event, _) in batch {
+        match insert(&tx, event) {
+            Ok(()) => outcomes.push(Ok(())),
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                outcomes.push(Err(e))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    tx.commit()?;
+    Ok(outcomes)
 }
 
 /// Takes the folder's lock file, or fails naming the folder when another gateway
@@ -373,21 +464,21 @@ fn lost_attempt(error: &str) -> Attempt {
 
 fn insert(conn: &Connection, event: &NewEvent) -> rusqlite::Result<()> {
     let enqueued_at = to_ms(event.enqueued_at);
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO events (id, namespace, function, qualifier, trigger, content_type, body,
              status, attempts, enqueued_at, due_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', 0, ?8, ?8)",
-        params![
-            event.id.as_bytes(),
-            event.function.namespace,
-            event.function.name,
-            event.qualifier,
-            event.trigger.as_str(),
-            event.content_type,
-            &event.body[..],
-            enqueued_at,
-        ],
-    )?;
+    )?
+    .execute(params![
+        event.id.as_bytes(),
+        event.function.namespace,
+        event.function.name,
+        event.qualifier,
+        event.trigger.as_str(),
+        event.content_type,
+        &event.body[..],
+        enqueued_at,
+    ])?;
     Ok(())
 }
 
@@ -1275,6 +1366,51 @@ mod tests {
             panic!("a file that is not a database must be refused");
         };
         assert!(message.contains("events.db"), "{message}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_events_are_committed_in_groups_and_a_duplicate_fails_alone() {
+        let dir = TempDir::new("group");
+        let store = Arc::new(
+            EmbeddedStore::open(&dir.store(), policy(0, Duration::ZERO))
+                .await
+                .unwrap(),
+        );
+        let first = event(&hello(), b"{}", SystemTime::now());
+        store.enqueue(first.clone()).await.unwrap();
+        let mut tasks = Vec::new();
+        let mut ids = Vec::new();
+        for i in 0..300 {
+            let e = if i == 150 {
+                first.clone()
+            } else {
+                event(&hello(), b"{}", SystemTime::now())
+            };
+            ids.push(e.id);
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move { store.enqueue(e).await }));
+        }
+        for (i, task) in tasks.into_iter().enumerate() {
+            let outcome = task.await.unwrap();
+            if i == 150 {
+                let Err(StoreError::Failed(message)) = outcome else {
+                    panic!("a duplicate id is refused");
+                };
+                assert!(message.contains("UNIQUE"), "{message}");
+            } else {
+                outcome.unwrap();
+                assert!(store.get(ids[i]).await.unwrap().is_some());
+            }
+        }
+        let counts = store.counts().await.unwrap();
+        assert_eq!(counts[0].by_status[Status::Queued.index()], 300);
+        assert!(!store.inner.pending.lock().scheduled);
+        // Committed: a reopened store has them.
+        drop(store);
+        let store = EmbeddedStore::open(&dir.store(), policy(0, Duration::ZERO))
+            .await
+            .unwrap();
+        assert_eq!(store.counts().await.unwrap(), counts);
     }
 
     /// Many waiting events: claims stay in order and each event is claimed once.

@@ -174,7 +174,13 @@ impl EmbeddedStore {
         self.write("finish", move |conn, policy| {
             finish(conn, policy, id, number, attempt, now_ms())
         })
-        .await
+        .await?
+        .ok_or_else(|| {
+            StoreError::Failed(format!(
+                "finish in {}: no event {id}",
+                self.inner.database.display()
+            ))
+        })
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<EventRecord>, StoreError> {
@@ -201,17 +207,27 @@ impl EmbeddedStore {
         self.read("counts", counts).await
     }
 
-    /// Deletes final events that ended more than the retention ago.
+    /// Deletes final events that ended more than the retention ago, a chunk per
+    /// transaction so that submissions are not held up behind a large purge.
     pub async fn purge(&self) -> Result<u64, StoreError> {
-        self.write("purge", |conn, policy| {
-            let before = now_ms().saturating_sub(duration_ms(policy.retention));
-            let removed = conn.execute(
-                "DELETE FROM events WHERE ended_at IS NOT NULL AND ended_at < ?1",
-                params![before],
-            )?;
-            Ok(removed as u64)
-        })
-        .await
+        let before = now_ms().saturating_sub(duration_ms(self.inner.policy.retention));
+        let mut removed = 0;
+        loop {
+            let chunk = self
+                .write("purge", move |conn, _| {
+                    conn.execute(
+                        "DELETE FROM events WHERE seq IN (
+                             SELECT seq FROM events
+                             WHERE ended_at IS NOT NULL AND ended_at < ?1 LIMIT ?2)",
+                        params![before, PURGE_CHUNK],
+                    )
+                })
+                .await?;
+            removed += chunk as u64;
+            if chunk < PURGE_CHUNK {
+                return Ok(removed);
+            }
+        }
     }
 
     /// One gateway per store: every caller is the first.
@@ -348,6 +364,9 @@ struct Pending {
     /// A blocking task will commit `events`.
     scheduled: bool,
 }
+
+/// The most events one purge transaction deletes.
+const PURGE_CHUNK: usize = 1000;
 
 /// The most events one group commit inserts.
 const MAX_GROUP: usize = 512;
@@ -555,7 +574,7 @@ fn finish(
     number: u32,
     attempt: Attempt,
     now: i64,
-) -> rusqlite::Result<Status> {
+) -> rusqlite::Result<Option<Status>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let current = tx
         .query_row(
@@ -565,14 +584,14 @@ fn finish(
         )
         .optional()?;
     let status = match current {
-        None => return Err(rusqlite::Error::QueryReturnedNoRows),
+        None => return Ok(None),
         Some((Status::Running, attempts)) if attempts == number => {
             record_outcome(&tx, policy, id.as_bytes(), number, attempt, now)?
         }
         Some((status, _)) => status,
     };
     tx.commit()?;
-    Ok(status)
+    Ok(Some(status))
 }
 
 /// Records the outcome of running attempt `number` of the event `id`: succeeded; or
@@ -898,6 +917,18 @@ mod tests {
             }
         );
         assert_eq!(store.get(Uuid::from_u128(7)).await.unwrap(), None);
+        let unknown = Claimed {
+            id: Uuid::from_u128(7),
+            function: hello(),
+            qualifier: "$LATEST".into(),
+            body: Bytes::new(),
+            content_type: None,
+            trigger: Trigger::Invoke,
+            attempt: 1,
+            enqueued_at: now,
+            receipt: Receipt::None,
+        };
+        assert!(store.finish(&unknown, success(b"ok")).await.is_err());
 
         let first = store.claim(&hello(), LEASE).await.unwrap().unwrap();
         assert_eq!(first.id, text.id);
@@ -1221,6 +1252,25 @@ mod tests {
         for e in [&running, &queued] {
             assert!(store.get(e.id).await.unwrap().is_some());
         }
+
+        // More than a chunk.
+        let many = PURGE_CHUNK * 2 + 10;
+        {
+            let mut conn = store.inner.writer.lock();
+            let tx = conn.transaction().unwrap();
+            for _ in 0..many {
+                let e = event(&hello(), b"{}", now);
+                insert(&tx, &e).unwrap();
+                tx.execute(
+                    "UPDATE events SET status = 'succeeded', ended_at = ?1 WHERE id = ?2",
+                    params![to_ms(now) - 1000, e.id.as_bytes()],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        assert_eq!(store.purge().await.unwrap(), many as u64);
+        assert_eq!(store.counts().await.unwrap()[0].by_status, [1, 1, 0, 0, 0]);
     }
 
     #[tokio::test]

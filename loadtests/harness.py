@@ -771,7 +771,7 @@ def compare(args):
 
 def async_counts(admin_port, function="hello"):
     """queued + running asynchronous events of `function`, from /metrics (counted by the
-    gateway every 2 s)."""
+    gateway every 5 s)."""
     _, _, body = request(admin_port, "GET", "/metrics")
     n = 0
     for status in ("queued", "running"):
@@ -785,8 +785,8 @@ def drain(admin_port, limit_s):
     """Waits until the gateway's store has no queued or running event; the seconds it
     took (None past `limit_s`)."""
     t0 = time.time()
-    # The count is refreshed every 2 s: wait for a fresh one first.
-    time.sleep(2.5)
+    # The count is refreshed every 5 s: wait for a fresh one first.
+    time.sleep(5.5)
     while time.time() - t0 < limit_s:
         if async_counts(admin_port) == 0:
             return time.time() - t0

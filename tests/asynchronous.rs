@@ -19,7 +19,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A store folder of its own for one test.
 fn store_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("scf-gw-async-{test}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("scf-events-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
@@ -363,11 +363,10 @@ async fn no_accepted_event_is_lost_when_the_gateway_is_killed() {
         instance.addr,
         "instance_concurrency = 4\ntimeout = \"5s\"",
     );
-    let server = "[async]\nstore = \"embedded\"\npath = \"events\"\nretry_delays = [\"100ms\"]\n";
-    let events = std::env::temp_dir()
-        .join(format!("scf-gw-async-kill-{}", std::process::id()))
-        .join("events");
-    let _ = std::fs::remove_dir_all(&events);
+    // Outside the gateway's own folder, which goes with its process.
+    let dir = store_dir("kill");
+    let server = async_section(&dir, "");
+    let server = server.as_str();
     let gw = GatewayProcess::start("async-kill", server, &functions);
     let mut ids = Vec::new();
     for i in 0..200 {
@@ -407,4 +406,5 @@ async fn no_accepted_event_is_lost_when_the_gateway_is_killed() {
     assert!(twice.iter().all(|&runs| runs == 2));
     gw.signal("TERM");
     let _ = gw.exited().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

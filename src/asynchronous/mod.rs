@@ -33,9 +33,9 @@ pub use store::{FunctionKey, NewEvent, Status, Store, StoreError, Trigger};
 /// The embedded store's database file, in `async.path`.
 pub const EMBEDDED_DATABASE: &str = "events.db";
 /// How often the store is counted for the metrics and purged of expired events.
-const UPKEEP_PERIOD: Duration = Duration::from_secs(2);
+const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
 /// Purges run every this many upkeeps.
-const PURGE_EVERY: u32 = 30;
+const PURGE_EVERY: u32 = 12;
 
 /// The asynchronous side of a running gateway. Shared by every config snapshot.
 pub struct Service {

@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod image;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -17,6 +17,7 @@ use scf_gateway::asynchronous::store::{
     Trigger,
 };
 use scf_gateway::config::Secret;
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use common::redis::{available, RedisServer};
@@ -282,9 +283,9 @@ async fn lists_filter_by_status_sort_and_page() {
         store.enqueue(e).await.unwrap();
     }
     // The two oldest succeed, the third fails.
-    for i in 0..3 {
+    for (i, id) in ids.iter().take(3).enumerate() {
         let claimed = next_claim(&store, &f).await;
-        assert_eq!(claimed.id, ids[i], "claimed in order");
+        assert_eq!(claimed.id, *id, "claimed in order");
         let outcome = if i < 2 { succeeded("ok") } else { failed(500) };
         store.finish(&claimed, outcome).await.unwrap();
     }

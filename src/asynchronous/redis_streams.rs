@@ -13,7 +13,7 @@
 //! between two commands never leaves an event half moved, and checks that race (abort
 //! against claim, finish against a takeover) are decided inside Redis.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +21,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, RedisResult, Script, Value};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::store::{
@@ -55,6 +56,30 @@ local function setmove(p, id, from, to, score)
   if from then redis.call('ZREM', p .. ':status:' .. from, id) end
   if to then redis.call('ZADD', p .. ':status:' .. to, score, id) end
 end
+
+-- Starts an attempt on event `id` of function `p`: `running`, attempts + 1. `mode` is
+-- `fresh` for a new stream entry (the event must be queued), else the attempts count
+-- read before a takeover, which must not have moved. Answers `ok` and the event's
+-- data, or why not (`gone`, `moved`, or the status that forbids it).
+local function begin(p, id, mode)
+  local key = 'scfgw:event:' .. id
+  local f = redis.call('HMGET', key, 'status', 'attempts', 'enq')
+  local status = f[1]
+  if not status then return {'gone'} end
+  if mode == 'fresh' then
+    if status ~= 'queued' then return {status} end
+  else
+    if status ~= 'queued' and status ~= 'running' then return {status} end
+    if f[2] ~= mode then return {'moved'} end
+  end
+  local n = redis.call('HINCRBY', key, 'attempts', 1)
+  redis.call('HSET', key, 'status', 'running')
+  if status ~= 'running' then setmove(p, id, status, 'running', f[3]) end
+  local d = redis.call('HMGET', key, 'ns', 'name', 'qualifier', 'body', 'ctype', 'trigger', 'enq')
+  local ctype = '0'
+  if d[5] then ctype = '1' end
+  return {'ok', tostring(n), d[1], d[2], d[3], d[4], d[5] or '', ctype, d[6], d[7], id}
+end
 "#;
 
 /// KEYS[1] the event's hash. ARGV: prefix, id, namespace, name, qualifier, body,
@@ -71,40 +96,44 @@ redis.call('SADD', KEYS[2], ARGV[11])
 return 1
 "#;
 
-/// ARGV: prefix, now ms, at most. Moves due retries into the stream; run inside Redis,
-/// so each one is added once however many replicas ask at the same moment.
-const LUA_PROMOTE: &str = r#"
+/// KEYS[1] the function's stream. ARGV: prefix, now ms, retries to move at most,
+/// consumer, entries to look at at most. Moves due retries into the stream (inside
+/// Redis, so each is added once however many replicas ask at the same moment), then
+/// reads new entries for this consumer until one starts an attempt, acknowledging and
+/// deleting those with nothing to run (aborted, gone). Answers `begin`'s `ok` list with
+/// the entry id appended, or `none`.
+const LUA_CLAIM: &str = r#"
 local p = ARGV[1]
 local ids = redis.call('ZRANGEBYSCORE', p .. ':delayed', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
 for _, id in ipairs(ids) do
   redis.call('ZREM', p .. ':delayed', id)
-  redis.call('XADD', p .. ':stream', '*', 'id', id)
+  redis.call('XADD', KEYS[1], '*', 'id', id)
 end
-return #ids
+for _ = 1, tonumber(ARGV[5]) do
+  local r = redis.call('XREADGROUP', 'GROUP', 'scfgw', ARGV[4], 'COUNT', 1, 'STREAMS', KEYS[1], '>')
+  if not r or not r[1] or not r[1][2][1] then return {'none'} end
+  local entry = r[1][2][1]
+  local fields = entry[2]
+  local id = false
+  for j = 1, #fields, 2 do
+    if fields[j] == 'id' then id = fields[j + 1] end
+  end
+  if id then
+    local out = begin(p, id, 'fresh')
+    if out[1] == 'ok' then
+      table.insert(out, entry[1])
+      return out
+    end
+  end
+  redis.call('XACK', KEYS[1], 'scfgw', entry[1])
+  redis.call('XDEL', KEYS[1], entry[1])
+end
+return {'none'}
 "#;
 
-/// KEYS[1] the event's hash. ARGV: prefix, id, mode (`fresh`: a new stream entry, the
-/// event must be queued; else the attempts count read before a takeover, which must
-/// not have moved). Starts an attempt: `running`, attempts + 1; answers `ok` and the
-/// event's data, or why not (`gone`, `moved`, or the status that forbids it).
+/// ARGV: prefix, id, mode: `begin` for an entry taken over from a silent replica.
 const LUA_BEGIN: &str = r#"
-local p = ARGV[1]
-local f = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'enq')
-local status = f[1]
-if not status then return {'gone'} end
-if ARGV[3] == 'fresh' then
-  if status ~= 'queued' then return {status} end
-else
-  if status ~= 'queued' and status ~= 'running' then return {status} end
-  if f[2] ~= ARGV[3] then return {'moved'} end
-end
-local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'status', 'running')
-if status ~= 'running' then setmove(p, ARGV[2], status, 'running', f[3]) end
-local d = redis.call('HMGET', KEYS[1], 'ns', 'name', 'qualifier', 'body', 'ctype', 'trigger', 'enq')
-local ctype = '0'
-if d[5] then ctype = '1' end
-return {'ok', tostring(n), d[1], d[2], d[3], d[4], d[5] or '', ctype, d[6], d[7]}
+return begin(ARGV[1], ARGV[2], ARGV[3])
 "#;
 
 /// KEYS[1] the event's hash. ARGV: attempt, now ms, stream, entry id, consumer.
@@ -196,7 +225,7 @@ const RECORD_FIELDS: [&str; 11] = [
 
 struct Scripts {
     enqueue: Script,
-    promote: Script,
+    claim: Script,
     begin: Script,
     started: Script,
     finish: Script,
@@ -209,7 +238,7 @@ impl Scripts {
         let with_common = |body: &str| Script::new(&format!("{LUA_COMMON}{body}"));
         Scripts {
             enqueue: with_common(LUA_ENQUEUE),
-            promote: with_common(LUA_PROMOTE),
+            claim: with_common(LUA_CLAIM),
             begin: with_common(LUA_BEGIN),
             started: Script::new(LUA_STARTED),
             finish: with_common(LUA_FINISH),
@@ -231,6 +260,8 @@ pub struct RedisStore {
     scripts: Scripts,
     /// Functions whose consumer group this store has made sure of.
     groups: Mutex<HashSet<FunctionKey>>,
+    /// When this store last looked for attempts to take over, by function.
+    swept: Mutex<HashMap<FunctionKey, Instant>>,
 }
 
 /// How `begin` answered.
@@ -285,6 +316,7 @@ impl RedisStore {
             policy,
             scripts: Scripts::new(),
             groups: Mutex::new(HashSet::new()),
+            swept: Mutex::new(HashMap::new()),
         })
     }
 
@@ -345,67 +377,78 @@ impl RedisStore {
         let stream = format!("{prefix}:stream");
         let mut conn = self.conn.clone();
 
-        // Retries whose delay has passed join the stream.
-        let mut promote = self.scripts.promote.prepare_invoke();
-        promote.arg(&prefix).arg(now_ms()).arg(BATCH);
-        self.bounded("claim", promote.invoke_async::<i64>(&mut conn))
-            .await?;
-
         // Attempts whose replica has been silent for the lease: that replica died.
-        let reply: Value = self
-            .bounded(
-                "claim",
-                redis::cmd("XAUTOCLAIM")
-                    .arg(&stream)
-                    .arg(GROUP)
-                    .arg(&self.replica)
-                    .arg(lease.as_millis() as u64)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(CLAIM_SCAN)
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let taken = match &reply {
-            Value::Array(parts) => parts.get(1).map(entries).unwrap_or_default(),
-            _ => Vec::new(),
-        };
-        for (entry, id) in taken {
-            match self.take_over(function, &prefix, &entry, id).await? {
-                Begun::Claimed(claimed) => return Ok(Some(*claimed)),
-                Begun::Skip => self.drop_entry(&stream, &entry).await?,
-            }
-        }
-
-        for _ in 0..CLAIM_SCAN {
+        if self.sweep_due(function, lease) {
             let reply: Value = self
                 .bounded(
                     "claim",
-                    redis::cmd("XREADGROUP")
-                        .arg("GROUP")
+                    redis::cmd("XAUTOCLAIM")
+                        .arg(&stream)
                         .arg(GROUP)
                         .arg(&self.replica)
+                        .arg(lease.as_millis() as u64)
+                        .arg("0-0")
                         .arg("COUNT")
-                        .arg(1)
-                        .arg("STREAMS")
-                        .arg(&stream)
-                        .arg(">")
+                        .arg(CLAIM_SCAN)
                         .query_async(&mut conn),
                 )
                 .await?;
-            let Some((entry, id)) = first_read_entry(&reply) else {
-                return Ok(None);
+            let taken = match &reply {
+                Value::Array(parts) => parts.get(1).map(entries).unwrap_or_default(),
+                _ => Vec::new(),
             };
-            let begun = match id {
-                Some(id) => self.begin(&prefix, id, &entry, "fresh").await?,
-                None => Begun::Skip,
-            };
-            match begun {
-                Begun::Claimed(claimed) => return Ok(Some(*claimed)),
-                Begun::Skip => self.drop_entry(&stream, &entry).await?,
+            for (entry, id) in taken {
+                match self.take_over(function, &prefix, &entry, id).await? {
+                    Begun::Claimed(claimed) => return Ok(Some(*claimed)),
+                    Begun::Skip => self.drop_entry(&stream, &entry).await?,
+                }
             }
         }
-        Ok(None)
+
+        // Due retries join the stream; the next new entry starts its attempt.
+        let mut invocation = self.scripts.claim.prepare_invoke();
+        invocation
+            .key(&stream)
+            .arg(&prefix)
+            .arg(now_ms())
+            .arg(BATCH)
+            .arg(&self.replica)
+            .arg(CLAIM_SCAN);
+        let mut reply: Vec<Vec<u8>> = self
+            .bounded("claim", invocation.invoke_async(&mut conn))
+            .await?;
+        if reply.len() != BEGUN_LEN + 1 {
+            return Ok(None);
+        }
+        let entry = reply.pop().and_then(|e| String::from_utf8(e).ok());
+        let Some(entry) = entry else {
+            return Err(Failure::Store(StoreError::Failed(
+                "redis answered a claim with an unreadable stream entry id".into(),
+            )));
+        };
+        match begun(reply, &entry)? {
+            Begun::Claimed(claimed) => Ok(Some(*claimed)),
+            Begun::Skip => Ok(None),
+        }
+    }
+
+    /// Whether this claim should look for attempts taken over from silent replicas:
+    /// a few times per lease (at most every 5 s), not at every claim.
+    fn sweep_due(&self, function: &FunctionKey, lease: Duration) -> bool {
+        let every = (lease / 4).min(Duration::from_secs(5));
+        let now = Instant::now();
+        let mut swept = self.swept.lock();
+        match swept.get_mut(function) {
+            Some(last) if now.duration_since(*last) < every => false,
+            Some(last) => {
+                *last = now;
+                true
+            }
+            None => {
+                swept.insert(function.clone(), now);
+                true
+            }
+        }
     }
 
     /// An entry taken over from a replica that went silent. If its attempt had begun,
@@ -461,7 +504,8 @@ impl RedisStore {
         }
     }
 
-    /// Starts an attempt on the event of stream entry `entry`.
+    /// Starts an attempt on the event of stream entry `entry` (taken over: `mode` is the
+    /// attempts count read before).
     async fn begin(
         &self,
         prefix: &str,
@@ -470,52 +514,12 @@ impl RedisStore {
         mode: &str,
     ) -> Result<Begun, Failure> {
         let mut invocation = self.scripts.begin.prepare_invoke();
-        invocation
-            .key(event_key(id))
-            .arg(prefix)
-            .arg(id.to_string())
-            .arg(mode);
+        invocation.arg(prefix).arg(id.to_string()).arg(mode);
         let mut conn = self.conn.clone();
         let reply: Vec<Vec<u8>> = self
             .bounded("claim", invocation.invoke_async(&mut conn))
             .await?;
-        if reply.first().map(Vec::as_slice) != Some(b"ok".as_slice()) {
-            return Ok(Begun::Skip);
-        }
-        let text = |i: usize| -> Result<String, Failure> {
-            reply
-                .get(i)
-                .and_then(|v| String::from_utf8(v.clone()).ok())
-                .ok_or_else(|| Failure::Store(unreadable(id, "its data")))
-        };
-        let attempt: u32 = text(1)?
-            .parse()
-            .map_err(|_| Failure::Store(unreadable(id, "attempts")))?;
-        let function = FunctionKey::new(text(2)?, text(3)?);
-        let qualifier = text(4)?;
-        let body = Bytes::from(reply.get(5).cloned().unwrap_or_default());
-        let content_type = if text(7)? == "1" {
-            Some(text(6)?)
-        } else {
-            None
-        };
-        let trigger = Trigger::parse(&text(8)?).unwrap_or(Trigger::Invoke);
-        let enqueued_at = from_ms(
-            text(9)?
-                .parse()
-                .map_err(|_| Failure::Store(unreadable(id, "enqueuedAt")))?,
-        );
-        Ok(Begun::Claimed(Box::new(Claimed {
-            id,
-            function,
-            qualifier,
-            body,
-            content_type,
-            trigger,
-            attempt,
-            enqueued_at,
-            receipt: Receipt::Stream(entry.to_owned()),
-        })))
+        begun(reply, entry)
     }
 
     /// Acknowledges and deletes a stream entry there is nothing to run for.
@@ -893,10 +897,11 @@ impl RedisStore {
     }
 
     fn sort(&self, what: &str, e: &RedisError) -> Failure {
-        match e.code() {
-            Some("NOGROUP") => return Failure::NoGroup,
-            Some("BUSYGROUP") => return Failure::BusyGroup,
-            _ => {}
+        if e.to_string().contains("NOGROUP") {
+            return Failure::NoGroup;
+        }
+        if e.code() == Some("BUSYGROUP") {
+            return Failure::BusyGroup;
         }
         let unreachable = e.is_io_error()
             || e.is_connection_dropped()
@@ -1006,15 +1011,55 @@ fn entries(v: &Value) -> Vec<(String, Option<Uuid>)> {
         .collect()
 }
 
-/// The first entry of an `XREADGROUP` reply `[[stream, entries]]`, or none.
-fn first_read_entry(v: &Value) -> Option<(String, Option<Uuid>)> {
-    let Value::Array(streams) = v else {
-        return None;
+/// Items of the Lua `begin`'s `ok` answer.
+const BEGUN_LEN: usize = 11;
+
+/// The claim the Lua `begin` answered: `ok`, attempt, namespace, name, qualifier, body,
+/// content type, has content type, trigger, enqueued ms, id.
+fn begun(reply: Vec<Vec<u8>>, entry: &str) -> Result<Begun, Failure> {
+    if reply.len() != BEGUN_LEN || reply[0] != b"ok" {
+        return Ok(Begun::Skip);
+    }
+    let mut items = reply.into_iter().skip(1);
+    let mut next = || items.next().unwrap_or_default();
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).ok();
+    let attempt = next();
+    let (ns, name, qualifier) = (next(), next(), next());
+    let body = Bytes::from(next());
+    let (ctype, has_ctype, trigger, enqueued) = (next(), next(), next(), next());
+    let id = text(next())
+        .and_then(|i| Uuid::parse_str(&i).ok())
+        .ok_or_else(|| {
+            Failure::Store(StoreError::Failed(
+                "redis answered a claim with an unreadable request id".into(),
+            ))
+        })?;
+    let bad = |what: &str| Failure::Store(unreadable(id, what));
+    let attempt: u32 = text(attempt)
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| bad("attempts"))?;
+    let enqueued_at = text(enqueued)
+        .and_then(|e| e.parse::<i64>().ok())
+        .map(from_ms)
+        .ok_or_else(|| bad("enqueuedAt"))?;
+    let (Some(ns), Some(name), Some(qualifier)) = (text(ns), text(name), text(qualifier)) else {
+        return Err(bad("function"));
     };
-    let Value::Array(stream) = streams.first()? else {
-        return None;
-    };
-    entries(stream.get(1)?).into_iter().next()
+    let content_type = if has_ctype == b"1" { text(ctype) } else { None };
+    let trigger = text(trigger)
+        .and_then(|t| Trigger::parse(&t))
+        .unwrap_or(Trigger::Invoke);
+    Ok(Begun::Claimed(Box::new(Claimed {
+        id,
+        function: FunctionKey::new(ns, name),
+        qualifier,
+        body,
+        content_type,
+        trigger,
+        attempt,
+        enqueued_at,
+        receipt: Receipt::Stream(entry.to_owned()),
+    })))
 }
 
 fn unreadable(id: Uuid, what: &str) -> StoreError {

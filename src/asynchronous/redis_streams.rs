@@ -1103,3 +1103,69 @@ fn record(id: Uuid, fields: Vec<Option<Vec<u8>>>) -> Result<Option<EventRecord>,
         error,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Vec<u8> {
+        s.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn a_started_attempt_reads_back_from_the_script_answer() {
+        let id = Uuid::from_u128(7);
+        let reply = vec![
+            b("ok"),
+            b("3"),
+            b("default"),
+            b("fn"),
+            b("$LATEST"),
+            b("{}"),
+            b(""),
+            b("0"),
+            b("timer"),
+            b("1000"),
+            b(&id.to_string()),
+        ];
+        let Ok(Begun::Claimed(claimed)) = begun(reply, "1-0") else {
+            panic!("a claim");
+        };
+        assert_eq!(claimed.id, id);
+        assert_eq!(claimed.attempt, 3);
+        assert_eq!(claimed.function, FunctionKey::new("default", "fn"));
+        assert_eq!(claimed.content_type, None);
+        assert_eq!(claimed.trigger, Trigger::Timer);
+        assert_eq!(claimed.enqueued_at, from_ms(1000));
+        assert_eq!(claimed.receipt, Receipt::Stream("1-0".into()));
+        assert!(matches!(begun(vec![b("aborted")], "1-0"), Ok(Begun::Skip)));
+    }
+
+    #[test]
+    fn a_record_without_its_hash_is_none_and_a_bad_status_is_an_error() {
+        let id = Uuid::from_u128(9);
+        assert_eq!(record(id, vec![None; RECORD_FIELDS.len()]).unwrap(), None);
+        let mut fields: Vec<Option<Vec<u8>>> = vec![None; RECORD_FIELDS.len()];
+        fields[0] = Some(b("default"));
+        fields[1] = Some(b("fn"));
+        fields[3] = Some(b("done"));
+        fields[5] = Some(b("5"));
+        assert!(record(id, fields.clone()).is_err());
+        fields[3] = Some(b("queued"));
+        let r = record(id, fields).unwrap().unwrap();
+        assert_eq!(r.status, Status::Queued);
+        assert_eq!(r.attempts, 0);
+        assert_eq!(r.enqueued_at, from_ms(5));
+        assert_eq!(r.result, None);
+    }
+
+    #[test]
+    fn keys_start_with_the_prefix() {
+        let f = FunctionKey::new("ns", "name");
+        assert_eq!(prefix(&f), "scfgw:ns/name");
+        assert_eq!(
+            event_key(Uuid::nil()),
+            "scfgw:event:00000000-0000-0000-0000-000000000000"
+        );
+    }
+}

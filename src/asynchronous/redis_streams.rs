@@ -1,5 +1,5 @@
 //! The Redis store of asynchronous invocations, shared by every replica given the same
-//! `async.redis_url`: events wait in one Redis stream per function read through one
+//! `async.url`: events wait in one Redis stream per function read through one
 //! consumer group, so each attempt is handed to exactly one replica, and an attempt
 //! whose replica died is taken over by another (`XAUTOCLAIM`) once it has been silent
 //! for the lease. Each event's data and status live in a hash that expires `retention`
@@ -49,8 +49,9 @@ const BATCH: usize = 256;
 /// retry left: the shape of the gateway's own errors.
 pub const REPLICA_STOPPED_ERROR: &str = r#"{"errorCode":405,"errorMessage":"The replica running the attempt stopped","statusCode":405}"#;
 
-/// Shared by the scripts: moves an event between the per-status sorted sets, whose
-/// sizes are the counts and which `list` reads when filtering by status.
+/// Shared by the scripts: `setmove` moves an event between the per-status sorted sets
+/// (their sizes are the counts; `list` reads them when filtering by status), `begin`
+/// starts an attempt.
 const LUA_COMMON: &str = r#"
 local function setmove(p, id, from, to, score)
   if from then redis.call('ZREM', p .. ':status:' .. from, id) end
@@ -280,9 +281,8 @@ impl RedisStore {
         replica: &str,
         policy: Policy,
     ) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url.expose()).map_err(|_| {
-            StoreError::Failed("async.redis_url is not a valid redis:// URL".into())
-        })?;
+        let client = redis::Client::open(url.expose())
+            .map_err(|_| StoreError::Failed("async.url is not a valid redis:// URL".into()))?;
         let endpoint = client.get_connection_info().addr.to_string();
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(COMMAND_BOUND)

@@ -14,6 +14,7 @@
 
 pub mod events;
 pub mod image;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::future::Future;

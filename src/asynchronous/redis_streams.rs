@@ -388,8 +388,11 @@ impl RedisStore {
                         .arg(&self.replica)
                         .arg(lease.as_millis() as u64)
                         .arg("0-0")
+                        // One at a time: an entry taken over is this replica's from
+                        // then on, with its idle time reset, so one taken but not run
+                        // now would wait another whole lease.
                         .arg("COUNT")
-                        .arg(CLAIM_SCAN)
+                        .arg(1)
                         .query_async(&mut conn),
                 )
                 .await?;
@@ -397,6 +400,10 @@ impl RedisStore {
                 Value::Array(parts) => parts.get(1).map(entries).unwrap_or_default(),
                 _ => Vec::new(),
             };
+            if !taken.is_empty() {
+                // More may be waiting: the next claim looks again at once.
+                self.swept.lock().remove(function);
+            }
             for (entry, id) in taken {
                 match self.take_over(function, &prefix, &entry, id).await? {
                     Begun::Claimed(claimed) => return Ok(Some(*claimed)),

@@ -108,7 +108,8 @@ fn read_store(ctx: &mut Ctx<'_>, s: &Section<'_, '_>, config_dir: &Path) -> Asyn
     }
 }
 
-/// `url`: a `redis://` or `rediss://` URL with a host. It may carry a password, so no
+/// `url`: a `redis://` URL with a host (`rediss://`, Redis over TLS, is refused: the
+/// gateway's Redis client is built without TLS). It may carry a password, so no
 /// message shows it.
 fn read_url(ctx: &mut Ctx<'_>, s: &Section<'_, '_>) -> Option<Secret> {
     let url = ctx.get_str(s, "url", "a string")?;
@@ -118,8 +119,13 @@ fn read_url(ctx: &mut Ctx<'_>, s: &Section<'_, '_>) -> Option<Secret> {
             .filter(|head| head.eq_ignore_ascii_case(scheme))
             .map(|_| &url.value[scheme.len()..])
     });
+    let tls = url
+        .value
+        .get(..9)
+        .is_some_and(|head| head.eq_ignore_ascii_case("rediss://"));
     let problem = match rest {
-        None => Some("expected a redis:// or rediss:// URL"),
+        _ if tls => Some("rediss:// (Redis over TLS) is not supported yet: use redis://"),
+        None => Some("expected a redis:// URL"),
         Some(rest) => {
             // `[user:password@]host[:port][/db]`: a host must be there.
             let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();

@@ -145,7 +145,7 @@ impl EmbeddedStore {
         lease: Duration,
     ) -> Result<Option<Claimed>, StoreError> {
         let function = function.clone();
-        self.write("claim", move |conn, policy| {
+        self.write_relaxed("claim", move |conn, policy| {
             claim(conn, policy, &function, lease, now_ms())
         })
         .await
@@ -154,7 +154,7 @@ impl EmbeddedStore {
     pub async fn started(&self, claimed: &Claimed, lease: Duration) -> Result<(), StoreError> {
         let id = claimed.id;
         let attempt = claimed.attempt;
-        self.write("started", move |conn, _| {
+        self.write_relaxed("started", move |conn, _| {
             let now = now_ms();
             conn.execute(
                 "UPDATE events SET started_at = ?1, lease_until = ?2
@@ -171,7 +171,7 @@ impl EmbeddedStore {
     pub async fn finish(&self, claimed: &Claimed, attempt: Attempt) -> Result<Status, StoreError> {
         let id = claimed.id;
         let number = claimed.attempt;
-        self.write("finish", move |conn, policy| {
+        self.write_relaxed("finish", move |conn, policy| {
             finish(conn, policy, id, number, attempt, now_ms())
         })
         .await?
@@ -248,6 +248,26 @@ impl EmbeddedStore {
         })
         .await;
         outcome.map_err(|e| StoreError::Failed(format!("{what}: {e}")))?
+    }
+
+    /// [`EmbeddedStore::write`] for the records of attempts (claims, starts, outcomes),
+    /// committed without their own fsync (`synchronous = NORMAL`): they survive the
+    /// gateway being killed, and reach the disk with the next event's fsync'd commit.
+    /// Power lost before that can only make an attempt run again, which at-least-once
+    /// delivery allows; the dispatcher, which writes one after another, is not held to
+    /// the disk's pace.
+    async fn write_relaxed<T, F>(&self, what: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &Policy) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.write(what, move |conn, policy| {
+            conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+            let done = f(conn, policy);
+            conn.execute_batch("PRAGMA synchronous = FULL")?;
+            done
+        })
+        .await
     }
 
     /// Runs `f` on the reader connection, off the runtime.

@@ -71,15 +71,21 @@ async fn two_replicas_run_each_event_exactly_once() {
     }
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 500);
 
-    wait_until("all 500 events to run", Duration::from_secs(60), async || {
-        instance.deliveries.count() >= 500
-    })
+    wait_until(
+        "all 500 events to run",
+        Duration::from_secs(60),
+        async || instance.deliveries.count() >= 500,
+    )
     .await;
     for (i, id) in ids.iter().enumerate() {
         // Either replica answers for every event.
         let addr = if i % 2 == 0 { b.listen } else { a.listen };
         wait_status(addr, id, "succeeded", PATIENCE).await;
-        assert_eq!(instance.deliveries.runs_of(id), 1, "event {id} ran more than once");
+        assert_eq!(
+            instance.deliveries.runs_of(id),
+            1,
+            "event {id} ran more than once"
+        );
     }
     assert_eq!(instance.deliveries.count(), 500);
     let (on_a, on_b) = (attempts_on(&a).await, attempts_on(&b).await);
@@ -135,7 +141,10 @@ async fn the_attempts_of_a_killed_replica_finish_on_the_other() {
     assert!(again.len() <= 5, "{again:?}");
     for id in &again {
         let taken_over = record(b.listen, id).await;
-        assert!(taken_over["attempts"].as_u64().unwrap() >= 2, "{taken_over}");
+        assert!(
+            taken_over["attempts"].as_u64().unwrap() >= 2,
+            "{taken_over}"
+        );
     }
     b.signal("TERM");
     assert!(b.exited().await.success());
@@ -192,7 +201,12 @@ async fn event_invocations_wait_for_redis_and_synchronous_ones_do_not() {
 
     redis.stop();
     let answer = submit(gw.listen, "f", &json!({"during": true})).await;
-    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", answer.body);
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        answer.body
+    );
     assert_eq!(answer.error_code(), 503);
     assert!(
         answer.error_message().contains("unavailable"),

@@ -405,6 +405,10 @@ async fn a_leftover_container_of_a_free_slot_is_swept() {
     let (n, lock) = free_slot();
     let id = format!("scfgw-{n}-netns-test-{}", std::process::id());
     let Some(_container) = Container::create(id.clone()) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "runc is not installed (Debian: runc), and CI needs this test"
+        );
         eprintln!("skipped: runc is not installed");
         return;
     };

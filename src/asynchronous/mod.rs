@@ -4,7 +4,7 @@
 //!
 //! [`Service`] is the asynchronous side of a running gateway: it opens the store (at
 //! start, or at the first `Event` invocation when nothing asks for it sooner), runs a
-//! dispatcher per event function ([`dispatch`]) and the timers ([`timers`]), keeps the
+//! dispatcher per event function (`dispatch`) and the timers ([`timers`]), keeps the
 //! metrics' counts and removes events past their retention.
 
 use std::collections::HashMap;

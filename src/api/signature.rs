@@ -538,7 +538,6 @@ mod tests {
             ],
             body: b"{\"FunctionName\": \"hello\", \"ClientContext\": \"{\\\"Event\\\":\\\"h\\u00e9llo \\u51fd\\u6570\\\"}\"}",
         },
-
         Vector {
             name: "sdk_invoke_function_with_token",
             timestamp: 1767225600,
@@ -552,7 +551,6 @@ mod tests {
             ],
             body: b"{\"FunctionName\": \"hello\", \"Event\": \"{\\\"k\\\":1}\", \"Namespace\": \"default\"}",
         },
-
         Vector {
             name: "raw_utf8_body_with_charset",
             timestamp: 1767268800,
@@ -564,7 +562,6 @@ mod tests {
             ],
             body: b"{\"FunctionName\":\"hello\",\"ClientContext\":\"{\\\"Event\\\":\\\"h\xc3\xa9llo \xe5\x87\xbd\xe6\x95\xb0\\\"}\"}",
         },
-
         Vector {
             name: "documented_rule_signed_action",
             timestamp: 1767268800,
@@ -577,7 +574,6 @@ mod tests {
             ],
             body: b"{\"FunctionName\":\"hello\"}",
         },
-
     ];
 
     fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {

@@ -14,6 +14,9 @@
 //! | map failures to the contract's errors | [`error`] |
 //! | record | [`metrics`], [`admin`] |
 //!
+//! [`api`] is for the Tencent Cloud API 3.0 endpoint (`POST /` with `X-TC-Action`): it
+//! verifies the calls' signatures; no request reaches it yet.
+//!
 //! [`config`] turns the TOML file into the validated data all of this runs on.
 //! [`image`] reads container images from disk and unpacks them into the image store;
 //! no configuration reaches it yet.
@@ -23,6 +26,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod api;
 pub mod asynchronous;
 pub mod body;
 pub mod config;

@@ -196,6 +196,22 @@ fn print_summary(config: &Config) {
             config.asynchronous.retries, config.asynchronous.retention
         ),
     }
+    // SecretIds may be shown; their keys never are.
+    if config.api.enabled() {
+        let ids: Vec<&str> = config
+            .api
+            .keys
+            .iter()
+            .map(|k| k.secret_id.as_str())
+            .collect();
+        println!(
+            "api: Tencent Cloud API 3.0 on POST / with {} key(s): {}",
+            ids.len(),
+            ids.join(", ")
+        );
+    } else {
+        println!("api: off (no [[api.keys]])");
+    }
     println!("routes: {}", config.routes.len());
     for r in &config.routes {
         let f = &config.functions[r.function];

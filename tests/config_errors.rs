@@ -127,6 +127,26 @@ fn a_valid_file_exits_0_with_a_summary() {
 }
 
 #[test]
+fn check_says_the_api_endpoint_is_on_with_its_ids_never_its_keys() {
+    let text = format!(
+        "{HELLO}\n[[api.keys]]\nsecret_id = \"AKIDone\"\nsecret_key = \"${{API_KEY}}\"\n\
+         [[api.keys]]\nsecret_id = \"AKIDtwo\"\nsecret_key = \"plain-do-not-print\"\n"
+    );
+    let run = check_with_env("api", &text, &[("API_KEY", "shhh-do-not-print")]);
+    assert_eq!(run.status, Some(0), "stderr:\n{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("api: Tencent Cloud API 3.0 on POST / with 2 key(s): AKIDone, AKIDtwo"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("do-not-print"), "{}", run.stdout);
+
+    let run = check("api-off", HELLO);
+    assert!(run.stdout.contains("api: off"), "{}", run.stdout);
+}
+
+#[test]
 fn bad_toml() {
     let run = check(
         "bad-toml",

@@ -15,6 +15,7 @@
 //!   (with `timers`), `launch`, `routes`, `discovery`, `asynchronous` (`[async]`): one
 //!   section each, with its keys, defaults and rules.
 
+mod api;
 mod asynchronous;
 mod discovery;
 mod env;
@@ -64,6 +65,37 @@ pub struct Config {
     /// `[async]`: where `Event` invocations and timer ticks wait, and how they are
     /// retried and kept.
     pub asynchronous: AsyncConfig,
+    /// `[api]`: the Tencent Cloud API 3.0 endpoint's keys.
+    pub api: ApiConfig,
+}
+
+/// `[api]`: who may call the Tencent Cloud API 3.0 endpoint on `server.listen`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// `[[api.keys]]`, SecretIds unique. The endpoint is on only when there is one.
+    pub keys: Vec<ApiKey>,
+}
+
+impl ApiConfig {
+    /// Whether `POST /` with `X-TC-Action` is answered by the API.
+    pub fn enabled(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// The secret key of `secret_id`.
+    pub fn secret_key(&self, secret_id: &str) -> Option<&Secret> {
+        self.keys
+            .iter()
+            .find(|k| k.secret_id == secret_id)
+            .map(|k| &k.secret_key)
+    }
+}
+
+/// One `[[api.keys]]` entry: a SecretId and the secret key that signs its calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub secret_id: String,
+    pub secret_key: Secret,
 }
 
 /// `[async]`: the durable store of asynchronous invocations and its policy.

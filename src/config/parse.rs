@@ -7,6 +7,7 @@ use std::path::Path;
 
 use toml::de::DeTable;
 
+use super::api::read_api;
 use super::asynchronous::read_async;
 use super::discovery::read_discovery;
 use super::env::Env;
@@ -28,6 +29,7 @@ const TOP_KEYS: &[&str] = &[
     "routes",
     "async",
     "discovery",
+    "api",
 ];
 
 /// Parses and validates a config file's `text`. `path` is only used in messages and
@@ -75,6 +77,9 @@ fn read_config(ctx: &mut Ctx<'_>, root: &DeTable<'_>, path: &Path) -> Config {
         &config_dir,
     );
 
+    let api = ctx.table(&top, "api", "[api]");
+    let api = read_api(ctx, &or_empty(api, &empty, "[api]"));
+
     let images = ctx.table(&top, "images", "[images]");
     let images = read_images(ctx, &or_empty(images, &empty, "[images]"), &config_dir);
     let mut functions: Vec<FunctionConfig> = Vec::new();
@@ -115,6 +120,7 @@ fn read_config(ctx: &mut Ctx<'_>, root: &DeTable<'_>, path: &Path) -> Config {
         routes,
         discovery,
         asynchronous,
+        api,
     }
 }
 

@@ -221,6 +221,33 @@ impl Ctx<'_> {
         // configured": an empty credential header would help nobody.
         (!s.value.is_empty()).then(|| Secret::new(s.value))
     }
+
+    /// A secret that must be there and not empty (a `${VAR}` set to "" included):
+    /// every problem is reported, without the value.
+    pub(super) fn get_required_secret(
+        &mut self,
+        section: &Section<'_, '_>,
+        key: &str,
+    ) -> Option<Secret> {
+        let Some((_, value)) = section.get(key) else {
+            let message = format!("missing required key `{key}`");
+            self.error_at_path(section.key_path(key), section.start, message);
+            return None;
+        };
+        let span = value.span();
+        let s = self.get_str(section, key, "a string")?;
+        let path = section.key_path(key);
+        if s.value.is_empty() {
+            self.error(span, format!("{path}: must not be empty"));
+            return None;
+        }
+        if s.value.chars().any(char::is_control) {
+            let message = format!("{path}: contains a control character (the value is not shown)");
+            self.error(span, message);
+            return None;
+        }
+        Some(Secret::new(s.value))
+    }
 }
 
 /// Parses `"250ms"`, `"3s"`, `"0.5s"`, `"5m"`, `"1h"`.

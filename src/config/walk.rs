@@ -23,7 +23,7 @@ use super::env::Env;
 use super::{Config, ConfigError, ConfigErrors, Location};
 
 /// Lists of allowed keys longer than this are not spelled out in messages.
-const LIST_KEYS_UP_TO: usize = 8;
+const LIST_KEYS_UP_TO: usize = 9;
 
 /// Carries what every step of the walk needs: the text (for positions), the
 /// environment (for `${VAR}`) and the problems found so far.

@@ -417,6 +417,11 @@ fn gateway_view(req: &Request<()>) {
             );
             Some(strip)
         }
+        Target::Api => {
+            assert_eq!(req.method(), Method::POST);
+            assert_eq!(uri.path(), "/");
+            return;
+        }
         Target::Query => {
             assert_ne!(req.method(), Method::POST);
             assert!(crate::asynchronous::api::is_query_path(uri.path()));

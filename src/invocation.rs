@@ -63,6 +63,22 @@ struct Attempt {
     memory: MemoryProbe,
     /// Where the log tail goes once the END line is out (`X-Scf-Log-Type: Tail`).
     tail: Option<oneshot::Sender<String>>,
+    /// Where the attempt's measures go once it ends (the cloud API's `Result`).
+    measured: Option<oneshot::Sender<Measured>>,
+}
+
+/// What the end of an invocation's attempt measured, as its `Report` line says it: for
+/// a caller that answers with the figures rather than a log line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Measured {
+    /// From hand-over to the end of the response.
+    pub duration: Duration,
+    /// The billed time, in whole milliseconds ([`billed_millis`]).
+    pub billed_millis: u64,
+    /// The peak memory, where it is measured (a launched instance in a cgroup).
+    pub mem_usage_bytes: Option<u64>,
+    /// The invocation's last 4 KB of log, for a launched instance with a log.
+    pub log: Option<String>,
 }
 
 impl Invocation {
@@ -107,8 +123,17 @@ impl Invocation {
             handed_over: at,
             memory,
             tail: None,
+            measured: None,
         });
         attempt.slot.instance()
+    }
+
+    /// Asks for what the attempt's end measures; `None` if not handed over.
+    pub fn measure(&mut self) -> Option<oneshot::Receiver<Measured>> {
+        let attempt = self.attempt.as_mut()?;
+        let (tx, rx) = oneshot::channel();
+        attempt.measured = Some(tx);
+        Some(rx)
     }
 
     /// Asks for the invocation's log tail, sent once its `END` line is out. `None` where
@@ -229,6 +254,7 @@ impl Attempt {
             handed_over,
             memory,
             tail,
+            measured,
         } = self;
         let instance = slot.instance();
         if let Some(conn) = conn {
@@ -247,7 +273,19 @@ impl Attempt {
         }
         let duration = now.saturating_duration_since(handed_over);
         let init = slot.init_duration();
-        end_logs(instance, function, request_id, duration, init, memory, tail);
+        let (log, mem_usage_bytes) =
+            end_logs(instance, function, request_id, duration, init, memory).unzip();
+        if let (Some(tx), Some(text)) = (tail, &log) {
+            let _ = tx.send(text.clone());
+        }
+        if let Some(tx) = measured {
+            let _ = tx.send(Measured {
+                duration,
+                billed_millis: billed_millis(duration),
+                mem_usage_bytes: mem_usage_bytes.flatten(),
+                log,
+            });
+        }
         drop(slot);
     }
 }
@@ -269,7 +307,7 @@ fn start_logs(instance: &Instance, request_id: &HeaderValue, per_instance: u32) 
 }
 
 /// Bills the time on the instance; for a launched instance writes `END` and `Report`
-/// (after its output so far) and hands over the log tail.
+/// (after its output so far) and gives back the log tail and the measured memory.
 fn end_logs(
     instance: &Instance,
     function: &Function,
@@ -277,27 +315,21 @@ fn end_logs(
     duration: Duration,
     init_duration: Option<Duration>,
     memory: MemoryProbe,
-    tail: Option<oneshot::Sender<String>>,
-) {
+) -> Option<(String, Option<u64>)> {
     function
         .metrics
         .bill(function.memory_mb, billed_millis(duration));
-    let Some(launched) = instance.process() else {
-        return;
-    };
-    let Some(log) = &launched.log else {
-        return;
-    };
+    let launched = instance.process()?;
+    let log = launched.log.as_ref()?;
+    let mem_usage_bytes = memory.finish(launched.process.cgroup());
     let report = Report {
         duration,
         memory_mb: function.memory_mb,
-        mem_usage_bytes: memory.finish(launched.process.cgroup()),
+        mem_usage_bytes,
         init_duration,
     };
     let text = log.end(request_id.to_str().unwrap_or_default(), report);
-    if let Some(tx) = tail {
-        let _ = tx.send(text);
-    }
+    Some((text, mem_usage_bytes))
 }
 
 /// `3s`, `500ms`: a duration as a person configured it.

@@ -41,7 +41,7 @@ use crate::error::{
 use crate::function::Function;
 use crate::headers::{self, Scheme, StampValues, Stripped};
 use crate::instance::logs;
-use crate::invocation::{AccessLog, Invocation};
+use crate::invocation::{AccessLog, Invocation, Measured};
 use crate::metrics::{Outcome, Registry};
 use crate::pool::{Instance, Pool, PooledConn, Slot, Upstreams};
 use crate::routing::{Router, Target};
@@ -216,6 +216,13 @@ impl Gateway {
         let routed = self
             .router
             .route(req.method(), req.uri().path(), req.uri().query(), host);
+        // `POST /` is an API call only with `X-TC-Action`; without it, a web request.
+        let routed = match routed {
+            Ok(Target::Api) if !req.headers().contains_key(crate::api::ACTION) => {
+                self.router.web(req.uri().path(), host)
+            }
+            routed => routed,
+        };
         let target = match routed {
             Ok(target) => target,
             Err(e) => {
@@ -227,6 +234,7 @@ impl Gateway {
         let function = match target {
             Target::Invoke { function } | Target::Web { function, .. } => &self.functions[function],
             Target::Query => return Box::pin(self.query(req, request_id)).await,
+            Target::Api => return Box::pin(crate::api::handle(&self, req)).await,
         };
         let access = self.access_log.then(|| AccessLog {
             method: req.method().clone(),
@@ -321,7 +329,7 @@ impl Gateway {
         // keep the host they were routed by (read before stripping: `Connection` may
         // name `Host`), which is the URI's when it has one (see `request_host`).
         let original_host = match target {
-            Target::Invoke { .. } | Target::Query => None,
+            Target::Invoke { .. } | Target::Query | Target::Api => None,
             Target::Web { .. } => match parts.uri.authority() {
                 Some(a) => HeaderValue::from_str(a.as_str()).ok(),
                 None => parts.headers.get(HOST).cloned(),
@@ -331,7 +339,7 @@ impl Gateway {
         // Room for what is added: events only replace `Host`; web requests add up to
         // four (a map at capacity would otherwise be rehashed for them).
         let room = match target {
-            Target::Invoke { .. } | Target::Query => 0,
+            Target::Invoke { .. } | Target::Query | Target::Api => 0,
             Target::Web { .. } => 4,
         };
         let Stripped {
@@ -343,7 +351,9 @@ impl Gateway {
             headers::join_cookies(&mut headers);
         }
         let (method, uri) = match target {
-            Target::Invoke { .. } | Target::Query => (Method::POST, self.event_uri.clone()),
+            Target::Invoke { .. } | Target::Query | Target::Api => {
+                (Method::POST, self.event_uri.clone())
+            }
             Target::Web { strip, .. } => {
                 if let Some(host) = &original_host {
                     headers.insert(HOST, host.clone());
@@ -633,6 +643,147 @@ impl Gateway {
                 EventOutcome::error(error, &request_id)
             }
         }
+    }
+}
+
+// === Invocations for the cloud API ===
+
+/// A synchronous invocation made with an event already in memory, ended: what the
+/// cloud API's `Result` is made of.
+#[derive(Debug)]
+pub enum Invoked {
+    /// The function answered, with this status and body; `measured` as its end
+    /// measured it.
+    Answered {
+        status: http::StatusCode,
+        body: bytes::Bytes,
+        request_id: HeaderValue,
+        measured: Measured,
+    },
+    /// The gateway failed the invocation (a timeout, a crash, no slot...).
+    Failed {
+        error: GatewayError,
+        request_id: HeaderValue,
+    },
+}
+
+impl Gateway {
+    /// Invokes `function` synchronously with `event`, through the life cycle of
+    /// `POST /v1/functions/{name}/invocations` (stamping, the queue, the timeout, logs,
+    /// billing, metrics), and reads the answer whole (at most 6 MB).
+    pub async fn invoke_event(
+        &self,
+        function: &Arc<Function>,
+        event: bytes::Bytes,
+        content_type: Option<HeaderValue>,
+    ) -> Invoked {
+        let request_id = headers::new_request_id();
+        let upstream = self.event_request(event, content_type);
+        let access = self.access_log.then(|| AccessLog {
+            method: Method::POST,
+            path: "/".to_owned(),
+        });
+        let mut invocation = Invocation::begin(function.clone(), &request_id, access);
+        let failed = |error, request_id| Invoked::Failed { error, request_id };
+        let exchange = match self
+            .forward(
+                function,
+                upstream,
+                &request_id,
+                &mut invocation,
+                Admission::Queue,
+            )
+            .await
+        {
+            Ok(exchange) => exchange,
+            Err(e) => {
+                invocation.fail(&e);
+                return failed(e, request_id);
+            }
+        };
+        let limit = function.response_limit.min(EVENT_RESPONSE_LIMIT);
+        if exchange
+            .response
+            .body()
+            .size_hint()
+            .exact()
+            .is_some_and(|len| len > limit)
+        {
+            let e = GatewayError::from(ForwardError::ResponseTooLarge);
+            invocation.fail(&e);
+            return failed(e, request_id);
+        }
+        let (parts, incoming) = exchange.response.into_parts();
+        invocation.responded(parts.status);
+        let measured = invocation.measure();
+        let instance = invocation
+            .instance()
+            .map(|i| i.name().to_owned())
+            .unwrap_or_default();
+        let body = InvocationBody::new(incoming, exchange.deadline, limit, invocation);
+        use http_body_util::BodyExt;
+        let body = match GatewayBody::invocation(body).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                let error = match e.downcast::<ForwardError>() {
+                    Ok(e) => GatewayError::from(*e),
+                    Err(e) => GatewayError::from(ForwardError::InstanceFailed {
+                        instance,
+                        what: format!("failed while sending the response: {e}"),
+                    }),
+                };
+                return failed(error, request_id);
+            }
+        };
+        // Sent when the invocation ended, which it did with its body.
+        let measured = match measured {
+            Some(rx) => rx.await.unwrap_or_default(),
+            None => Measured::default(),
+        };
+        Invoked::Answered {
+            status: parts.status,
+            body,
+            request_id,
+            measured,
+        }
+    }
+
+    /// Accepts `event` for `function` asynchronously, as an `Event` invocation of the
+    /// invocation API is accepted: kept durably before this returns its request id.
+    pub async fn accept_event_body(
+        &self,
+        function: &Arc<Function>,
+        event: bytes::Bytes,
+        content_type: Option<HeaderValue>,
+    ) -> Result<HeaderValue, GatewayError> {
+        let request_id = headers::new_request_id();
+        let upstream = self.event_request(event, content_type);
+        match self.keep_event(function, upstream, &request_id).await {
+            Ok(()) => Ok(request_id),
+            Err(e) => {
+                function.metrics().error(e.recent(&request_id));
+                Err(e)
+            }
+        }
+    }
+
+    /// The request an instance gets for an event in memory.
+    fn event_request(
+        &self,
+        event: bytes::Bytes,
+        content_type: Option<HeaderValue>,
+    ) -> Request<UpstreamBody> {
+        let len = event.len();
+        let mut upstream = Request::new(LimitedBody::stored(event));
+        *upstream.method_mut() = Method::POST;
+        *upstream.uri_mut() = self.event_uri.clone();
+        *upstream.version_mut() = Version::HTTP_11;
+        let headers = upstream.headers_mut();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        if let Some(value) = content_type {
+            headers.insert(http::header::CONTENT_TYPE, value);
+        }
+        upstream
     }
 }
 

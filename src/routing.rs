@@ -32,6 +32,9 @@ pub enum Target {
     /// The query API of asynchronous invocations (`/v1/requests/{id}`,
     /// `/v1/functions/{name}/requests`): the gateway answers it.
     Query,
+    /// `POST /` while `[[api.keys]]` exist: a Tencent Cloud API 3.0 call if it carries
+    /// `X-TC-Action` (the caller checks, and routes it as a web request otherwise).
+    Api,
 }
 
 #[derive(Debug)]
@@ -81,11 +84,16 @@ pub struct Router {
     functions: HashMap<Box<str>, HashMap<Box<str>, Entry>>,
     hosts: HashMap<Box<str>, PrefixTable>,
     any_host: PrefixTable,
+    /// `[[api.keys]]` exist: `POST /` may be an API call.
+    api: bool,
 }
 
 impl Router {
     pub fn new(config: &Config) -> Router {
-        let mut router = Router::default();
+        let mut router = Router {
+            api: config.api.enabled(),
+            ..Router::default()
+        };
         for (index, f) in config.functions.iter().enumerate() {
             router
                 .functions
@@ -128,6 +136,11 @@ impl Router {
             if let Some(name) = invocation_name(path) {
                 return self.invocation(name, query);
             }
+            // Looked at only once the invocation API did not match: its requests pay
+            // nothing for the API.
+            if self.api && path == "/" {
+                return Ok(Target::Api);
+            }
         } else if path.starts_with("/v1/") && crate::asynchronous::api::is_query_path(path) {
             return Ok(Target::Query);
         }
@@ -167,7 +180,8 @@ impl Router {
         })
     }
 
-    fn web(&self, path: &str, host: Option<&str>) -> Result<Target, RouteError> {
+    /// Routes a request by host and path prefix alone (a web request).
+    pub fn web(&self, path: &str, host: Option<&str>) -> Result<Target, RouteError> {
         let host_name = host.map(host_without_port).map(lowercase);
         let exact = host_name
             .as_deref()
@@ -259,6 +273,28 @@ mod tests {
         );
         let config = parse(&text, Path::new("t.toml"), &|_| None).expect("valid config");
         Router::new(&config)
+    }
+
+    #[test]
+    fn post_root_is_the_cloud_api_only_with_keys() {
+        let post = Method::POST;
+        let keys = "[[api.keys]]\nsecret_id = \"id\"\nsecret_key = \"key\"\n";
+        let with_root_route = "[[routes]]\npath_prefix = \"/\"\nfunction = \"web\"\n";
+        let r = router(&format!("{keys}{with_root_route}"));
+        assert_eq!(r.route(&post, "/", None, None).unwrap(), Target::Api);
+        assert!(matches!(
+            r.route(&Method::GET, "/", None, None).unwrap(),
+            Target::Web { .. }
+        ));
+        assert!(matches!(
+            r.route(&post, "/x", None, None).unwrap(),
+            Target::Web { .. }
+        ));
+        let r = router(with_root_route);
+        assert!(matches!(
+            r.route(&post, "/", None, None).unwrap(),
+            Target::Web { .. }
+        ));
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct Invocation {
     status: u16,
     access: Option<Box<AccessLog>>,
     ended: bool,
+    /// Where the measures go (see [`Invocation::measure`]) until an attempt takes it.
+    measured: Option<oneshot::Sender<Measured>>,
 }
 
 /// An invocation's time on one instance.
@@ -97,6 +99,7 @@ impl Invocation {
             status: 0,
             access: access.map(Box::new),
             ended: false,
+            measured: None,
         }
     }
 
@@ -123,17 +126,20 @@ impl Invocation {
             handed_over: at,
             memory,
             tail: None,
-            measured: None,
+            measured: self.measured.take(),
         });
         attempt.slot.instance()
     }
 
-    /// Asks for what the attempt's end measures; `None` if not handed over.
-    pub fn measure(&mut self) -> Option<oneshot::Receiver<Measured>> {
-        let attempt = self.attempt.as_mut()?;
+    /// Asks for what the end of the invocation's (last) attempt measures, however it
+    /// ends. The receiver gets nothing if the invocation never reached an instance.
+    pub fn measure(&mut self) -> oneshot::Receiver<Measured> {
         let (tx, rx) = oneshot::channel();
-        attempt.measured = Some(tx);
-        Some(rx)
+        match self.attempt.as_mut() {
+            Some(attempt) => attempt.measured = Some(tx),
+            None => self.measured = Some(tx),
+        }
+        rx
     }
 
     /// Asks for the invocation's log tail, sent once its `END` line is out. `None` where
@@ -152,7 +158,9 @@ impl Invocation {
     /// hand-over): that attempt ends, billed and logged, and the invocation may be handed
     /// to another instance.
     pub fn abandon_attempt(&mut self) {
-        if let Some(attempt) = self.attempt.take() {
+        if let Some(mut attempt) = self.attempt.take() {
+            // The measures are the next attempt's.
+            self.measured = attempt.measured.take();
             attempt.end(
                 &self.function,
                 &self.request_id,
@@ -175,6 +183,7 @@ impl Invocation {
             status: self.status,
             access: self.access.take(),
             ended: self.ended,
+            measured: self.measured.take(),
         };
         self.ended = true;
         detached

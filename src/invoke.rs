@@ -660,10 +660,12 @@ pub enum Invoked {
         request_id: HeaderValue,
         measured: Measured,
     },
-    /// The gateway failed the invocation (a timeout, a crash, no slot...).
+    /// The gateway failed the invocation (a timeout, a crash, no slot...); `measured`
+    /// as its end measured it (nothing when it never reached an instance).
     Failed {
         error: GatewayError,
         request_id: HeaderValue,
+        measured: Measured,
     },
 }
 
@@ -684,7 +686,7 @@ impl Gateway {
             path: "/".to_owned(),
         });
         let mut invocation = Invocation::begin(function.clone(), &request_id, access);
-        let failed = |error, request_id| Invoked::Failed { error, request_id };
+        let measured = invocation.measure();
         let exchange = match self
             .forward(
                 function,
@@ -698,7 +700,7 @@ impl Gateway {
             Ok(exchange) => exchange,
             Err(e) => {
                 invocation.fail(&e);
-                return failed(e, request_id);
+                return invocation_failed(e, request_id, measured).await;
             }
         };
         let limit = function.response_limit.min(EVENT_RESPONSE_LIMIT);
@@ -711,11 +713,10 @@ impl Gateway {
         {
             let e = GatewayError::from(ForwardError::ResponseTooLarge);
             invocation.fail(&e);
-            return failed(e, request_id);
+            return invocation_failed(e, request_id, measured).await;
         }
         let (parts, incoming) = exchange.response.into_parts();
         invocation.responded(parts.status);
-        let measured = invocation.measure();
         let instance = invocation
             .instance()
             .map(|i| i.name().to_owned())
@@ -732,19 +733,15 @@ impl Gateway {
                         what: format!("failed while sending the response: {e}"),
                     }),
                 };
-                return failed(error, request_id);
+                return invocation_failed(error, request_id, measured).await;
             }
-        };
-        // Sent when the invocation ended, which it did with its body.
-        let measured = match measured {
-            Some(rx) => rx.await.unwrap_or_default(),
-            None => Measured::default(),
         };
         Invoked::Answered {
             status: parts.status,
             body,
             request_id,
-            measured,
+            // Sent when the invocation ended, which it did with its body.
+            measured: measured.await.unwrap_or_default(),
         }
     }
 
@@ -784,6 +781,19 @@ impl Gateway {
             headers.insert(http::header::CONTENT_TYPE, value);
         }
         upstream
+    }
+}
+
+/// A failed synchronous invocation, with what its end measured (sent as it ended).
+async fn invocation_failed(
+    error: GatewayError,
+    request_id: HeaderValue,
+    measured: oneshot::Receiver<Measured>,
+) -> Invoked {
+    Invoked::Failed {
+        error,
+        request_id,
+        measured: measured.await.unwrap_or_default(),
     }
 }
 

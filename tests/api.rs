@@ -435,6 +435,9 @@ async fn a_timed_out_invocation_is_a_result_with_its_error() {
     let result = &r["Result"];
     assert_eq!(result["InvokeResult"], 433, "{r}");
     assert_eq!(result["RetMsg"], "");
+    // Its time on the instance is measured and billed like any invocation's.
+    assert!(result["Duration"].as_f64().unwrap() >= 300.0, "{r}");
+    assert!(result["BillDuration"].as_u64().unwrap() >= 300, "{r}");
     let err: Value = serde_json::from_str(result["ErrMsg"].as_str().unwrap()).unwrap();
     assert_eq!(err["errorCode"], 433);
     assert!(

@@ -15,6 +15,7 @@ use super::params::{self, required};
 use super::Fields;
 use crate::config::FunctionKind;
 use crate::function::Function;
+use crate::invocation::Measured;
 use crate::invoke::{Gateway, Invoked};
 
 #[derive(Deserialize)]
@@ -140,49 +141,57 @@ async fn run(gateway: &Gateway, call: Call) -> Result<Fields, ApiError> {
             measured,
         } => {
             let text = String::from_utf8_lossy(&body).into_owned();
-            let (ret, err, code) = if status.is_success() {
-                (text, String::new(), 0)
+            if status.is_success() {
+                result(text, String::new(), 0, &request_id, measured, call.tail)
             } else {
                 // The function's own error answer: its status is the result code.
-                (String::new(), text, i64::from(status.as_u16()))
-            };
-            let log = if call.tail {
-                measured.log.unwrap_or_default()
-            } else {
-                String::new()
-            };
-            // Milliseconds with two decimals, as the Report line has them.
-            let duration = (measured.duration.as_secs_f64() * 100_000.0).round() / 100.0;
-            json!({
-                "Log": log,
-                "RetMsg": ret,
-                "ErrMsg": err,
-                "MemUsage": measured.mem_usage_bytes.unwrap_or(0),
-                "Duration": duration,
-                "BillDuration": measured.billed_millis,
-                "FunctionRequestId": request_id.to_str().unwrap_or_default(),
-                "InvokeResult": code,
-            })
+                let code = i64::from(status.as_u16());
+                result(String::new(), text, code, &request_id, measured, call.tail)
+            }
         }
-        Invoked::Failed { error, request_id } => {
+        Invoked::Failed {
+            error,
+            request_id,
+            measured,
+        } => {
             if matches!(error, crate::error::GatewayError::Route(_)) {
                 return Err(error.into());
             }
-            let code = error.status_and_code().1;
+            let code = i64::from(error.status_and_code().1);
             let response = error.into_response(&request_id);
-            json!({
-                "Log": "",
-                "RetMsg": "",
-                "ErrMsg": String::from_utf8_lossy(response.body()),
-                "MemUsage": 0,
-                "Duration": 0.0,
-                "BillDuration": 0,
-                "FunctionRequestId": request_id.to_str().unwrap_or_default(),
-                "InvokeResult": code,
-            })
+            let text = String::from_utf8_lossy(response.body()).into_owned();
+            result(String::new(), text, code, &request_id, measured, call.tail)
         }
     };
     Ok(with_result(result))
+}
+
+/// The platform's `Result` of a synchronous invocation.
+fn result(
+    ret: String,
+    err: String,
+    code: i64,
+    request_id: &HeaderValue,
+    measured: Measured,
+    tail: bool,
+) -> Value {
+    let log = if tail {
+        measured.log.unwrap_or_default()
+    } else {
+        String::new()
+    };
+    // Milliseconds with two decimals, as the Report line has them.
+    let duration = (measured.duration.as_secs_f64() * 100_000.0).round() / 100.0;
+    json!({
+        "Log": log,
+        "RetMsg": ret,
+        "ErrMsg": err,
+        "MemUsage": measured.mem_usage_bytes.unwrap_or(0),
+        "Duration": duration,
+        "BillDuration": measured.billed_millis,
+        "FunctionRequestId": request_id.to_str().unwrap_or_default(),
+        "InvokeResult": code,
+    })
 }
 
 /// An asynchronous invocation: kept durably before the answer.

@@ -98,3 +98,61 @@ impl From<serde_json::Error> for ApiError {
         ApiError::InvalidParameter(format!("The request body is not valid: {why}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ForwardError;
+
+    #[test]
+    fn each_refusal_has_the_platforms_code() {
+        let cases: [(ApiError, &str); 9] = [
+            (
+                SignatureError::SignatureFailure.into(),
+                "AuthFailure.SignatureFailure",
+            ),
+            (ApiError::NoSuchVersion("1".into()), "NoSuchVersion"),
+            (
+                ApiError::MissingParameter("FunctionName"),
+                "MissingParameter",
+            ),
+            (
+                ApiError::RequestSizeLimitExceeded { limit: 1 },
+                "RequestSizeLimitExceeded",
+            ),
+            (
+                AsyncError::EventTooLarge { limit: 1 }.into(),
+                "InvalidParameterValue",
+            ),
+            (
+                StoreError::Unavailable("down".into()).into(),
+                "FailedOperation",
+            ),
+            (StoreError::Failed("disk".into()).into(), "InternalError"),
+            (
+                GatewayError::from(RouteError::FunctionNotFound {
+                    name: "f".into(),
+                    namespace: "default".into(),
+                })
+                .into(),
+                "ResourceNotFound.Function",
+            ),
+            (
+                GatewayError::from(ForwardError::ResponseTooLarge).into(),
+                "InternalError",
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.code(), code, "{e}");
+        }
+    }
+
+    #[test]
+    fn a_long_value_in_a_type_error_is_cut() {
+        let long = format!("{{\"Limit\": \"{}\"}}", "x".repeat(100_000));
+        let e = serde_json::from_str::<std::collections::HashMap<String, u32>>(&long).unwrap_err();
+        let e = ApiError::from(e);
+        assert_eq!(e.code(), "InvalidParameter");
+        assert!(e.to_string().len() < 2_000, "{}", e.to_string().len());
+    }
+}

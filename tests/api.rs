@@ -57,6 +57,7 @@ struct Signing<'a> {
     id: &'a str,
     key: &'a str,
     timestamp: u64,
+    version: &'a str,
 }
 
 impl Default for Signing<'_> {
@@ -65,6 +66,7 @@ impl Default for Signing<'_> {
             id: ID,
             key: KEY,
             timestamp: now(),
+            version: "2018-04-16",
         }
     }
 }
@@ -94,7 +96,7 @@ async fn call_as(addr: SocketAddr, action: &str, params: &Value, signing: Signin
         .header("host", host)
         .header("content-type", "application/json")
         .header("x-tc-action", action)
-        .header("x-tc-version", "2018-04-16")
+        .header("x-tc-version", signing.version)
         .header("x-tc-timestamp", timestamp)
         .header("x-tc-region", "ap-guangzhou")
         .header("authorization", authorization)
@@ -406,6 +408,14 @@ async fn unknown_functions_actions_and_bad_parameters_are_errors() {
     assert_eq!(error_code(&r), "ResourceNotFound.Function", "{r}");
     let r = call(gw.listen, "CreateFunction", &json!({})).await;
     assert_eq!(error_code(&r), "InvalidAction", "{r}");
+    let old = Signing {
+        version: "2017-01-01",
+        ..Signing::default()
+    };
+    let r = call_as(gw.listen, "ListFunctions", &json!({}), old).await;
+    assert_eq!(error_code(&r), "NoSuchVersion", "{r}");
+    let r = call(gw.listen, "Invoke", &json!({})).await;
+    assert_eq!(error_code(&r), "MissingParameter", "{r}");
     let r = call(gw.listen, "Invoke", &json!({"FunctionName": 5})).await;
     assert_eq!(error_code(&r), "InvalidParameter", "{r}");
     let r = call(
@@ -416,6 +426,32 @@ async fn unknown_functions_actions_and_bad_parameters_are_errors() {
     .await;
     assert_eq!(error_code(&r), "InvalidParameterValue", "{r}");
     assert_eq!(instance.deliveries.count(), 0);
+
+    // Without X-TC-Action, POST / is an ordinary request: no route here.
+    let req = Request::post("/")
+        .header("host", gw.listen.to_string())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let answer = common::send(gw.listen, req).await.unwrap();
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.error_code(), 435);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_keys_post_root_is_not_the_api() {
+    let instance = EventInstance::start().await;
+    let gw = GatewayProcess::start("api-off", "", &event_function("f", instance.addr, ""));
+    let req = Request::post("/")
+        .header("host", gw.listen.to_string())
+        .header("content-type", "application/json")
+        .header("x-tc-action", "ListFunctions")
+        .header("x-tc-version", "2018-04-16")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let answer = common::send(gw.listen, req).await.unwrap();
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(answer.error_code(), 435);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

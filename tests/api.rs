@@ -28,10 +28,15 @@ fn store_dir(test: &str) -> PathBuf {
 
 /// The gateway binary with an API key, an embedded store and `functions`.
 fn start(test: &str, functions: &str) -> GatewayProcess {
+    start_with(test, "", functions)
+}
+
+/// [`start`], with extra `[server]` keys.
+fn start_with(test: &str, server: &str, functions: &str) -> GatewayProcess {
     let dir = store_dir(test);
     GatewayProcess::start(
         &format!("api-{test}"),
-        "",
+        server,
         &format!(
             "[async]\nstore = \"embedded\"\npath = \"{}\"\nretry_delays = [\"50ms\"]\n\
              [[api.keys]]\nsecret_id = \"{ID}\"\nsecret_key = \"{KEY}\"\n{functions}",
@@ -483,4 +488,91 @@ async fn a_timed_out_invocation_is_a_result_with_its_error() {
             .contains("timed out after 0.3 seconds"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_and_events_over_their_limits_are_refused() {
+    let instance = EventInstance::start().await;
+    let gw = start_with(
+        "limits",
+        "max_body_bytes = 1024",
+        &event_function("f", instance.addr, ""),
+    );
+    // The event fits the call (twice max_body_bytes), not a synchronous invocation.
+    let event = json!({"pad": "x".repeat(1500)}).to_string();
+    let r = call(
+        gw.listen,
+        "Invoke",
+        &json!({"FunctionName": "f", "ClientContext": event}),
+    )
+    .await;
+    assert_eq!(error_code(&r), "InvalidParameterValue", "{r}");
+    let event = json!({"pad": "x".repeat(3000)}).to_string();
+    let r = call(
+        gw.listen,
+        "Invoke",
+        &json!({"FunctionName": "f", "ClientContext": event}),
+    )
+    .await;
+    assert_eq!(error_code(&r), "RequestSizeLimitExceeded", "{r}");
+    assert_eq!(instance.deliveries.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_events_are_listed_in_order_and_by_time() {
+    let instance = EventInstance::start().await;
+    let gw = start("order", &event_function("f", instance.addr, ""));
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = call(
+            gw.listen,
+            "Invoke",
+            &json!({"FunctionName": "f", "InvocationType": "Event", "ClientContext": format!("{{\"n\":{i}}}")}),
+        )
+        .await;
+        ids.push(
+            r["Result"]["FunctionRequestId"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let listed = async |params: Value| -> Vec<String> {
+        let r = call(gw.listen, "ListAsyncEvents", &params).await;
+        r["EventList"]
+            .as_array()
+            .unwrap_or(&Vec::new())
+            .iter()
+            .map(|e| e["InvokeRequestId"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    // Accepted one after the other: by acceptance time, oldest first with ASC.
+    let all = listed(json!({"FunctionName": "f", "Order": "ASC"})).await;
+    assert_eq!(all, ids);
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(listed(json!({"FunctionName": "f"})).await, newest_first);
+    let page = listed(json!({"FunctionName": "f", "Offset": 1, "Limit": 1, "Order": "ASC"})).await;
+    assert_eq!(page, [ids[1].clone()]);
+    let one = listed(json!({"FunctionName": "f", "InvokeRequestId": ids[1]})).await;
+    assert_eq!(one, [ids[1].clone()]);
+    let future = listed(json!({
+        "FunctionName": "f",
+        "StartTimeInterval": {"Start": "2999-01-01 00:00:00"}
+    }))
+    .await;
+    assert!(future.is_empty(), "{future:?}");
+    let past = listed(json!({
+        "FunctionName": "f",
+        "StartTimeInterval": {"Start": "2000-01-01 00:00:00", "End": "2999-01-01 00:00:00"}
+    }))
+    .await;
+    assert_eq!(past.len(), 3);
+    let r = call(
+        gw.listen,
+        "ListAsyncEvents",
+        &json!({"FunctionName": "f", "StartTimeInterval": {"Start": "yesterday"}}),
+    )
+    .await;
+    assert_eq!(error_code(&r), "InvalidParameterValue", "{r}");
 }

@@ -576,3 +576,42 @@ async fn async_events_are_listed_in_order_and_by_time() {
     .await;
     assert_eq!(error_code(&r), "InvalidParameterValue", "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_keys_for_the_next_call() {
+    let instance = EventInstance::start().await;
+    let functions = event_function("f", instance.addr, "");
+    let gw = start("reload", &functions);
+    let r = call(gw.listen, "ListFunctions", &json!({})).await;
+    assert_eq!(r["TotalCount"], 1, "{r}");
+
+    // The store it was started with (not emptied: the gateway has it open).
+    let dir = std::env::temp_dir().join(format!("scf-api-reload-{}", std::process::id()));
+    std::fs::write(
+        gw.dir.join("gateway.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             shutdown_grace = \"10s\"\n\n[async]\nstore = \"embedded\"\npath = \"{}\"\n\
+             retry_delays = [\"50ms\"]\n[[api.keys]]\nsecret_id = \"AKIDnext\"\n\
+             secret_key = \"next-key\"\n{functions}",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let req = Request::post("/admin/reload")
+        .header("host", "admin")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = common::send(gw.admin, req).await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+
+    let r = call(gw.listen, "ListFunctions", &json!({})).await;
+    assert_eq!(error_code(&r), "AuthFailure.SecretIdNotFound", "{r}");
+    let next = Signing {
+        id: "AKIDnext",
+        key: "next-key",
+        ..Signing::default()
+    };
+    let r = call_as(gw.listen, "ListFunctions", &json!({}), next).await;
+    assert_eq!(r["TotalCount"], 1, "{r}");
+}

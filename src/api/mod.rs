@@ -4,7 +4,7 @@
 //!
 //! A call goes: read the body (bounded, in time) -> check the signature against
 //! `[[api.keys]]` -> check the version -> run the action -> answer in the platform's
-//! envelope ([`envelope`]). Invocations go through the gateway's own invocation path,
+//! envelope (`envelope.rs`). Invocations go through the gateway's own invocation path,
 //! so they live the life of `POST /v1/functions/{name}/invocations`; the asynchronous
 //! actions ask the same store as the native query API.
 

@@ -6,6 +6,9 @@
 --                                               (random choice per request)
 --   wrk ... -s post.lua URL -- event=1          asynchronous invocations
 --                                               (X-Scf-Invocation-Type: Event)
+--   wrk ... -s post.lua URL -- bodyfile=PATH    send this file as the body instead
+--   wrk ... -s post.lua URL -- header=NAME:VALUE
+--                                               add a header (repeatable)
 -- Optional environment: WRK_ADDRS=127.0.0.1:P1,127.0.0.1:P2 gives the threads their
 -- target addresses in turn (thread 1 the first, thread 2 the second, ...), the way
 -- SO_REUSEPORT splits connections between per-thread listeners; the URL still names the
@@ -44,6 +47,13 @@ function init(args)
       end
     elseif k == "event" then
       wrk.headers["X-Scf-Invocation-Type"] = "Event"
+    elseif k == "bodyfile" then
+      local f = assert(io.open(v, "rb"))
+      wrk.body = f:read("*a")
+      f:close()
+    elseif k == "header" then
+      local name, value = v:match("^([^:]+):(.*)$")
+      wrk.headers[name] = value
     elseif k == "pathfile" then
       paths = {}
       for p in io.lines(v) do

@@ -100,6 +100,9 @@ async fn the_official_python_sdk_invokes_and_inspects_functions_unchanged() {
     // No secret key in anything the gateway wrote, though one call was signed with a
     // wrong key and another answered SignatureFailure.
     let logs = gw.logs.lock().join("\n");
-    assert!(!logs.contains(SECRET_KEY), "the secret key is in the gateway's log");
+    assert!(
+        !logs.contains(SECRET_KEY),
+        "the secret key is in the gateway's log"
+    );
     let _ = std::fs::remove_dir_all(&store);
 }
